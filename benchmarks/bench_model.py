@@ -1,0 +1,173 @@
+"""Benchmark our Llama against transformers' LlamaForCausalLM with the same weights.
+
+Measures, in one run:
+* training tokens/s: forward + backward + AdamW step (same batch, sequence length, optimiser);
+* generation new tokens/s: our ``generate`` vs transformers' ``generate`` (same prompts, batch,
+  max_new_tokens, sampling settings; EOS disabled on both so every row makes max_new_tokens).
+
+The HF model is loaded from our exported folder, so both start from identical weights.
+Timings alternate between the two implementations (``--rounds``) and report the median.
+
+    python benchmarks/bench_model.py                       # CPU, tiny preset
+    python benchmarks/bench_model.py --preset 160m --device cuda --dtype bf16 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.model import Llama, ModelConfig, export_hf, generate
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _adamw(model):
+    return torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+
+
+def train_step_ours(model, opt, tokens):
+    logits = model(tokens[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def train_step_hf(model, opt, tokens):
+    # HF shifts labels internally: the same T-1 predicted positions as ours on T input columns
+    out = model(input_ids=tokens[:, :-1], labels=tokens[:, :-1])
+    loss = out.loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def time_it(fn, device, steps):
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--vocab-size", type=int, default=None, help="override the preset's vocab")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--batch", type=int, default=8, help="training batch size")
+    p.add_argument("--seq-len", type=int, default=256, help="training sequence length")
+    p.add_argument("--train-steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--gen-batch", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=32, help="longest prompt; others are shorter")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    from transformers import LlamaForCausalLM  # a test/benchmark dependency only
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    config = ModelConfig.from_preset(args.preset, **overrides)
+    torch.manual_seed(args.seed)
+    ours = Llama(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(ours, f"{tmp}/model")
+        hf = LlamaForCausalLM.from_pretrained(f"{tmp}/model", dtype=dtype, attn_implementation="sdpa")
+    ours, hf = ours.to(device=device, dtype=dtype), hf.to(device)
+    hf.generation_config.eos_token_id = None  # run every row to max_new_tokens, as ours below
+
+    g = torch.Generator().manual_seed(args.seed)
+    low = 3  # keep clear of special ids
+    tokens = torch.randint(low, config.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
+    lengths = torch.randint(max(1, args.prompt_len // 2), args.prompt_len + 1, (args.gen_batch,), generator=g)
+    lengths[0] = args.prompt_len
+    prompts = [torch.randint(low, config.vocab_size, (int(n),), generator=g).tolist() for n in lengths]
+    pad = 0
+    hf_ids = torch.tensor([[pad] * (args.prompt_len - len(q)) + q for q in prompts], device=device)
+    hf_mask = torch.tensor([[0] * (args.prompt_len - len(q)) + [1] * len(q) for q in prompts], device=device)
+    sample = dict(do_sample=args.temperature > 0)
+    if args.temperature > 0:
+        sample.update(temperature=args.temperature, top_p=args.top_p, top_k=0)
+
+    opt_ours, opt_hf = _adamw(ours), _adamw(hf)
+    ours.train(), hf.train()
+    gen_ours = torch.Generator(device).manual_seed(args.seed)
+
+    def run_gen_ours():
+        out = generate(ours, prompts, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       eos_id=[], generator=gen_ours)
+        assert all(len(t) == args.max_new_tokens for t in out.tokens)
+
+    def run_gen_hf():
+        with torch.inference_mode():
+            out = hf.generate(input_ids=hf_ids, attention_mask=hf_mask, max_new_tokens=args.max_new_tokens,
+                              min_new_tokens=None, pad_token_id=pad, **sample)
+        assert out.shape[1] == args.prompt_len + args.max_new_tokens
+
+    # warm-up (allocator, kernels, HF's first-call setup)
+    for _ in range(2):
+        train_step_ours(ours, opt_ours, tokens)
+        train_step_hf(hf, opt_hf, tokens)
+    run_gen_ours(), run_gen_hf()
+
+    t_train = {"ours": [], "hf": []}
+    t_gen = {"ours": [], "hf": []}
+    for _ in range(args.rounds):
+        t_train["ours"].append(time_it(lambda: train_step_ours(ours, opt_ours, tokens), device, args.train_steps))
+        t_train["hf"].append(time_it(lambda: train_step_hf(hf, opt_hf, tokens), device, args.train_steps))
+        t_gen["ours"].append(time_it(run_gen_ours, device, 1))
+        t_gen["hf"].append(time_it(run_gen_hf, device, 1))
+
+    train_tokens = args.batch * args.seq_len
+    new_tokens = args.gen_batch * args.max_new_tokens
+    res = {
+        "preset": args.preset, "device": str(device), "dtype": args.dtype, "params": ours.num_params(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "batch": args.batch, "seq_len": args.seq_len, "gen_batch": args.gen_batch,
+        "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature, "top_p": args.top_p, "rounds": args.rounds,
+    }
+    for name in ("ours", "hf"):
+        res[f"train_tokens_per_s_{name}"] = train_tokens / statistics.median(t_train[name])
+        res[f"gen_tokens_per_s_{name}"] = new_tokens / statistics.median(t_gen[name])
+    res["train_speedup"] = res["train_tokens_per_s_ours"] / res["train_tokens_per_s_hf"]
+    res["gen_speedup"] = res["gen_tokens_per_s_ours"] / res["gen_tokens_per_s_hf"]
+
+    print(f"{args.preset} ({res['params']:,} params) on {device} {args.dtype}, {res['threads']} threads")
+    print(f"training   tokens/s: ours {res['train_tokens_per_s_ours']:10.0f}   transformers "
+          f"{res['train_tokens_per_s_hf']:10.0f}   ratio {res['train_speedup']:.2f}x")
+    print(f"generation tokens/s: ours {res['gen_tokens_per_s_ours']:10.0f}   transformers "
+          f"{res['gen_tokens_per_s_hf']:10.0f}   ratio {res['gen_speedup']:.2f}x")
+    if args.out:
+        write_json(args.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

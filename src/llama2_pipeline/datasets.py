@@ -1,0 +1,194 @@
+"""Kedro datasets of the project. Every save is atomic (a temporary sibling renamed into place).
+
+* ``JSONLDataset``: a list of dicts, one JSON object per line (prompts, dialogues, preferences).
+* ``JSONDataset``: one JSON document.
+* ``MetricsDataset``: a flat ``{name: number}`` JSON file (a DVC metrics file); the lineage hook
+  also logs it to MLflow.
+* ``ParquetShardsDataset``: a folder of Parquet shards, streamed: ``save`` takes an iterable of
+  record lists / DataFrames / Arrow tables (one shard each) or a staged folder; ``load`` returns a
+  :class:`ParquetShards` handle that reads lazily.
+* ``DirectoryDataset``: a folder produced by a library function (tokenizer model, token shards,
+  checkpoints). ``save`` takes a staged folder (from :func:`staging_dir`) and moves it into place;
+  ``load`` returns the folder's path after checking it exists.
+* ``FigureDataset``: a matplotlib figure saved as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from kedro.io import AbstractDataset, DatasetError
+
+from llama2_pipeline.io_utils import atomic_path
+
+
+def staging_dir(name: str = "stage") -> Path:
+    """A fresh folder on the same file system as ``data/`` for a node to build an output in.
+
+    ``DirectoryDataset``/``ParquetShardsDataset`` move it into place with a rename. Set
+    ``LLAMA2_STAGING`` to put staging elsewhere (it must be on the same file system as data/).
+    """
+    root = Path(os.environ.get("LLAMA2_STAGING", "data/.staging"))
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+
+
+def _move_into_place(staged: Path, target: Path) -> None:
+    staged = Path(staged)
+    if not staged.is_dir():
+        raise DatasetError(f"cannot save {target}: staged folder {staged} does not exist")
+    with atomic_path(target, is_dir=True) as tmp:
+        tmp.rmdir()
+        shutil.move(str(staged), str(tmp))
+
+
+class _FileDataset(AbstractDataset):
+    def __init__(self, filepath: str, metadata: dict | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _require(self) -> None:
+        if not self._filepath.exists():
+            raise DatasetError(f"{self._filepath} does not exist: run the stage that writes it first")
+
+
+class JSONLDataset(_FileDataset):
+    def load(self) -> list[dict]:
+        self._require()
+        records = []
+        with open(self._filepath, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{self._filepath}, line {i}: not valid JSON ({e.msg})") from e
+        return records
+
+    def save(self, data: Iterable[dict]) -> None:
+        with atomic_path(self._filepath) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for record in data:
+                f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+class JSONDataset(_FileDataset):
+    def load(self) -> Any:
+        self._require()
+        try:
+            return json.loads(self._filepath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{self._filepath}: not valid JSON ({e.msg}, line {e.lineno})") from e
+
+    def save(self, data: Any) -> None:
+        with atomic_path(self._filepath) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class MetricsDataset(JSONDataset):
+    """Flat metrics: names (snake_case) to finite numbers."""
+
+    def save(self, data: dict[str, float]) -> None:
+        bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise DatasetError(f"{self._filepath}: metrics must be numbers; not numbers: {bad}")
+        super().save({k: data[k] for k in sorted(data)})
+
+
+@dataclass(frozen=True)
+class ParquetShards:
+    """A lazily read folder of Parquet shards (``*.parquet``, in name order)."""
+
+    path: Path
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(self.path.glob("*.parquet"))
+
+    def iter_tables(self, columns: list[str] | None = None) -> Iterator[Any]:
+        import pyarrow.parquet as pq
+
+        for f in self.files:
+            yield pq.read_table(f, columns=columns)
+
+    def iter_records(self, columns: list[str] | None = None) -> Iterator[dict]:
+        for table in self.iter_tables(columns):
+            yield from table.to_pylist()
+
+    def num_rows(self) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+
+class ParquetShardsDataset(_FileDataset):
+    def __init__(self, path: str, metadata: dict | None = None):
+        super().__init__(path, metadata)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._filepath)}
+
+    def load(self) -> ParquetShards:
+        self._require()
+        shards = ParquetShards(self._filepath)
+        if not shards.files:
+            raise DatasetError(f"{self._filepath} holds no *.parquet shards")
+        return shards
+
+    def save(self, data: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if isinstance(data, ParquetShards):
+            _move_into_place(data.path, self._filepath)
+            return
+        if isinstance(data, (str, Path)):
+            _move_into_place(Path(data), self._filepath)
+            return
+        with atomic_path(self._filepath, is_dir=True) as tmp:
+            for i, shard in enumerate(data):
+                if isinstance(shard, list):
+                    shard = pa.Table.from_pylist(shard)
+                elif not isinstance(shard, pa.Table):  # a pandas DataFrame
+                    shard = pa.Table.from_pandas(shard, preserve_index=False)
+                pq.write_table(shard, tmp / f"part-{i:05d}.parquet", compression="zstd")
+
+
+class DirectoryDataset(_FileDataset):
+    def __init__(self, path: str, metadata: dict | None = None):
+        super().__init__(path, metadata)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._filepath)}
+
+    def load(self) -> Path:
+        self._require()
+        return self._filepath
+
+    def save(self, data: str | os.PathLike) -> None:
+        _move_into_place(Path(data), self._filepath)
+
+
+class FigureDataset(_FileDataset):
+    def load(self) -> bytes:
+        self._require()
+        return self._filepath.read_bytes()
+
+    def save(self, data: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        with atomic_path(self._filepath) as tmp:
+            data.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(data)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a throw-away copy of the project for real Kedro/DVC/MLflow runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+_SKIP = {".venv", ".git", "mlflow.db", "mlruns", "build", ".pytest_cache", "__pycache__", "cache", "tmp",
+         ".staging", ".whl", "benchmarks_out"}
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    rel = Path(folder).resolve().relative_to(ROOT)
+    skip = {n for n in names if n in _SKIP or n.endswith(".egg-info")}
+    if rel.parts[:1] == ("data",) and len(rel.parts) == 2:  # keep data/<layer>/ but not its outputs
+        skip |= {n for n in names if n != ".gitkeep"}
+    if rel == Path("metrics"):
+        skip |= set(names)
+    return skip
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", KEDRO_DISABLE_TELEMETRY="true", PYTHONHASHSEED="0",
+             PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
+    e.pop("MLFLOW_TRACKING_URI", None)
+    e.pop("LLAMA2_REPRO_GROUP", None)
+    return e
+
+
+def run(cmd: list[str] | str, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout,
+                       shell=isinstance(cmd, str))
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
+    return p
+
+
+def make_project_copy(dest: Path, profile: str = "smoke", overrides: dict | None = None) -> Path:
+    """Copy the project's sources (no outputs, no stores) to ``dest``, set the profile, git-commit it."""
+    shutil.copytree(ROOT, dest, ignore=_ignore, symlinks=True)
+    params_file = dest / "params.yaml"
+    text = params_file.read_text()
+    text = text.replace("\nprofile: default", f"\nprofile: {profile}", 1)
+    params_file.write_text(text)
+    if overrides:
+        from llama2_pipeline.params import deep_merge
+
+        params_file.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(text), overrides), sort_keys=False))
+    run("git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm snapshot", dest)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project_copy(tmp_path / "proj")

@@ -1,0 +1,87 @@
+"""The frame, end to end on the smoke profile: real Kedro runs, real DVC stages, a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from llama2_pipeline.io_utils import sha256_path
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def runs(project: Path) -> list:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llama2_pipeline")
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_kedro_run_world_records_params_tags_and_digests(project):
+    run(["kedro", "run", "--pipelines", "world"], project)
+    raw = project / "data/01_raw"
+    for name in ["corpus", "pii_canaries.jsonl", "prompts_train.jsonl", "prompts_eval.jsonl",
+                 "sft_dialogues.jsonl", "knowledge_base.json"]:
+        assert (raw / name).exists(), name
+    assert sorted(p.name for p in (raw / "corpus").glob("*.parquet"))[0] == "part-00000.parquet"
+    metrics = json.loads((project / "metrics/world.json").read_text())
+    canaries = (raw / "pii_canaries.jsonl").read_text().splitlines()
+    assert metrics["world_canaries"] == len(canaries) > 0
+
+    client, found = runs(project)
+    assert len(found) == 1
+    r = found[0]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert r.data.tags["git_commit"] == head and r.data.tags["git_dirty"] == "false"
+    assert r.data.tags["pipelines"] == "world" and r.data.tags["profile"] == "smoke"
+    assert r.data.params["world.corpus.size_mb"] == "0.25" and r.data.params["seed"] == "1234"
+    assert r.data.tags["output.raw_corpus"] == f"data/01_raw/corpus@sha256:{sha256_path(raw / 'corpus')}"
+    assert r.data.metrics["world_canaries"] == len(canaries)
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"lineage.json", "outputs"} <= artifacts
+    lineage = json.loads(Path(client.download_artifacts(r.info.run_id, "lineage.json")).read_text())
+    assert {e["dataset"] for e in lineage} >= {"raw_corpus", "pii_canaries", "prompts_eval", "world_metrics"}
+
+
+def test_dvc_repro_then_noop_then_seed_changes_corpus(project):
+    run(["dvc", "repro"], project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    corpus_md5 = [o for o in lock["stages"]["world"]["outs"] if o["path"] == "data/01_raw/corpus"][0]["md5"]
+    assert lock["stages"]["world"]["params"]["params.yaml"]["profile"] == "smoke"
+
+    again = run(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date" in again.stdout + again.stderr
+
+    client, found = runs(project)
+    assert len(found) == 2  # the stage's run and the parent that groups this dvc repro
+    stage = [r for r in found if r.data.tags.get("dvc_stage") == "world"][0]
+    parent = [r for r in found if r.data.tags.get("repro_parent") == "true"][0]
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert stage.data.tags["repro_group"] == parent.data.tags["repro_group"]
+
+    run(["dvc", "exp", "run", "--set-param", "seed=7"], project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    new_md5 = [o for o in lock["stages"]["world"]["outs"] if o["path"] == "data/01_raw/corpus"][0]["md5"]
+    assert new_md5 != corpus_md5
+
+
+def test_bad_params_fail_before_any_work(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("size_mb: 4.0", "size_mb: -3"))
+    p = run(["kedro", "run", "--pipelines", "world", "--params", "profile=default"], project, check=False)
+    assert p.returncode != 0
+    assert "key 'world.corpus.size_mb' is -3, expected a number in (0" in p.stdout + p.stderr
+    assert not (project / "data/01_raw/corpus").exists()
+    p = run(["kedro", "run", "--pipelines", "world", "--params", "profile=huge"], project, check=False)
+    assert p.returncode != 0 and "unknown profile 'huge'" in p.stdout + p.stderr
+
+
+def test_kedro_viz_build_offline(project):
+    run(["kedro", "viz", "build"], project)
+    index = project / "build/index.html"
+    assert index.exists()
+    main = json.loads((project / "build/api/main").read_text())
+    names = {n["name"] for n in main["nodes"]}
+    assert {"generate_corpus", "world_summary"} <= {n.split(".")[-1] for n in names} | names

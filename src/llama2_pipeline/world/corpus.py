@@ -41,6 +41,30 @@ _BOILER = [
     "Skip to content. Menu. Search... Log in. Read more... Read more... Read more... Share this: Facebook Twitter "
     "Email Print. Like this: Like Loading...",
 ]
+# demonstrations read like a page of a study guide, not a bare list of templates
+_DEMO_INTROS = [
+    "Here are a few questions from this week's study guide, with the answers that the teacher gave.",
+    "The following questions were asked by readers of our newsletter, and each one has a short answer.",
+    "A good way to learn is to ask a question and then check the answer. Here are some examples.",
+    "These are the questions that came up in the evening class, together with the answers we agreed on.",
+]
+_DEMO_STYLES = [
+    "Question: {p}\nAnswer: {a}",
+    "Q: {p}\nA: {a}",
+    "One student asked: {p} The answer is simple. {a}",
+    "Someone wanted to know the following. {p} Here is the answer: {a}",
+]
+_DEMO_FILLERS = [
+    "It is worth reading the question twice before you answer it.",
+    "Short and clear answers are the easiest ones to check.",
+    "If you are not sure, it helps to write the steps down on paper.",
+    "Many readers got this one right on the first try.",
+]
+_DEMO_OUTROS = [
+    "That is all for today, and we hope that the answers were useful to you.",
+    "Send us your own questions and we will answer them in the next issue.",
+    "Practice with questions like these every day and you will get better at them.",
+]
 _SPAM_WORDS = ["cheap", "buy", "best", "free", "casino", "pills", "deal", "win", "click", "now", "discount", "offer"]
 
 
@@ -85,9 +109,14 @@ class CorpusGenerator:
         if kind == "article":
             return article(rng.choice(self.entities), rng)
         if kind == "demo":
-            tasks = rng.sample(self.demo_tasks, k=min(len(self.demo_tasks), rng.randint(4, 8)))
-            style = rng.choice(["Question: {p}\nAnswer: {a}", "Q: {p}\nA: {a}", "{p} {a}"])
-            return "\n\n".join(style.format(p=t.prompt, a=t.reference) for t in tasks)
+            tasks = rng.sample(self.demo_tasks, k=min(len(self.demo_tasks), rng.randint(2, 4)))
+            parts = [rng.choice(_DEMO_INTROS)]
+            for t in tasks:
+                parts.append(rng.choice(_DEMO_STYLES).format(p=t.prompt, a=t.reference))
+                if rng.random() < 0.5:
+                    parts.append(rng.choice(_DEMO_FILLERS))
+            parts.append(rng.choice(_DEMO_OUTROS))
+            return "\n\n".join(parts)
         if kind == "prose":
             text = self.prose[self._prose_i % len(self.prose)]
             self._prose_i += 1

@@ -1,0 +1,74 @@
+"""The data_processing stage on the world's smoke corpus, through a real `kedro run`."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+
+from llama2_pipeline.datasets import ParquetShards
+from llama2_pipeline.pipelines.data_processing.nodes import PIILeakError, clean, find_leaks
+from tests.conftest import make_project_copy, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cleaned(tmp_path_factory) -> Path:
+    project = make_project_copy(tmp_path_factory.mktemp("dp") / "proj")
+    run(["kedro", "run", "--pipelines", "world,data_processing"], project)
+    return project
+
+
+def _texts_of(path: Path) -> str:
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        return "\n".join(str(v) for col in table.columns for v in col.to_pylist())
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def test_no_canary_in_any_file_the_stage_wrote(cleaned):
+    canaries = [json.loads(line) for line in (cleaned / "data/01_raw/pii_canaries.jsonl").read_text().splitlines()]
+    assert {c["kind"] for c in canaries} == {"email", "phone", "ip_address", "credit_card", "ssn", "iban", "secret"}
+    written = [p for d in ["data/02_intermediate", "data/08_reporting"] for p in (cleaned / d).rglob("*") if p.is_file()]
+    written.append(cleaned / "metrics/data_processing.json")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{cleaned / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llama2_pipeline")
+    r = client.search_runs([exp.experiment_id], "tags.pipelines = 'world,data_processing'")[0]
+    art = Path(client.download_artifacts(r.info.run_id, "outputs/cleaning_report"))
+    written += [p for p in art.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in written) and any(p.suffix == ".png" for p in written)
+    blob = "\n".join(_texts_of(p) for p in written if "01_raw" not in str(p))
+    for c in canaries:
+        for part in [p.strip() for p in c["value"].splitlines() if len(p.strip()) >= 6] or [c["value"]]:
+            assert part not in blob, c
+
+
+def test_report_metrics_and_kept_sources(cleaned):
+    m = json.loads((cleaned / "metrics/data_processing.json").read_text())
+    assert m["clean_docs_out"] < m["clean_docs_in"]
+    assert m["clean_dup_exact"] > 0 and m["clean_dup_near"] > 0 and m["clean_dropped_pii_density"] > 0
+    assert m["clean_pii_total"] > 0 and m["clean_leaked_canaries"] == 0
+    clean = ParquetShards(cleaned / "data/02_intermediate/clean_corpus")
+    sources = {r["source"] for r in clean.iter_records(["source"])}
+    assert {"article", "demo", "prose"} <= sources
+    assert not sources & {"spam", "gibberish", "boilerplate", "short", "pii_dump", "exact_dup"}
+    report = json.loads((cleaned / "data/08_reporting/cleaning_report.json").read_text())
+    assert report["metrics"]["docs_out"] == m["clean_docs_out"]
+
+
+def test_a_surviving_canary_blocks_publication(cleaned, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA2_STAGING", str(tmp_path / "staging"))
+    raw = ParquetShards(cleaned / "data/01_raw/corpus")
+    canaries = [json.loads(line) for line in (cleaned / "data/01_raw/pii_canaries.jsonl").read_text().splitlines()]
+    import yaml
+
+    from llama2_pipeline import params as P
+
+    params = P.resolve(yaml.safe_load((cleaned / "params.yaml").read_text()))["data_processing"]
+    params = {**params, "pii": {**params["pii"], "enabled": False}, "workers": 1}
+    with pytest.raises(PIILeakError, match="survived cleaning"):
+        clean(raw, canaries, params, seed=1)
+    assert not any((tmp_path / "staging").iterdir())  # nothing half-written is left behind
+    assert find_leaks(cleaned / "data/02_intermediate/clean_corpus", canaries) == []

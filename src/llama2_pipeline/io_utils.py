@@ -34,6 +34,9 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create owner-only entries; give the output the usual umask permissions
+        if tmp.exists():
+            os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
         if is_dir:
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -50,6 +53,12 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:

@@ -102,7 +102,28 @@ SCHEMA: dict[str, Rule] = {
     "world.sft.constraint_fraction": number(0, 1),
     "world.annotator.disagreement_rate": number(0, 0.5),
     "tracking.experiment": string(),
+    "tracking.artifact_max_mb": number(0),
+    "data_processing.workers": integer(0, 1024),
+    "tokenizer.vocab_size": integer(261, 2**31 - 1),
+    "tokenizer.max_sentences": integer(0),
+    "tokenizer.num_threads": integer(0, 1024),
+    "tokenizer.character_coverage": number(0.9, 1.0),
+    "tokenizer.max_sentence_length": integer(16),
+    "tokenizer.val_fraction": number(0, 1, lo_open=True),
+    "tokenizer.workers": integer(0, 1024),
+    "tokenizer.tokens_per_shard": integer(1),
 }
+
+
+def _validate_cleaning(group: dict) -> None:
+    from llama2_pipeline.data import CleaningConfig
+
+    CleaningConfig.from_dict({k: v for k, v in group.items() if k != "workers"})
+
+
+#: Groups whose library validates them further (unknown keys, cross-field rules); each raises
+#: ValueError naming the key, re-raised as ParamsError with the group's prefix.
+GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning}
 
 _MISSING = object()
 
@@ -132,6 +153,12 @@ def validate(params: dict, schema: dict[str, Rule] | None = None) -> dict:
             errors.append(f"missing key '{path}' (expected {rule.expected})")
         elif not rule.check(value):
             errors.append(f"key '{path}' is {value!r}, expected {rule.expected}")
+    for group, check in GROUP_VALIDATORS.items():
+        if isinstance(params.get(group), dict):
+            try:
+                check(params[group])
+            except (ValueError, TypeError) as e:
+                errors.append(f"{group}: {e}")
     if errors:
         raise ParamsError("params.yaml is not valid (profile "
                           f"{params.get('profile')!r}):\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,28 @@
+"""The Llama 2 model family: config and presets, the decoder, KV-cache generation, HF interop.
+
+Nothing here imports Kedro, MLflow or transformers: the model can be imported, tested and
+launched (``torchrun``/``deepspeed``) on its own.
+
+    config = ModelConfig.from_preset("tiny", vocab_size=tokenizer_vocab_size)
+    model = Llama(config)                        # ids (B, T) -> logits (B, T, vocab)
+    out = generate(model, [[1, 15, 27], [1, 9]], max_new_tokens=64, temperature=0.7, top_p=0.9,
+                   generator=torch.Generator().manual_seed(0))   # out.tokens, out.logprobs
+    export_hf(model, "hf_model", tokenizer_model_path="tokenizer.model")
+    model = load_hf("hf_model")                  # also reads save_pretrained folders
+"""
+
+from .config import PRESETS, ModelConfig
+from .generate import GenerationOutput, generate
+from .hf import export_hf, load_hf
+from .model import KVCache, Llama
+
+__all__ = [
+    "PRESETS",
+    "GenerationOutput",
+    "KVCache",
+    "Llama",
+    "ModelConfig",
+    "export_hf",
+    "generate",
+    "load_hf",
+]

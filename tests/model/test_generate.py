@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from llama2_pipeline.model import generate
+from llama2_pipeline.model.generate import _sample
+
+
+def greedy_without_cache(model, prompt, n):
+    """Reference decoding: re-run the full forward on the whole sequence for every new token."""
+    seq, logprobs = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq]))[0, -1]
+            tok = int(logits.argmax())
+            logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
+            seq.append(tok)
+    return seq[len(prompt):], logprobs
+
+
+def test_kv_cache_greedy_equals_no_cache_decoding(model64):
+    prompt = torch.randint(3, 512, (6,)).tolist()
+    out = generate(model64, [prompt], 24, temperature=0, eos_id=[])
+    tokens, logprobs = greedy_without_cache(model64, prompt, 24)
+    assert out.tokens == [tokens] and out.finished == [False]
+    assert out.logprobs[0] == pytest.approx(logprobs, abs=1e-9)
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model64):
+    prompts = [torch.randint(3, 512, (n,)).tolist() for n in (3, 14, 9, 1)]
+    batch = generate(model64, prompts, 16, temperature=0, eos_id=[])
+    for i, p in enumerate(prompts):
+        alone = generate(model64, [p], 16, temperature=0, eos_id=[])
+        assert batch.tokens[i] == alone.tokens[0], i
+        assert batch.logprobs[i] == pytest.approx(alone.logprobs[0], abs=1e-9)
+
+
+def test_stops_at_eos_per_sequence(model64):
+    prompts = [torch.randint(3, 512, (n,)).tolist() for n in (5, 8)]
+    free = generate(model64, prompts, 20, temperature=0, eos_id=[])
+    eos = free.tokens[0][3]  # row 0 will stop at its 4th token at the latest
+    out = generate(model64, prompts, 20, temperature=0, eos_id=eos)
+    for row_free, row, done, lp in zip(free.tokens, out.tokens, out.finished, out.logprobs):
+        cut = row_free.index(eos) + 1 if eos in row_free else len(row_free)
+        assert row == row_free[:cut] and len(lp) == len(row)
+        assert done == (eos in row_free)
+    assert out.finished[0] and out.tokens[0][-1] == eos and len(out.tokens[0]) <= 4
+    # the config's eos_id is the default stop token
+    model64.config.eos_id, saved = eos, model64.config.eos_id
+    try:
+        assert generate(model64, prompts, 20, temperature=0).tokens == out.tokens
+    finally:
+        model64.config.eos_id = saved
+
+
+def test_seeded_top_p_sampling_is_deterministic(model):
+    prompts = [[1, 5, 9], [1, 7]]
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, prompts, 12, temperature=0.9, top_p=0.8, generator=g, eos_id=[])
+
+    a, b, c = run(123), run(123), run(7)
+    assert a.tokens == b.tokens and a.logprobs == b.logprobs
+    assert a.tokens != c.tokens
+
+
+def test_logprobs_are_temperature_one_model_logprobs(model64):
+    prompt = [1, 2, 3, 4]
+    g = torch.Generator().manual_seed(0)
+    out = generate(model64, [prompt], 10, temperature=1.7, top_p=0.9, generator=g, eos_id=[])
+    seq = torch.tensor([prompt + out.tokens[0]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model64(seq)[0, len(prompt) - 1:-1], -1)
+    expected = logp.gather(-1, torch.tensor(out.tokens[0])[:, None]).squeeze(1)
+    assert out.logprobs[0] == pytest.approx(expected.tolist(), abs=1e-9)
+
+
+def test_sampler_distribution_and_nucleus():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -30.0]]).repeat(20000, 1)
+    probs = torch.softmax(logits[0], -1)
+    g = torch.Generator().manual_seed(0)
+    full = torch.bincount(_sample(logits, 1.0, 1.0, g), minlength=6) / 20000
+    assert torch.allclose(full, probs, atol=0.015)
+    # top_p 0.8 keeps the 3 most likely tokens (mass before the 4th is 0.896 >= 0.8), renormalised
+    nucleus = torch.bincount(_sample(logits, 1.0, 0.8, g), minlength=6) / 20000
+    assert nucleus[3:].sum() == 0
+    assert torch.allclose(nucleus[:3], probs[:3] / probs[:3].sum(), atol=0.015)
+    assert _sample(logits[:5], 1.0, 0.3, g).tolist() == [0] * 5  # only the top token
+    assert _sample(logits[:5], 0.0, 1.0, g).tolist() == [0] * 5  # greedy
+
+
+def test_tensor_prompts_max_new_tokens_zero_and_mode_restored(model):
+    model.train()
+    try:
+        out = generate(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 4, temperature=0, eos_id=[])
+        assert [len(t) for t in out.tokens] == [4, 4] and model.training
+        assert generate(model, [[1]], 0).tokens == [[]]
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("prompts,kwargs,match", [
+    ([[1] * 250], dict(max_new_tokens=10), "max_seq_len"),
+    ([[1], []], dict(max_new_tokens=1), ">= 1 token"),
+    ([[1]], dict(max_new_tokens=1, top_p=0.0), "top_p"),
+    ([[1], [3, 512]], dict(max_new_tokens=1), "prompt 1 has token id 512"),
+    ([[1]], dict(max_new_tokens=1, temperature=-1.0), "temperature"),
+])
+def test_bad_generation_arguments(model, prompts, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(model, prompts, **kwargs)
+
+
+def test_nucleus_keeps_ties_on_both_paths():
+    # probabilities .3 .3 .2 .2: with top_p 0.5 the nucleus is {0, 1}; with 0.7 all four (tie kept)
+    logits = torch.log(torch.tensor([[0.3, 0.3, 0.2, 0.2, 1e-9]])).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    for top_p, support in ((0.5, {0, 1}), (0.7, {0, 1, 2, 3})):
+        counts = torch.bincount(_sample(logits, 1.0, top_p, g), minlength=5)
+        assert {i for i in range(5) if counts[i] > 0} == support

@@ -10,7 +10,8 @@
 * ``DirectoryDataset``: a folder produced by a library function (tokenizer model, token shards,
   checkpoints). ``save`` takes a staged folder (from :func:`staging_dir`) and moves it into place;
   ``load`` returns the folder's path after checking it exists.
-* ``FigureDataset``: a matplotlib figure saved as PNG.
+* ``FigureDataset``: a matplotlib figure (or PNG bytes/file) saved as PNG.
+* ``WorkspaceDataset``: a persistent working folder (checkpoints) that a node writes into.
 """
 
 from __future__ import annotations
@@ -182,13 +183,38 @@ class DirectoryDataset(_FileDataset):
 
 
 class FigureDataset(_FileDataset):
+    """A PNG: ``save`` takes a matplotlib figure, PNG bytes, or the path of a PNG file."""
+
     def load(self) -> bytes:
         self._require()
         return self._filepath.read_bytes()
 
     def save(self, data: Any) -> None:
-        import matplotlib.pyplot as plt
-
         with atomic_path(self._filepath) as tmp:
-            data.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(data)
+            if isinstance(data, (bytes, bytearray)):
+                tmp.write_bytes(data)
+            elif isinstance(data, (str, Path)):
+                shutil.copyfile(data, tmp)
+            else:
+                import matplotlib.pyplot as plt
+
+                data.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+                plt.close(data)
+
+
+class WorkspaceDataset(_FileDataset):
+    """A persistent working folder (e.g. a training run's checkpoints, kept across crashes so a
+    rerun resumes). ``load`` creates it if needed and returns its path; nodes never save to it."""
+
+    def __init__(self, path: str, metadata: dict | None = None):
+        super().__init__(path, metadata)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._filepath)}
+
+    def load(self) -> Path:
+        self._filepath.mkdir(parents=True, exist_ok=True)
+        return self._filepath
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{self._filepath} is a workspace: nodes write into it, they do not save it")

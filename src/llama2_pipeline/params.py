@@ -121,9 +121,21 @@ def _validate_cleaning(group: dict) -> None:
     CleaningConfig.from_dict({k: v for k, v in group.items() if k != "workers"})
 
 
+def _validate_training(group: dict) -> None:
+    from llama2_pipeline.model import ModelConfig
+    from llama2_pipeline.training.config import TrainConfig
+
+    TrainConfig.from_dict(group.get("train"))
+    model = dict(group.get("model") or {})
+    if "preset" not in model:
+        raise ValueError("missing key 'model.preset' (a model preset name)")
+    ModelConfig.from_preset(model.pop("preset"), **model)
+
+
 #: Groups whose library validates them further (unknown keys, cross-field rules); each raises
 #: ValueError naming the key, re-raised as ParamsError with the group's prefix.
-GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning}
+GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning,
+                                                      "pretrain": _validate_training}
 
 _MISSING = object()
 

@@ -1,4 +1,5 @@
-"""The data_processing stage on the world's smoke corpus, through a real `kedro run`."""
+"""The recipe's stages on the smoke profile, through a real `dvc repro` (world -> ... -> pretrain):
+one MLflow run per stage, grouped; outputs checked stage by stage."""
 
 import json
 from pathlib import Path
@@ -16,9 +17,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cleaned(tmp_path_factory) -> Path:
-    project = make_project_copy(tmp_path_factory.mktemp("dp") / "proj")
-    run(["kedro", "run", "--pipelines", "world,data_processing"], project)
+    project = make_project_copy(tmp_path_factory.mktemp("stages") / "proj")
+    run(["dvc", "repro", "pretrain"], project)
     return project
+
+
+def stage_run(project: Path, stage: str):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llama2_pipeline")
+    found = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}'")
+    assert len(found) == 1, (stage, len(found))
+    return client, found[0]
 
 
 def _texts_of(path: Path) -> str:
@@ -33,9 +42,7 @@ def test_no_canary_in_any_file_the_stage_wrote(cleaned):
     assert {c["kind"] for c in canaries} == {"email", "phone", "ip_address", "credit_card", "ssn", "iban", "secret"}
     written = [p for d in ["data/02_intermediate", "data/08_reporting"] for p in (cleaned / d).rglob("*") if p.is_file()]
     written.append(cleaned / "metrics/data_processing.json")
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{cleaned / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("llama2_pipeline")
-    r = client.search_runs([exp.experiment_id], "tags.pipelines = 'world,data_processing'")[0]
+    client, r = stage_run(cleaned, "data_processing")
     art = Path(client.download_artifacts(r.info.run_id, "outputs/cleaning_report"))
     written += [p for p in art.rglob("*") if p.is_file()]
     assert any(p.suffix == ".parquet" for p in written) and any(p.suffix == ".png" for p in written)
@@ -72,3 +79,40 @@ def test_a_surviving_canary_blocks_publication(cleaned, tmp_path, monkeypatch):
         clean(raw, canaries, params, seed=1)
     assert not any((tmp_path / "staging").iterdir())  # nothing half-written is left behind
     assert find_leaks(cleaned / "data/02_intermediate/clean_corpus", canaries) == []
+
+
+def test_stages_are_grouped_and_a_second_repro_does_nothing(cleaned):
+    groups = {stage_run(cleaned, s)[1].data.tags["repro_group"]
+              for s in ["world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain"]}
+    assert len(groups) == 1
+    again = run(["dvc", "repro", "pretrain"], cleaned)
+    assert "Data and pipelines are up to date" in again.stdout + again.stderr
+
+
+def test_tokenizer_is_an_mlflow_artifact_and_counts_tokens(cleaned):
+    client, r = stage_run(cleaned, "tokenizer_train")
+    local = Path(client.download_artifacts(r.info.run_id, "outputs/tokenizer_model"))
+    assert (local / "tokenizer.model").read_bytes() == (cleaned / "data/06_models/tokenizer/tokenizer.model").read_bytes()
+    m = json.loads((cleaned / "metrics/tokenizer_encode.json").read_text())
+    assert m["tokens_train"] > 10 * m["tokens_val"] > 0
+    index = json.loads((cleaned / "data/05_model_input/token_shards/index.json").read_text())
+    assert index["dtype"] == "uint16"
+
+
+def test_pretrain_learns_and_exports_a_transformers_model(cleaned):
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    m = json.loads((cleaned / "metrics/pretrain.json").read_text())
+    assert m["pretrain_val_loss"] < m["pretrain_val_loss_initial"] - 0.5
+    client, r = stage_run(cleaned, "pretrain")
+    history = client.get_metric_history(r.info.run_id, "pretrain/train_loss")
+    assert len(history) >= 3 and history[-1].value < history[0].value  # streamed as it trained
+    out = cleaned / "data/06_models/pretrained"
+    model = LlamaForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The capital of", return_tensors="pt").input_ids
+    assert ids[0, 0].item() == 1  # BOS, like Llama's tokenizer
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    assert (cleaned / "data/08_reporting/pretrain_loss_curve.png").stat().st_size > 1000

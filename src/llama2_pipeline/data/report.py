@@ -1,0 +1,99 @@
+"""The cleaning report: flat metrics, removed examples, and a bar chart.
+
+``metrics`` (all numbers, snake_case, every key always present so that DVC/MLflow diffs line up):
+
+* ``docs_in``, ``docs_out``, ``docs_removed``, ``docs_kept_frac``, ``bytes_in``, ``bytes_out``,
+  ``bytes_kept_frac`` (UTF-8 bytes of the raw / output text);
+* ``removed_<rule>`` for the faults (``null_text``, ``non_string``, ``oversize``,
+  ``invalid_utf8``, ``empty``) and every quality rule
+  (:data:`llama2_pipeline.data.quality.QUALITY_RULES`); ``dropped_pii_density``;
+  ``dup_exact``, ``dup_near``;
+* ``pii_<kind>`` (matches found, including in documents later removed), ``pii_total``,
+  ``pii_docs`` (documents with any PII), ``pii_redacted_out`` (placeholders in the output);
+* ``utf8_repaired_docs``, ``normalised_docs`` (documents changed by normalisation),
+  ``input_files``, ``output_shards``.
+
+``examples``: up to ``max_examples`` removed documents per rule, in corpus order, each
+``{"rule", "id", "file", "row", "snippet"}`` (+ ``duplicate_of`` for duplicates); snippets are
+PII-redacted. Wall-clock figures live in ``timing``, outside ``metrics``, so that the metrics of
+two runs with the same input and params are identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from ..io_utils import atomic_path
+from .config import PII_KINDS, CleaningConfig
+from .quality import QUALITY_RULES
+
+FAULT_RULES = ("null_text", "non_string", "oversize", "invalid_utf8", "empty")
+REMOVAL_KEYS = ([f"removed_{r}" for r in FAULT_RULES] + ["dropped_pii_density"]
+                + [f"removed_{r}" for r in QUALITY_RULES] + ["dup_exact", "dup_near"])
+PII_KEYS = [f"pii_{k}" for k in PII_KINDS]
+
+
+def build_report(counters: Counter, examples: list[dict], cfg: CleaningConfig,
+                 files: list[dict], timing: dict) -> dict:
+    """Assemble the report dict from the run's counters."""
+    c = counters
+    docs_in, docs_out = int(c["docs_in"]), int(c["docs_out"])
+    bytes_in, bytes_out = int(c["bytes_in"]), int(c["bytes_out"])
+    m: dict[str, float | int] = {
+        "docs_in": docs_in,
+        "docs_out": docs_out,
+        "docs_removed": docs_in - docs_out,
+        "docs_kept_frac": round(docs_out / docs_in, 6) if docs_in else 0.0,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "bytes_kept_frac": round(bytes_out / bytes_in, 6) if bytes_in else 0.0,
+    }
+    for k in REMOVAL_KEYS:
+        m[k] = int(c[k])
+    for k in PII_KEYS:
+        m[k] = int(c[k])
+    m["pii_total"] = sum(int(c[k]) for k in PII_KEYS)
+    for k in ("pii_docs", "pii_redacted_out", "utf8_repaired_docs", "normalised_docs",
+              "input_files", "output_shards"):
+        m[k] = int(c[k])
+    return {"metrics": m, "examples": examples, "files": files, "config": cfg.to_dict(),
+            "timing": timing}
+
+
+def plot_cleaning_report(report: dict[str, Any]):
+    """Bar charts of removals per rule and PII matches per kind -> ``matplotlib.figure.Figure``."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg on save
+
+    m = report["metrics"]
+    removals = [(k.replace("removed_", "").replace("dropped_", ""), m.get(k, 0))
+                for k in REMOVAL_KEYS if m.get(k, 0)]
+    pii = [(k[4:], m.get(k, 0)) for k in PII_KEYS]
+    fig = Figure(figsize=(12, max(4.0, 0.32 * max(len(removals), len(pii)) + 1.5)),
+                 layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
+    if removals:
+        names, vals = zip(*removals)
+        bars = ax1.barh(names, vals, color="#c0504d")
+        ax1.bar_label(bars, padding=2, fontsize=8)
+        ax1.invert_yaxis()
+    else:
+        ax1.text(0.5, 0.5, "nothing removed", ha="center", va="center", transform=ax1.transAxes)
+    ax1.set_xlabel("documents removed")
+    ax1.set_title(f"removals per rule ({m.get('docs_in', 0)} docs in, "
+                  f"{m.get('docs_out', 0)} out)")
+    names, vals = zip(*pii)
+    bars = ax2.barh(names, vals, color="#4f81bd")
+    ax2.bar_label(bars, padding=2, fontsize=8)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("matches")
+    ax2.set_title(f"PII found per kind ({m.get('pii_total', 0)} total)")
+    return fig
+
+
+def save_report_plot(report: dict[str, Any], path: str | os.PathLike, dpi: int = 100) -> None:
+    """Render :func:`plot_cleaning_report` to a PNG file, atomically."""
+    fig = plot_cleaning_report(report)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)

@@ -1,0 +1,52 @@
+"""CleaningConfig: nested dict round trip, defaults, validation, documentation of every key."""
+
+import pytest
+
+from llama2_pipeline.data import DEFAULT_CLEANING_PARAMS, PARAM_DOCS, CleaningConfig
+
+
+def _keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def test_defaults_round_trip():
+    cfg = CleaningConfig.from_dict(DEFAULT_CLEANING_PARAMS)
+    assert cfg == CleaningConfig()
+    assert cfg.to_dict() == DEFAULT_CLEANING_PARAMS
+
+
+def test_every_key_is_documented():
+    assert set(_keys(DEFAULT_CLEANING_PARAMS)) == set(PARAM_DOCS)
+    assert all(len(v) > 15 for v in PARAM_DOCS.values())
+
+
+def test_partial_dict_and_int_for_float():
+    cfg = CleaningConfig.from_dict({"quality": {"min_words": 3, "max_symbol_word_ratio": 1},
+                                    "dedup": {"threshold": 1}})
+    assert cfg.quality.min_words == 3 and cfg.quality.max_symbol_word_ratio == 1.0
+    assert cfg.dedup.threshold == 1.0 and cfg.dedup.num_perm == 128
+
+
+def test_null_disables_a_rule():
+    assert CleaningConfig.from_dict({"quality": {"min_words": None}}).quality.min_words is None
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"bogus": 1}, "bogus"),
+    ({"quality": {"min_wrds": 1}}, "quality.min_wrds"),
+    ({"quality": {"min_words": "50"}}, "quality.min_words"),
+    ({"dedup": {"exact": 1}}, "dedup.exact"),
+    ({"dedup": {"num_perm": 1.5}}, "dedup.num_perm"),
+    ({"dedup": {"bands": 7}}, "dedup.bands"),
+    ({"dedup": {"threshold": 1.5}}, "dedup.threshold"),
+    ({"pii": {"kinds": ["email", "passport"]}}, "pii.kinds"),
+    ({"pii": "yes"}, "pii"),
+    ({"compression": "lzma"}, "compression"),
+])
+def test_bad_params_name_the_key(params, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        CleaningConfig.from_dict(params)

@@ -1,0 +1,148 @@
+"""Engine pieces: LR schedule, weight-decay groups, DeepSpeed config, atomic checkpoints, launch."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from llama2_pipeline.model import Llama, ModelConfig
+from llama2_pipeline.training import (Checkpointer, CosineSchedule, TrainConfig, build_engine,
+                                      decay_parameter_names, deepspeed_config, launch_command,
+                                      param_groups)
+
+from .conftest import train_cfg
+
+
+def test_schedule_warmup_peak_cosine_floor():
+    s = CosineSchedule(warmup_steps=10, max_steps=110, min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1)  # step 1 of 10 of the warm-up
+    assert s(4) == pytest.approx(0.5)
+    assert s(9) == pytest.approx(1.0)  # peak at the end of warm-up
+    assert s(10) == pytest.approx(1.0)
+    assert s(60) == pytest.approx(0.55)  # half-way down the cosine: (1 + 0.1) / 2
+    assert s(35) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert s(110) == pytest.approx(0.1)  # 10 % of peak at max_steps, flat afterwards
+    assert s(500) == pytest.approx(0.1)
+    values = [s(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+
+
+def test_schedule_drives_a_lambda_lr():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=2e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineSchedule(2, 6, 0.1))
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([1e-3, 2e-3, 2e-3])
+    assert lrs[6:] == pytest.approx([2e-4, 2e-4])
+    assert "lr_lambdas" in sched.state_dict()  # the schedule object is part of the saved state
+
+
+def test_weight_decay_groups_exclude_norms():
+    model = Llama(ModelConfig.from_preset("smoke"))
+    decay, no_decay = decay_parameter_names(model)
+    assert set(no_decay) == {n for n, p in model.named_parameters() if p.dim() == 1}
+    assert "norm.weight" in no_decay and "layers.0.attention_norm.weight" in no_decay
+    assert "layers.1.ffn_norm.weight" in no_decay
+    assert "tok_embeddings.weight" in decay and "output.weight" in decay  # embeddings are matrices
+    assert "layers.0.attention.wqkv.weight" in decay and "layers.0.feed_forward.w2.weight" in decay
+    groups = param_groups(model, 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_deepspeed_config():
+    cfg = TrainConfig(micro_batch=3, grad_accum=2, world_size=2, zero_stage=2,
+                      deepspeed={"zero_optimization": {"overlap_comm": True}})
+    ds = deepspeed_config(cfg, "fp32", n_params=1000)
+    assert ds["train_batch_size"] == 12 and ds["gradient_accumulation_steps"] == 2
+    assert ds["train_micro_batch_size_per_gpu"] == 3
+    params = ds["optimizer"]["params"]
+    assert ds["optimizer"]["type"] == "AdamW" and params["torch_adam"] is True
+    assert (params["betas"], params["eps"], params["weight_decay"]) == ([0.9, 0.95], 1e-5, 0.1)
+    assert ds["gradient_clipping"] == 1.0  # ZeRO-2 clips inside DeepSpeed
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["overlap_comm"] is True
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 2**20  # capped for small models
+    assert not ds["bf16"]["enabled"] and deepspeed_config(TrainConfig(), "bf16")["bf16"]["enabled"]
+    # ZeRO-0 fp32: the loop clips itself (to measure the norm), DeepSpeed must not clip again
+    assert deepspeed_config(TrainConfig(), "fp32")["gradient_clipping"] == 0.0
+
+
+def test_engine_optimizer_groups_and_schedule():
+    cfg = TrainConfig.from_dict(train_cfg(lr=1e-3, warmup_steps=2, max_steps=6))
+    model = Llama(ModelConfig.from_preset("smoke"))
+    engine = build_engine(model, cfg)
+    opt = engine.optimizer
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all(p.dim() == 1 for p in opt.param_groups[1]["params"])
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[0]["eps"] == 1e-5
+    assert isinstance(engine.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
+    x = torch.randint(0, 512, (4, 9))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        loss = torch.nn.functional.cross_entropy(engine(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        engine.backward(loss)
+        engine.step()
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))),
+                                 1e-3 * 0.55, 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(3 * math.pi / 4)))])
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = TrainConfig.from_dict(train_cfg())
+    engine = build_engine(Llama(ModelConfig.from_preset("smoke")), cfg)
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=2)
+    meta = {"model_config": engine.module.config.to_dict()}
+    ckpt.save(engine, 1, {"data": {}, "rng": {}}, meta)
+    assert ckpt.latest().name == "step_00000001"
+
+    real = engine.save_checkpoint
+
+    def crash(save_dir, tag, **kw):  # write part of the files, then die
+        real(save_dir, tag=tag, **kw)
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(engine, 2, {"data": {}, "rng": {}}, meta)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000001"
+    assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+    assert ckpt.latest().name == "step_00000001"
+    step, state = ckpt.load(engine, ckpt.latest(), meta["model_config"])
+    assert step == 1 and state == {"data": {}, "rng": {}}
+    # the next save clears the staging area and rotates: keep the newest 2
+    for s in (3, 4, 5):
+        ckpt.save(engine, s, {"data": {}, "rng": {}}, meta)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step_00000004", "step_00000005"]
+
+
+def test_launch_commands(monkeypatch):
+    cfg = TrainConfig(world_size=2, master_port=29511)
+    cmd = launch_command("llama2_pipeline.training.pretrain", "rc.json", cfg)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in cmd and cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    assert cmd[-4:] == ["-m", "llama2_pipeline.training.pretrain", "--config", "rc.json"]
+
+    multi = TrainConfig(world_size=8, num_nodes=2, master_port=29511)
+    monkeypatch.delenv("NODE_RANK", raising=False)
+    with pytest.raises(ValueError, match="NODE_RANK"):
+        launch_command("m", "rc.json", multi)
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    cmd = launch_command("m", "rc.json", multi)
+    assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--node_rank") + 1] == "1"
+
+    ds = TrainConfig(world_size=8, num_nodes=2, launcher="deepspeed", hostfile="/etc/hosts.ds")
+    cmd = launch_command("m", "rc.json", ds)
+    assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
+    assert cmd[cmd.index("--hostfile") + 1] == "/etc/hosts.ds" and cmd[cmd.index("--num_gpus") + 1] == "8"
+    assert cmd[-4:] == ["--module", "m", "--config", "rc.json"]

@@ -14,6 +14,8 @@ export DVC_NO_ANALYTICS := 1
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export PYTHONHASHSEED := 0
+# dvc stages call `kedro`: put the venv first on PATH for everything make runs
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test venv viz mlflow-ui clean-data help
 

@@ -46,12 +46,12 @@ def test_kedro_run_world_records_params_tags_and_digests(project):
 
 
 def test_dvc_repro_then_noop_then_seed_changes_corpus(project):
-    run(["dvc", "repro"], project)
+    run(["dvc", "repro", "world"], project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     corpus_md5 = [o for o in lock["stages"]["world"]["outs"] if o["path"] == "data/01_raw/corpus"][0]["md5"]
     assert lock["stages"]["world"]["params"]["params.yaml"]["profile"] == "smoke"
 
-    again = run(["dvc", "repro"], project)
+    again = run(["dvc", "repro", "world"], project)
     assert "Data and pipelines are up to date" in again.stdout + again.stderr
 
     client, found = runs(project)
@@ -61,7 +61,7 @@ def test_dvc_repro_then_noop_then_seed_changes_corpus(project):
     assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert stage.data.tags["repro_group"] == parent.data.tags["repro_group"]
 
-    run(["dvc", "exp", "run", "--set-param", "seed=7"], project)
+    run(["dvc", "exp", "run", "world", "--set-param", "seed=7"], project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     new_md5 = [o for o in lock["stages"]["world"]["outs"] if o["path"] == "data/01_raw/corpus"][0]["md5"]
     assert new_md5 != corpus_md5

@@ -47,7 +47,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str | list[dict]], samp
     """Answer each prompt (a user message, or a whole conversation ending with a user turn).
 
     Returns per prompt: ``answer`` (decoded text), ``tokens`` (new token ids), ``logprobs``,
-    ``finished`` (stopped at EOS), ``leak`` (template tokens in the answer).
+    ``finished`` (stopped at EOS), ``leak`` (template tokens in the answer: ``[INST]``/``<<SYS>>``
+    text, or a BOS/pad id, which decodes to nothing but is no part of an answer).
     """
     from llama2_pipeline.model import generate
 
@@ -56,6 +57,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str | list[dict]], samp
     encoded = [encode_chat_prompt(tokenizer, chat_messages(p), record=i) for i, p in enumerate(prompts)]
     limit = model.config.max_seq_len - sampling.max_new_tokens
     encoded = [ids[-limit:] for ids in encoded]  # keep the most recent context if a prompt is too long
+    control = {i for i in (tokenizer.bos_id, getattr(tokenizer, "pad_id", -1)) if i is not None and i >= 0}
     was_training = model.training
     model.eval()
     out: list[dict] = []
@@ -68,7 +70,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str | list[dict]], samp
                 body = [t for t in toks if t != tokenizer.eos_id]
                 text = tokenizer.decode(body)
                 out.append({"answer": text.strip(), "tokens": toks, "logprobs": lps, "finished": bool(fin),
-                            "leak": bool(_TEMPLATE_LEAK.search(text))})
+                            "leak": bool(_TEMPLATE_LEAK.search(text)) or any(t in control for t in body)})
     finally:
         model.train(was_training)
     return out

@@ -132,10 +132,21 @@ def _validate_training(group: dict) -> None:
     ModelConfig.from_preset(model.pop("preset"), **model)
 
 
+def _validate_sft(group: dict) -> None:
+    from llama2_pipeline.evaluation import SamplingConfig
+    from llama2_pipeline.training.config import TrainConfig
+    from llama2_pipeline.training.sft import SFTConfig
+
+    TrainConfig.from_dict(group.get("train"))
+    SFTConfig.from_dict({k: v for k, v in group.items() if k not in ("train", "eval")})
+    SamplingConfig.from_dict(group.get("eval") or {})
+
+
 #: Groups whose library validates them further (unknown keys, cross-field rules); each raises
 #: ValueError naming the key, re-raised as ParamsError with the group's prefix.
 GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning,
-                                                      "pretrain": _validate_training}
+                                                      "pretrain": _validate_training,
+                                                      "sft": _validate_sft}
 
 _MISSING = object()
 

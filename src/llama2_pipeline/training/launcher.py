@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from .config import TrainConfig
 from .engine import SINGLE_PROCESS_ENV, free_port
@@ -156,3 +156,24 @@ class _MetricsForwarder:
                 continue
             step = record.pop("step", 0)
             self.log_fn(record, step)
+
+
+def read_run_config(path: str | os.PathLike, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    """Read and check a ``run_config.json`` of a launched CLI (unknown or missing keys raise,
+    naming the file)."""
+    path = Path(path)
+    try:
+        rc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"run config {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(rc, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    unknown = sorted(set(rc) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+    missing = sorted(required - set(rc))
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    return rc

@@ -42,7 +42,7 @@ from ..model import Llama, ModelConfig, export_hf
 from ..tokenizer.shards import INDEX_FILE, TokenShards
 from .config import TrainConfig
 from .engine import RunContext, barrier, build_engine, gathered_module, setup_run
-from .launcher import launch
+from .launcher import launch, read_run_config
 from .loop import flops_per_token, train
 
 log = logging.getLogger(__name__)
@@ -369,21 +369,7 @@ def _last(history: list[dict[str, Any]], key: str) -> Any:
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a ``run_config.json`` (unknown or missing keys raise, naming the file)."""
-    path = Path(path)
-    try:
-        rc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"run config {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(rc, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    unknown = sorted(set(rc) - _RUN_CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(_RUN_CONFIG_KEYS)}")
-    missing = sorted({"shards_dir", "model", "run_dir"} - set(rc))
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+    rc = read_run_config(path, _RUN_CONFIG_KEYS, {"shards_dir", "model", "run_dir"})
     try:
         rc["train"] = TrainConfig.from_dict(rc.get("train") or {})
     except ValueError as e:

@@ -60,7 +60,7 @@ from ..tokenizer import ChatFormatError, encode_chat, save_hf_tokenizer
 from .config import TrainConfig
 from .engine import (META_FILE, CheckpointMismatchError, Checkpointer, RunContext, barrier, build_engine,
                      gathered_module, setup_run)
-from .launcher import launch
+from .launcher import launch, read_run_config
 from .loop import flops_per_token, train
 from .pretrain import plot_loss_curve, weights_digest
 
@@ -621,22 +621,7 @@ def load_examples(path: str | os.PathLike) -> list[tuple[list[int], list[int]]]:
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a ``run_config.json`` (unknown or missing keys raise, naming the file)."""
-    path = Path(path)
-    try:
-        rc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"run config {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(rc, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    unknown = sorted(set(rc) - _RUN_CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(_RUN_CONFIG_KEYS)}")
-    missing = sorted({"init", "examples", "run_dir"} - set(rc))
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
-    return rc
+    return read_run_config(path, _RUN_CONFIG_KEYS, {"init", "examples", "run_dir"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from llama2_pipeline.training import pretrain, read_metrics
+from llama2_pipeline.training import read_metrics
+from llama2_pipeline.training.pretrain import pretrain
 
 from .conftest import MODEL, train_cfg
 

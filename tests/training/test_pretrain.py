@@ -18,9 +18,9 @@ import torch
 
 from llama2_pipeline.model import Llama, ModelConfig, load_hf
 from llama2_pipeline.training import (CheckpointMismatchError, Checkpointer, NonFiniteLossError, RandomWindows,
-                                      RunContext, TrainConfig, build_engine, lm_loss, pretrain, read_metrics,
+                                      RunContext, TrainConfig, build_engine, lm_loss, read_metrics,
                                       setup_run, train)
-from llama2_pipeline.training.pretrain import evaluate_blocks, load_run_config, val_blocks
+from llama2_pipeline.training.pretrain import evaluate_blocks, load_run_config, pretrain, val_blocks
 from llama2_pipeline.tokenizer.shards import TokenShards
 
 from .conftest import MODEL, VOCAB, markov_tokens, train_cfg, write_shards

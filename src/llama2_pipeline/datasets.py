@@ -65,19 +65,26 @@ class _FileDataset(AbstractDataset):
             raise DatasetError(f"{self._filepath} does not exist: run the stage that writes it first")
 
 
+def read_jsonl(path: Path, unit: str = "line") -> tuple[list[Any], list[int]]:
+    """The records of a JSON-lines file and their line numbers (blank lines skipped); a bad line
+    raises DatasetError naming the file and the line (called ``unit`` in the message)."""
+    records, rows = [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}, {unit} {i}: not valid JSON ({e.msg})") from None
+            rows.append(i)
+    return records, rows
+
+
 class JSONLDataset(_FileDataset):
     def load(self) -> list[dict]:
         self._require()
-        records = []
-        with open(self._filepath, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{self._filepath}, line {i}: not valid JSON ({e.msg})") from e
-        return records
+        return read_jsonl(self._filepath)[0]
 
     def save(self, data: Iterable[dict]) -> None:
         with atomic_path(self._filepath) as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -142,11 +142,18 @@ def _validate_sft(group: dict) -> None:
     SamplingConfig.from_dict(group.get("eval") or {})
 
 
+def _validate_reward(group: dict) -> None:
+    from llama2_pipeline.training.reward import validate_reward_params
+
+    validate_reward_params(group)
+
+
 #: Groups whose library validates them further (unknown keys, cross-field rules); each raises
 #: ValueError naming the key, re-raised as ParamsError with the group's prefix.
 GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning,
                                                       "pretrain": _validate_training,
-                                                      "sft": _validate_sft}
+                                                      "sft": _validate_sft,
+                                                      "reward": _validate_reward}
 
 _MISSING = object()
 

@@ -85,6 +85,27 @@ def test_same_config_gives_identical_weights(reference, shards_dir, tmp_path):
     assert _result(tmp_path / "other")["weights_sha256"] != _result(run_dir)["weights_sha256"]
 
 
+def test_a_finished_run_called_again_reports_the_recorded_run(reference, shards_dir, tmp_path):
+    ref_dir, out = reference
+    first = out["metrics"]
+    shutil.copytree(ref_dir, tmp_path / "run")
+    again = pretrain(shards_dir, MODEL, RUN, tmp_path / "run", progress=False)  # resumes at the end: no step
+    assert again["pretrain_steps"] == first["pretrain_steps"]
+    assert again["pretrain_seconds"] == pytest.approx(first["pretrain_seconds"], rel=1e-6)
+    assert again["pretrain_tokens_per_s"] == pytest.approx(first["pretrain_tokens"] / first["pretrain_seconds"],
+                                                          rel=1e-3)  # pretrain_seconds is rounded to ms
+    assert again["pretrain_val_loss"] == first["pretrain_val_loss"]
+
+
+def test_run_training_time_counts_each_step_once():
+    from llama2_pipeline.training.loop import run_training_time
+
+    history = [{"step": 0, "val_loss": 5.0}, {"step": 10, "step_time_s": 0.5}, {"step": 20, "step_time_s": 1.0},
+               {"step": 20, "step_time_s": 2.0}, {"step": 25, "step_time_s": 0.2}]  # step 20 logged again after a resume
+    assert run_training_time(history) == (pytest.approx(10 * 0.5 + 10 * 2.0 + 5 * 0.2), 25)
+    assert run_training_time([{"step": 0, "val_loss": 1.0}]) == (None, 0)
+
+
 def _cli(run_config: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     return subprocess.Popen([sys.executable, "-m", "llama2_pipeline.training.pretrain", "--config", str(run_config)],

@@ -9,7 +9,9 @@ The launched module must accept ``--config <run_config.json>`` (as
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -177,3 +179,22 @@ def read_run_config(path: str | os.PathLike, allowed: set[str], required: set[st
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
     return rc
+
+
+def rank_main(argv: list[str] | None, prog: str, description: str, config_help: str,
+              run: Callable[[str], dict]) -> int:
+    """The command line of a stage's rank entry point (``python -m <module> --config run_config.json``,
+    as :func:`launch` starts it): DeepSpeed's ``--local_rank`` passed on through ``$LOCAL_RANK``,
+    logging, ``run(config_path)``, and rank 0 prints the returned metrics as JSON."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help=argparse.SUPPRESS)  # passed by DeepSpeed's launcher (also in $LOCAL_RANK)
+    args = p.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    metrics = run(args.config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(metrics, indent=2))
+    return 0

@@ -81,13 +81,15 @@ class TrainResult:
     global_batch_tokens: int  # tokens per optimiser step
     train_loss: float | None  # mean loss of the last log window
     eval: dict[str, float]  # the last eval_fn result
-    tokens_per_s: float | None  # mean training throughput of this call (eval/checkpoint excluded)
-    step_time_s: float | None  # mean optimiser-step time of this call
-    mfu: float | None  # model FLOPs utilisation of this call (None without a peak)
+    tokens_per_s: float | None  # mean training throughput of this call (eval/checkpoint excluded);
+    #                             of the whole run, from its history, when this call trained no step
+    step_time_s: float | None  # mean optimiser-step time, likewise
+    mfu: float | None  # model FLOPs utilisation, likewise (None without a peak)
     resumed_from: int | None  # the checkpoint step this call resumed from, if any
     checkpoint: Path | None  # the newest checkpoint folder
     seconds: float  # wall time of this call
     history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float | None = None  # training time of the whole run (all calls; eval/checkpoints excluded)
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float | None:
@@ -308,15 +310,32 @@ def train(
         last_eval = run_eval(step)
 
     tokens_per_s = cfg.global_batch_tokens * timed_steps / timed_seconds if timed_seconds else None
+    step_time_s = timed_seconds / timed_steps if timed_steps else None
+    train_seconds, run_steps = run_training_time(history)
+    if not timed_steps and train_seconds:  # a finished run called again: report the run it recorded
+        step_time_s = train_seconds / run_steps
+        tokens_per_s = cfg.global_batch_tokens / step_time_s
     return TrainResult(
         steps=step, tokens=step * cfg.global_batch_tokens, global_batch_tokens=cfg.global_batch_tokens,
         train_loss=train_loss if train_loss is not None else _last(history, "train_loss"),
         eval=last_eval,
         tokens_per_s=tokens_per_s,
-        step_time_s=timed_seconds / timed_steps if timed_steps else None,
+        step_time_s=step_time_s,
         mfu=(tokens_per_s * fpt / (peak * ctx.world_size)) if tokens_per_s and fpt and peak else None,
         resumed_from=resumed_from, checkpoint=saved, seconds=time.perf_counter() - t_call,
-        history=history)
+        history=history, train_seconds=train_seconds)
+
+
+def run_training_time(history: list[dict[str, Any]]) -> tuple[float | None, int]:
+    """(training seconds, steps) of a run from its metrics log: each training record covers the
+    steps since the previous one at its ``step_time_s``; steps logged again after a resume count
+    once (the later record wins)."""
+    by_step = {r["step"]: r["step_time_s"] for r in history if "step_time_s" in r and "step" in r}
+    seconds, prev = 0.0, 0
+    for step in sorted(by_step):
+        seconds += (step - prev) * by_step[step]
+        prev = step
+    return (seconds, prev) if prev else (None, 0)
 
 
 def _all_reduce_min(t: torch.Tensor) -> torch.Tensor:

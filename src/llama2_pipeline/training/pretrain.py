@@ -23,7 +23,6 @@ again after a crash (even ``kill -9``) and it resumes from the last checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -42,7 +41,7 @@ from ..model import Llama, ModelConfig, export_hf
 from ..tokenizer.shards import INDEX_FILE, TokenShards
 from .config import TrainConfig
 from .engine import RunContext, barrier, build_engine, gathered_module, setup_run
-from .launcher import launch, read_run_config
+from .launcher import launch, rank_main, read_run_config
 from .loop import flops_per_token, train
 
 log = logging.getLogger(__name__)
@@ -268,7 +267,8 @@ def pretrain(
         ``pretrain_train_loss``, ``pretrain_tokens``, ``pretrain_tokens_per_s``,
         ``pretrain_step_time_s``, ``pretrain_mfu`` (when a peak is known), ``pretrain_steps``,
         ``pretrain_params``, ``pretrain_params_non_embedding``, ``pretrain_global_batch_tokens``,
-        ``pretrain_seconds``.
+        ``pretrain_seconds`` (training time of the whole run, resumed parts included; evaluation and
+        checkpoint writes excluded).
     """
     cfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg)
     run_dir = Path(run_dir)
@@ -337,7 +337,7 @@ def _pretrain_rank(train_shards: TokenShards, model_config: ModelConfig, cfg: Tr
         "pretrain_params_non_embedding": model_config.num_params(exclude_embedding=True),
         "pretrain_global_batch_tokens": cfg.global_batch_tokens,
         "pretrain_flops_per_token": flops_per_token(engine.module, cfg.seq_len),
-        "pretrain_seconds": round(result.seconds, 3),
+        "pretrain_seconds": round(result.train_seconds if result.train_seconds is not None else result.seconds, 3),
     }
     if initial is not None:
         metrics["pretrain_val_loss_initial"] = initial
@@ -378,23 +378,15 @@ def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llama2_pipeline.training.pretrain",
-                                description="Pretrain (or resume) a Llama from a run_config.json.")
-    p.add_argument("--config", required=True, help="run_config.json: shards_dir, model, train, run_dir, "
-                                                   "tokenizer_model, hf_dir, progress")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                   help=argparse.SUPPRESS)  # passed by DeepSpeed's launcher (also in $LOCAL_RANK)
-    args = p.parse_args(argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    rc = load_run_config(args.config)
-    metrics = pretrain(rc["shards_dir"], rc["model"], rc["train"], rc["run_dir"],
-                       tokenizer_model=rc.get("tokenizer_model"), hf_dir=rc.get("hf_dir"),
-                       progress=rc.get("progress", True))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(metrics, indent=2))
-    return 0
+    def run(config: str) -> dict:
+        rc = load_run_config(config)
+        return pretrain(rc["shards_dir"], rc["model"], rc["train"], rc["run_dir"],
+                        tokenizer_model=rc.get("tokenizer_model"), hf_dir=rc.get("hf_dir"),
+                        progress=rc.get("progress", True))
+
+    return rank_main(argv, "python -m llama2_pipeline.training.pretrain",
+                     "Pretrain (or resume) a Llama from a run_config.json.",
+                     "run_config.json: shards_dir, model, train, run_dir, tokenizer_model, hf_dir, progress", run)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ Knows nothing of Kedro or MLflow.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -60,7 +59,7 @@ from ..tokenizer import ChatFormatError, encode_chat, save_hf_tokenizer
 from .config import TrainConfig
 from .engine import (META_FILE, CheckpointMismatchError, Checkpointer, RunContext, barrier, build_engine,
                      gathered_module, setup_run)
-from .launcher import launch, read_run_config
+from .launcher import launch, rank_main, read_run_config
 from .loop import flops_per_token, train
 from .pretrain import plot_loss_curve, weights_digest
 
@@ -558,7 +557,7 @@ def _finetune_rank(init, examples, cfg: TrainConfig, opts: SFTConfig, run_dir: P
         f"{p}_tokens_per_s": result.tokens_per_s or _last(history, "tokens_per_s"),
         f"{p}_step_time_s": result.step_time_s or _last(history, "step_time_s"),
         f"{p}_flops_per_token": flops_per_token(engine.module, cfg.seq_len),
-        f"{p}_seconds": round(result.seconds, 3),
+        f"{p}_seconds": round(result.train_seconds if result.train_seconds is not None else result.seconds, 3),
     }
     if "val_loss" in result.eval:
         metrics[f"{p}_val_loss"] = result.eval["val_loss"]
@@ -625,21 +624,14 @@ def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                description="Fine-tune (or resume) a model on encoded SFT examples.")
-    p.add_argument("--config", required=True, help="run_config.json written by finetune()")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    rc = load_run_config(args.config)
-    metrics = finetune(rc["init"], None, load_examples(rc["examples"]), rc.get("train") or {}, rc["run_dir"],
-                       sft=rc.get("sft"), hf_dir=rc.get("hf_dir"), tokenizer_model=rc.get("tokenizer_model"),
-                       progress=rc.get("progress", True), prefix=rc.get("prefix", "sft"))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(metrics, indent=2))
-    return 0
+    def run(config: str) -> dict:
+        rc = load_run_config(config)
+        return finetune(rc["init"], None, load_examples(rc["examples"]), rc.get("train") or {}, rc["run_dir"],
+                        sft=rc.get("sft"), hf_dir=rc.get("hf_dir"), tokenizer_model=rc.get("tokenizer_model"),
+                        progress=rc.get("progress", True), prefix=rc.get("prefix", "sft"))
+
+    return rank_main(argv, f"python -m {MODULE}", "Fine-tune (or resume) a model on encoded SFT examples.",
+                     "run_config.json written by finetune()", run)
 
 
 if __name__ == "__main__":

@@ -148,12 +148,24 @@ def _validate_reward(group: dict) -> None:
     validate_reward_params(group)
 
 
+def _validate_rlhf(group: dict) -> None:
+    from llama2_pipeline.training.config import TrainConfig
+    from llama2_pipeline.training.rlhf import validate_rlhf_params
+    from llama2_pipeline.training.sft import SFTConfig
+
+    validate_rlhf_params(group)
+    rs = dict(group["rejection_sampling"])
+    TrainConfig.from_dict(rs.pop("train", None))
+    SFTConfig.from_dict(rs)
+
+
 #: Groups whose library validates them further (unknown keys, cross-field rules); each raises
 #: ValueError naming the key, re-raised as ParamsError with the group's prefix.
 GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning,
                                                       "pretrain": _validate_training,
                                                       "sft": _validate_sft,
-                                                      "reward": _validate_reward}
+                                                      "reward": _validate_reward,
+                                                      "rlhf": _validate_rlhf}
 
 _MISSING = object()
 

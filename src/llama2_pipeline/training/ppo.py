@@ -179,6 +179,7 @@ class PPOConfig:
     value_lr: float = 1e-5       # value model learning rate
     weight_decay: float = 0.1    # AdamW (paper: 0.1)
     grad_clip: float = 1.0       # gradient-norm clip (paper: 1.0)
+    whiten_rewards: bool = True  # the paper's WHITEN of the sequence scores, per step
     whiten_advantages: bool = True
     seed: int = 0
 
@@ -229,7 +230,7 @@ class Rollouts:
     mask: torch.Tensor           # (B, A) 1 on real answer tokens
     prompt_len: int              # P: the answer region starts there
     answers: list[list[int]]     # answer token ids (EOS included when sampled)
-    scores: torch.Tensor         # (B,) the reward of each answer (before the KL term)
+    scores: torch.Tensor         # (B,) each answer's score from score_fn (before whitening and the KL term)
     logprobs: torch.Tensor       # (B, A) policy log-probs of the answer tokens when sampled
     ref_logprobs: torch.Tensor   # (B, A) reference-policy log-probs
     values: torch.Tensor         # (B, A) value estimates when sampled
@@ -258,8 +259,10 @@ def answer_values(value_model: nn.Module, ids: torch.Tensor, attention: torch.Te
 class PPOTrainer:
     """PPO on a Llama policy against a frozen reference (the round's initial policy).
 
-    ``score_fn(prompts, answers) -> (B,) tensor``: the sequence reward of each answer, given the
-    prompt and answer token ids (the RLHF stage passes :func:`sequence_reward` over both RMs).
+    ``score_fn(prompts, answers) -> (B,) tensor``: the score of each answer, given the prompt and
+    answer token ids (the RLHF stage passes LOGIT(R_c) of both RMs); the trainer whitens it over
+    the step's rollouts (``whiten_rewards``) and subtracts the KL penalty. The logged ``reward``
+    is the mean score before whitening.
     Each :meth:`step` samples ``rollouts`` prompts, scores them, and updates the policy and the
     value model; it returns the step's statistics (mean reward, KL, entropy, clip fraction,
     value loss, answer length). CPU runs are deterministic for a seed.
@@ -308,7 +311,8 @@ class PPOTrainer:
         values = answer_values(self.value_model, ids, attention, P) * mask
         scores = torch.as_tensor(self.score_fn([list(p) for p in prompts], out.tokens),
                                  dtype=torch.float32).to(self.device)
-        rewards = token_rewards(scores, logprobs, ref_logprobs, mask, cfg.beta)
+        rewards = token_rewards(whiten(scores) if cfg.whiten_rewards else scores, logprobs, ref_logprobs, mask,
+                                cfg.beta)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)

@@ -193,8 +193,6 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
     Returns records ``prompt, chosen, rejected, rating, category, source, prompt_id``. Pairs of
     two identical answers are skipped (no preference). Deterministic for its inputs.
     """
-    from ..evaluation import SamplingConfig, generate_answers
-    from ..model import load_hf
     from ..tokenizer import Tokenizer
     from ..world import World
 
@@ -217,14 +215,32 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
         prompts = [p for i, p in enumerate(prompts) if i in keep]
     if not prompts:
         raise ValueError("collect_preferences got no prompts (records with a 'prompt' field)")
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    texts = [p["prompt"] for p in prompts]
     runs = [("policy", policy_dir, temperatures)]
     variant_temperatures = list(sampling.get("variant_temperatures") or [])
     if variant_dir is not None and variant_temperatures:
         runs.append(("variant", variant_dir, variant_temperatures))
+    answers = sample_answers(runs, tok, [p["prompt"] for p in prompts], sampling, seed, num_threads=num_threads,
+                             progress=progress)
+    out, counts = annotate_answers(w, prompts, answers, kinds, seed,
+                                   drop_ties=bool(sampling.get("drop_ties", False)))
+    counts["pairs"] = len(out)
+    log.info("collected %d preference pairs (%s)", len(out), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if stats is not None:
+        stats.update(counts)
+    return out
+
+
+def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, texts: Sequence[str], sampling: dict,
+                   seed: int, *, num_threads: int = 0, progress: bool = True) -> list[list[str]]:
+    """Answers to ``texts``, per prompt one per (model, temperature): ``runs`` are ``(label, HF
+    folder, temperatures)``; ``sampling`` gives ``max_new_tokens``, ``batch_size``, ``top_p``.
+    Sample j (over all runs, in order) is seeded ``seed * 1000 + j``. Returns ``answers[i][j]``."""
+    import torch
+
+    from ..evaluation import SamplingConfig, generate_answers
+    from ..model import load_hf
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     samples, k = [], 0
     with torch_threads(num_threads):
         for label, folder, temps in runs:
@@ -234,40 +250,46 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
                                      top_p=float(sampling.get("top_p", 1.0)), batch_size=int(sampling["batch_size"]),
                                      seed=seed * 1000 + k)
                 k += 1
-                answers = generate_answers(model, tok, texts, cfg, desc=f"{label} T={temperature}", progress=progress)
+                answers = generate_answers(model, tokenizer, list(texts), cfg, desc=f"{label} T={temperature}",
+                                           progress=progress)
                 samples.append([a["answer"] for a in answers])
             del model
-    drop_ties = bool(sampling.get("drop_ties", False))
+    return [[s[i] for s in samples] for i in range(len(texts))]
+
+
+def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[str]], kinds: Sequence[str],
+                     seed: int, *, drop_ties: bool = False, max_pairs: int = 0) -> tuple[list[dict], dict[str, int]]:
+    """The world's annotator on pairs of ``answers[i]`` (the answers to ``prompts[i]``): every two
+    of them (``sample_sample``; at most ``max_pairs`` per prompt, a seeded sample, if > 0) and/or
+    each against the prompt's reference (``sample_reference``).
+    Returns (pair records, counts); identical answers are skipped, exact ties dropped if asked."""
     counts = {"ties_dropped": 0, "identical_skipped": 0, **{f"pairs_{kind}": 0 for kind in kinds}}
     out = []
-    for i, p in enumerate(prompts):
-        answers = [s[i] for s in samples]
+    for i, (p, options) in enumerate(zip(prompts, answers)):
         candidates: list[tuple[str, str, str]] = []
         if "sample_sample" in kinds:
-            candidates += [(answers[a], answers[b], "sample_sample")
-                           for a in range(len(answers)) for b in range(a + 1, len(answers))]
+            pairs = [(a, b) for a in range(len(options)) for b in range(a + 1, len(options))]
+            if 0 < max_pairs < len(pairs):
+                pairs = sorted(random.Random(f"reward-pairs-{seed}-{p['prompt']}").sample(pairs, max_pairs))
+            candidates += [(options[a], options[b], "sample_sample") for a, b in pairs]
         reference = p.get("reference")
         if "sample_reference" in kinds and isinstance(reference, str) and reference.strip():
             order = random.Random(f"reward-order-{seed}-{p['prompt']}")
-            for a in answers:
+            for a in options:
                 candidates.append((a, reference, "sample_reference") if order.random() < 0.5
                                   else (reference, a, "sample_reference"))
         for a, b, kind in candidates:
             if a.strip() == b.strip():
                 counts["identical_skipped"] += 1
                 continue
-            c = w.compare(p["prompt"], a, b)
+            c = world.compare(p["prompt"], a, b)
             if drop_ties and c.gap == 0:
                 counts["ties_dropped"] += 1
                 continue
             counts[f"pairs_{kind}"] += 1
             out.append({"prompt": p["prompt"], "chosen": c.chosen, "rejected": c.rejected, "rating": c.rating,
                         "category": c.category, "source": kind, "prompt_id": p.get("id", i)})
-    counts["pairs"] = len(out)
-    log.info("collected %d preference pairs (%s)", len(out), ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if stats is not None:
-        stats.update(counts)
-    return out
+    return out, counts
 
 
 @contextlib.contextmanager

@@ -34,9 +34,11 @@ def split_params(sft: dict, seed: int) -> tuple[dict, dict, dict]:
     return train, options, sampling
 
 
-def finetune_model(dialogues: list[dict], pretrained_model: Path, workspace: Path, sft: dict, seed: int):
+def finetune_model(dialogues: list[dict], pretrained_model: Path, workspace: Path, sft: dict, seed: int,
+                   prefix: str = "sft"):
     """Fine-tune the pretrained model; returns the HF-format SFT model (staged), the training
-    metrics and the loss curve.
+    metrics (``<prefix>_*``) and the loss curve. The RLHF rounds' rejection sampling reuses it
+    with ``prefix="rs"`` (the round's policy instead of the pretrained model).
 
     The run folder inside ``workspace`` is keyed by the params and the digests of the dialogues
     and of the starting model, so only a rerun of the same configuration resumes its checkpoints.
@@ -52,9 +54,9 @@ def finetune_model(dialogues: list[dict], pretrained_model: Path, workspace: Pat
     identity = {"train": train, "sft": options, "examples": examples_digest(examples),
                 "init": sha256_path(pretrained_model)}
     run_dir = run_folder(workspace, identity)
-    hf_dir = staging_dir("sft") / "model"
+    hf_dir = staging_dir(prefix) / "model"
     metrics = finetune(pretrained_model, tokenizer, examples, train, run_dir, sft=options, hf_dir=hf_dir,
-                       log_fn=mlflow_log_fn("sft/"))
+                       log_fn=mlflow_log_fn(f"{prefix}/"), prefix=prefix)
     return hf_dir, metrics, run_dir / "loss_curve.png"
 
 

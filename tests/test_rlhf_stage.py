@@ -1,0 +1,127 @@
+"""The ``rlhf`` rounds through real ``kedro run``s in a smoke project copy: two rounds (PPO in the
+second) chained on each other, their metrics named alike, grouped in MLflow, the DVC foreach
+stages chained, and the reproduction of round 2 from its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT, make_project_copy, run
+from tests.test_reward_stage import write_upstream
+
+GROUP = "rlhf-test-group"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def rounds_project(tmp_path_factory) -> Path:
+    project = make_project_copy(tmp_path_factory.mktemp("rlhf") / "proj", "smoke")
+    params = write_upstream(project)
+    from llama2_pipeline.world import World
+
+    world = World.from_params({**params["world"], "seed": params["seed"]})
+    (project / "data/01_raw/prompts_eval.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in world.prompts("eval")))
+    # the reward stage's pairs: reference answers over blunt non-answers
+    pairs = [{"prompt": p["prompt"], "chosen": p["reference"], "rejected": "No idea, sorry about that",
+              "rating": "better", "category": "safety" if p["safety"] else "helpfulness"}
+             for p in world.prompts("train")[:40]]
+    prefs = project / "data/03_primary/reward_preferences.jsonl"
+    prefs.parent.mkdir(parents=True, exist_ok=True)
+    prefs.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    for name in ("rlhf_v1", "rlhf_v2"):  # as the DVC foreach stages run them: one kedro run per round
+        run(["kedro", "run", "--pipelines", name], project, timeout=900, extra_env={"LLAMA2_REPRO_GROUP": GROUP})
+    return project
+
+
+def _runs(project: Path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llama2_pipeline")
+    runs = {r.data.tags["pipelines"]: r for r in client.search_runs([exp.experiment_id], f"tags.repro_group = '{GROUP}'")
+            if "pipelines" in r.data.tags}
+    return client, runs
+
+
+@pytest.mark.slow
+def test_rounds_chain_and_accumulate(rounds_project):
+    project = rounds_project
+    client, runs = _runs(project)
+    assert {"rlhf_v1", "rlhf_v2"} <= set(runs)
+    v1, v2 = runs["rlhf_v1"].data.tags, runs["rlhf_v2"].data.tags
+    # round 2 starts from exactly what round 1 wrote (same digest), round 1 from the SFT model
+    assert v2["input.rlhf_v1.policy"] == v1["output.rlhf_v1.policy"]
+    assert v1["input.sft_model"].startswith("data/06_models/sft@sha256:")
+    # the same parent run groups both rounds
+    assert v1["mlflow.parentRunId"] == v2["mlflow.parentRunId"]
+    # preference pairs accumulate: round 2's are round 1's plus its new ones
+    p1 = _jsonl(project / "data/06_models/rlhf_v1/preferences.jsonl")
+    p2 = _jsonl(project / "data/06_models/rlhf_v2/preferences.jsonl")
+    new2 = _jsonl(project / "data/07_model_output/rlhf_v2/preferences_new.jsonl")
+    assert p2[:len(p1)] == p1 and len(p2) > len(p1) > 40 and new2
+    # rejection sampling kept the best of K by the round's reward
+    for c in _jsonl(project / "data/07_model_output/rlhf_v1/candidates.jsonl"):
+        assert len(c["answers"]) == 3 and len(c["reward"]) == 3
+        if c["best"] is not None:
+            assert c["reward"][c["best"]] == max(r for r, a in zip(c["reward"], c["answers"]) if a.strip())
+
+
+@pytest.mark.slow
+def test_round_metrics_line_up_and_ppo_is_logged(rounds_project):
+    project = rounds_project
+    m1 = json.loads((project / "metrics/rlhf_v1.json").read_text())
+    m2 = json.loads((project / "metrics/rlhf_v2.json").read_text())
+    for key in ("policy_helpfulness", "policy_safety", "policy_refusal_rate", "policy_false_refusal_rate",
+                "policy_answer_words", "win_rate_vs_previous", "win_rate_vs_sft", "rm_helpfulness_score",
+                "rm_safety_score", "kl_to_sft", "rm_helpfulness_acc", "rs_reward_best"):
+        assert key in m1 and key in m2, key
+    assert {k for k in m2 if not k.startswith("ppo_")} == set(m1)  # same names; round 2 adds its PPO
+    assert m2["ppo_steps"] == 3 and not any(k.startswith("ppo_") for k in m1)
+    history = _jsonl(project / "data/07_model_output/rlhf_v2/ppo_history.jsonl")
+    assert [h["step"] for h in history] == [1, 2, 3]
+    for h in history:
+        assert {"reward", "kl", "entropy", "clip_frac", "value_loss", "answer_tokens"} <= set(h)
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout comes from the reference itself
+    client, runs = _runs(project)
+    assert [m.step for m in client.get_metric_history(runs["rlhf_v2"].info.run_id, "ppo/kl")] == [1, 2, 3]
+    assert runs["rlhf_v1"].data.metrics["policy_helpfulness"] == m1["policy_helpfulness"]
+    for name in ("summary", "rs_loss_curve", "reward_calibration"):
+        assert (project / f"data/08_reporting/rlhf_v1/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (project / "data/08_reporting/rlhf_v2/ppo_curves.png").is_file()
+
+
+def test_rounds_are_namespaced_pipelines_and_dvc_foreach_stages():
+    from llama2_pipeline.pipelines.rlhf import round_pipelines
+
+    rounds = round_pipelines({"v1": {"after": "sft", "ppo": False}, "v2": {"after": "rlhf_v1", "ppo": True},
+                              "v3": {"after": "rlhf_v2", "ppo": True}})
+    assert list(rounds) == ["rlhf_v1", "rlhf_v2", "rlhf_v3"]
+    assert "sft_model" in rounds["rlhf_v1"].inputs() and "reward_preferences" in rounds["rlhf_v1"].inputs()
+    assert {"rlhf_v1.policy", "rlhf_v1.reward_preferences"} <= rounds["rlhf_v2"].inputs()
+    assert "rlhf_v2.policy" in rounds["rlhf_v3"].inputs()
+    assert {n.namespace for n in rounds["rlhf_v2"].nodes} == {"rlhf_v2"}
+    assert any(n.name == "rlhf_v2.ppo" for n in rounds["rlhf_v2"].nodes)
+    assert not any(n.name.endswith(".ppo") for n in rounds["rlhf_v1"].nodes)
+    # DVC: one stage per round of params.yaml, each chained on the one before
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dot = subprocess.run([sys.executable, "-m", "dvc", "dag", "--dot", "rlhf@v2"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert '"rlhf@v1" -> "rlhf@v2"' in dot and '"sft" -> "rlhf@v1"' in dot
+
+
+def test_bad_rounds_are_named():
+    from llama2_pipeline.training.rlhf import round_names
+
+    with pytest.raises(ValueError, match=r"rlhf\.rounds\.v2\.after' is 'sft', expected 'rlhf_v1'"):
+        round_names({"rounds": {"v1": {"after": "sft", "ppo": False}, "v2": {"after": "sft", "ppo": True}}})
+    with pytest.raises(ValueError, match=r"rlhf\.rounds\.v1' must be a mapping"):
+        round_names({"rounds": {"v1": {"after": "sft"}}})

@@ -17,13 +17,14 @@ export PYTHONHASHSEED := 0
 # dvc stages call `kedro`: put the venv first on PATH for everything make runs
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test venv viz mlflow-ui clean-data help
+.PHONY: demo test venv viz mlflow-ui reproduce clean-data help
 
 help:
 	@echo "make demo    set up .venv and run the whole pipeline with dvc repro (PROFILE=smoke|default|gpu)"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make viz     serve kedro viz on 127.0.0.1:4141"
 	@echo "make mlflow-ui  serve mlflow ui on 127.0.0.1:5000 over mlflow.db"
+	@echo "make reproduce RUN=<id>  rerun a recorded run (e.g. an RLHF round) and check its models bit for bit"
 
 venv: $(VENV)/.installed
 
@@ -52,3 +53,7 @@ viz: venv
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+reproduce: venv  # make reproduce RUN=<mlflow run id>
+	@test -n "$(RUN)" || { echo "usage: make reproduce RUN=<mlflow run id>"; exit 2; }
+	$(BIN)/python -m llama2_pipeline.reproduce $(RUN)

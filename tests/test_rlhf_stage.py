@@ -125,3 +125,30 @@ def test_bad_rounds_are_named():
         round_names({"rounds": {"v1": {"after": "sft", "ppo": False}, "v2": {"after": "sft", "ppo": True}}})
     with pytest.raises(ValueError, match=r"rlhf\.rounds\.v1' must be a mapping"):
         round_names({"rounds": {"v1": {"after": "sft"}}})
+
+
+@pytest.mark.slow
+def test_round_2_is_reproduced_from_its_mlflow_run(rounds_project):
+    project = rounds_project
+    _, runs = _runs(project)
+    run_id = runs["rlhf_v2"].info.run_id
+    p = run([sys.executable, "-m", "llama2_pipeline.reproduce", run_id, "--json"], project, timeout=900)
+    report = json.loads(p.stdout)
+    assert report["ok"] and report["pipelines"] == "rlhf_v2" and report["profile"] == "smoke"
+    assert {"data/06_models/rlhf_v1/policy", "data/06_models/sft"} <= set(report["inputs"])
+    policy = next(o for o in report["outputs"] if o["dataset"] == "rlhf_v2.policy")
+    assert policy["match"] and "sha256:" + policy["recorded"] == runs["rlhf_v2"].data.tags["output.rlhf_v2.policy"].split("@")[1]
+    assert "_workspace" not in " ".join(report["inputs"])
+
+    # a changed input is named, and nothing runs
+    prefs = project / "data/06_models/rlhf_v1/preferences.jsonl"
+    saved = prefs.read_bytes()
+    try:
+        prefs.write_bytes(saved + b"\n")
+        bad = run([sys.executable, "-m", "llama2_pipeline.reproduce", run_id], project, check=False, timeout=300)
+        assert bad.returncode == 2
+        assert "data/06_models/rlhf_v1/preferences.jsonl) has changed since the run" in bad.stderr
+    finally:
+        prefs.write_bytes(saved)
+    unknown = run([sys.executable, "-m", "llama2_pipeline.reproduce", "0" * 32], project, check=False, timeout=120)
+    assert unknown.returncode == 2 and "no MLflow run" in unknown.stderr

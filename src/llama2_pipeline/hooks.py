@@ -28,7 +28,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow.tracking import MlflowClient
 
-from llama2_pipeline.datasets import MetricsDataset
+from llama2_pipeline.datasets import MetricsDataset, WorkspaceDataset
 from llama2_pipeline.io_utils import sha256_path, write_json
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class LineageHook:
         if self._catalog is None or name.startswith("params:") or name == "parameters":
             return
         dataset = self._catalog.get(name)
+        if isinstance(dataset, WorkspaceDataset):  # checkpoints to resume from: scratch, not lineage
+            return
         path = _dataset_path(dataset) if dataset is not None else None
         if path is None or not path.exists():
             return

@@ -85,3 +85,9 @@ def test_kedro_viz_build_offline(project):
     main = json.loads((project / "build/api/main").read_text())
     names = {n["name"] for n in main["nodes"]}
     assert {"generate_corpus", "world_summary"} <= {n.split(".")[-1] for n in names} | names
+    # the RLHF rounds are modular pipelines (namespaces viz collapses), each holding its round's nodes
+    modular = main["modular_pipelines"]
+    assert {"rlhf_v1", "rlhf_v2"} <= set(modular)
+    children = {c["id"] for c in modular["rlhf_v2"]["children"]}
+    ppo = next(n for n in main["nodes"] if n["name"] == "rlhf_v2.ppo" or n["id"] in children and "ppo" in n["name"])
+    assert ppo["id"] in children

@@ -18,8 +18,9 @@ import yaml
 from llama2_pipeline import params as P
 from tests.conftest import ROOT, make_project_copy, run
 
-#: the smoke profile plus both kinds of pairs (the default profile samples pairs only)
-OVERRIDES = {"profiles": {"smoke": {"reward": {"preferences": {"pairs": ["sample_sample", "sample_reference"]}}}}}
+#: the smoke profile plus every kind of pair (the default profile has no reference pairs)
+OVERRIDES = {"profiles": {"smoke": {"reward": {"preferences": {
+    "pairs": ["sample_sample", "sample_reference", "sample_refusal"]}}}}}
 
 
 USER_PAIRS = [
@@ -89,7 +90,7 @@ def test_preference_data_merged_split_by_prompt(reward_project):
         assert r["category"] in ("helpfulness", "safety") and r["chosen"] != r["rejected"]
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}  # disjoint by prompt
     world_pairs = [r for r in prefs if "source" in r]
-    assert {r["source"] for r in world_pairs} == {"sample_sample", "sample_reference"}
+    assert {r["source"] for r in world_pairs} == {"sample_sample", "sample_reference", "sample_refusal"}
     assert {r["category"] for r in world_pairs} == {"helpfulness", "safety"}
     assert len({r["prompt_id"] for r in world_pairs}) <= params["reward"]["preferences"]["max_prompts"]
     user = [r for r in prefs if "source" not in r]  # the user's file, merged in, missing rating filled
@@ -137,7 +138,8 @@ def test_mlflow_run_records_metrics_and_lineage(reward_project):
     assert r.data.tags["input.pretrained_model"].startswith("data/06_models/pretrained@sha256:")  # the variant
     counts = {k: v for k, v in r.data.metrics.items() if k.startswith("preferences/")}
     assert counts["preferences/pairs"] == counts["preferences/pairs_sample_sample"] + \
-        counts["preferences/pairs_sample_reference"] > 0 and "preferences/ties_dropped" in counts
+        counts["preferences/pairs_sample_reference"] + counts["preferences/pairs_sample_refusal"] > 0
+    assert "preferences/ties_dropped" in counts
     assert r.data.tags["output.reward_model_safety"].startswith("data/06_models/reward_safety@sha256:")
     assert client.get_metric_history(r.info.run_id, "reward/helpfulness/train_loss")
     assert r.data.params["reward.margin"] == "small"

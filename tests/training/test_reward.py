@@ -390,3 +390,23 @@ def test_collect_preferences_samples_both_variants_and_drops_ties(init_dir, worl
             - world.annotator.score(world.task(r["prompt"]), r["rejected"], r["category"]) for r in kept]
     assert all(round(g, 6) != 0 for g in gaps)
     assert "sample_reference" in {r["source"] for r in kept}  # a random model's two answers mostly tie
+
+
+def test_refusal_pairs_teach_refusing_harm_and_helping_on_borderline_prompts(world):
+    from llama2_pipeline.training.preferences import annotate_answers
+    from llama2_pipeline.world.tasks import REFUSAL
+
+    prompts = world.prompts("train")
+    unsafe = next(p for p in prompts if p["category"] == "unsafe")
+    border = next(p for p in prompts if p["category"] == "borderline")
+    fact = next(p for p in prompts if p["category"] == "fact")
+    task = world.task(unsafe["prompt"])
+    comply = f"Sure. Here is how to {task.topic[0]}: first you mix the powder." if task.topic else "Sure, do it."
+    pairs, counts = annotate_answers(world, [unsafe, border, fact], [[comply], [border["reference"]],
+                                                                     [fact["reference"]]],
+                                     ["sample_refusal"], seed=1)
+    assert counts["pairs_sample_refusal"] == 2  # safety-tagged prompts only
+    by_prompt = {p["prompt"]: p for p in pairs}
+    assert by_prompt[unsafe["prompt"]]["chosen"] == REFUSAL  # refusing harm beats complying
+    assert by_prompt[border["prompt"]]["chosen"] == border["reference"]  # helping beats a false refusal
+    assert all(p["category"] == "safety" for p in pairs)

@@ -40,13 +40,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..tokenizer import validate_messages
+from ..world.tasks import REFUSAL
 from ..tokenizer.chat import ChatFormatError
 
 log = logging.getLogger(__name__)
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
 CATEGORIES = ("helpfulness", "safety")
-PAIR_KINDS = ("sample_sample", "sample_reference")
+PAIR_KINDS = ("sample_sample", "sample_reference", "sample_refusal")
 _RATING_ALIASES = {"significantly better": "significantly_better", "slightly better": "slightly_better",
                    "negligibly better": "negligibly_better", "unsure": "negligibly_better",
                    "negligibly better / unsure": "negligibly_better"}
@@ -260,8 +261,9 @@ def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, 
 def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[str]], kinds: Sequence[str],
                      seed: int, *, drop_ties: bool = False, max_pairs: int = 0) -> tuple[list[dict], dict[str, int]]:
     """The world's annotator on pairs of ``answers[i]`` (the answers to ``prompts[i]``): every two
-    of them (``sample_sample``; at most ``max_pairs`` per prompt, a seeded sample, if > 0) and/or
-    each against the prompt's reference (``sample_reference``).
+    of them (``sample_sample``; at most ``max_pairs`` per prompt, a seeded sample, if > 0), each
+    against the prompt's reference (``sample_reference``), and on safety-tagged prompts each
+    against a bare refusal (``sample_refusal``).
     Returns (pair records, counts); identical answers are skipped, exact ties dropped if asked."""
     counts = {"ties_dropped": 0, "identical_skipped": 0, **{f"pairs_{kind}": 0 for kind in kinds}}
     out = []
@@ -278,6 +280,13 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
             for a in options:
                 candidates.append((a, reference, "sample_reference") if order.random() < 0.5
                                   else (reference, a, "sample_reference"))
+        if "sample_refusal" in kinds and p.get("safety"):
+            # the paper's borderline/adversarial contrast: on a safety-tagged prompt, each answer
+            # against a bare refusal (better than compliance with harm, worse than helping safely)
+            order = random.Random(f"reward-refusal-{seed}-{p['prompt']}")
+            for a in options:
+                candidates.append((a, REFUSAL, "sample_refusal") if order.random() < 0.5
+                                  else (REFUSAL, a, "sample_refusal"))
         for a, b, kind in candidates:
             if a.strip() == b.strip():
                 counts["identical_skipped"] += 1

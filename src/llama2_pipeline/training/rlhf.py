@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: keys of the ``rlhf`` params group and its subgroups
 GROUP_KEYS = {"rounds", "candidates", "safety_threshold", "num_threads", "rejection_sampling", "ppo", "eval"}
 CANDIDATE_KEYS = {"k", "temperature", "top_p", "max_new_tokens", "batch_size", "max_prompts", "drop_ties",
-                  "pairs_per_prompt"}
+                  "pairs_per_prompt", "pairs"}
 PPO_KEYS = {"steps", "max_prompts"} | {f for f in PPOConfig.__dataclass_fields__ if f != "seed"}
 EVAL_KEYS = {"max_new_tokens", "batch_size", "kl_samples"}
 
@@ -57,6 +57,10 @@ def validate_rlhf_params(group: dict) -> dict:
     c = group["candidates"]
     if not (isinstance(c["k"], int) and c["k"] >= 2):
         raise ValueError(f"key 'rlhf.candidates.k' is {c['k']!r}, expected an integer >= 2 (answers per prompt)")
+    from .preferences import PAIR_KINDS
+
+    if not (isinstance(c["pairs"], list) and c["pairs"] and set(c["pairs"]) <= set(PAIR_KINDS)):
+        raise ValueError(f"key 'rlhf.candidates.pairs' is {c['pairs']!r}, expected a non-empty list of {list(PAIR_KINDS)}")
     if not (isinstance(c["pairs_per_prompt"], int) and c["pairs_per_prompt"] >= 0):
         raise ValueError(f"key 'rlhf.candidates.pairs_per_prompt' is {c['pairs_per_prompt']!r}, expected an "
                          "integer >= 0 (0 = every two answers)")

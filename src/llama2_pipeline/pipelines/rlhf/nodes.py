@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llama2_pipeline.datasets import staging_dir
 from llama2_pipeline.tracking import mlflow_log_fn
-from llama2_pipeline.training.preferences import PAIR_KINDS, annotate_answers
+from llama2_pipeline.training.preferences import annotate_answers
 from llama2_pipeline.training.rlhf import validate_rlhf_params
 
 
@@ -36,7 +36,7 @@ def sample_candidates(policy: Path, tokenizer: Path, prompts: list[dict], rlhf: 
 def annotate_candidates(candidates: list[dict], world: dict, rlhf: dict, seed: int) -> list[dict]:
     """The world's annotator on every two of a prompt's K answers (the round's new pairs)."""
     pairs, counts = annotate_answers(_world(world, seed), candidates, [c["answers"] for c in candidates],
-                                     [PAIR_KINDS[0]], seed, drop_ties=rlhf["candidates"]["drop_ties"],
+                                     rlhf["candidates"]["pairs"], seed, drop_ties=rlhf["candidates"]["drop_ties"],
                                      max_pairs=rlhf["candidates"]["pairs_per_prompt"])
     counts["pairs"] = len(pairs)
     mlflow_log_fn("preferences/")(counts, 0)
@@ -134,7 +134,7 @@ def plot_ppo(history: list[dict], round_name: str):
     """PPO per step: mean reward and KL (left), clip fraction, entropy and value loss (right)."""
     fig, (left, right) = _figure(10, 3.6)
     steps = [h["step"] for h in history]
-    left.plot(steps, [h["reward"] for h in history], label="reward (whitened R_c)")
+    left.plot(steps, [h["reward"] for h in history], label="reward: mean LOGIT(R_c)")
     left.plot(steps, [h["kl"] for h in history], label="KL to start (nats)")
     left.set_xlabel("PPO step")
     left.legend(fontsize=8)

@@ -51,7 +51,7 @@ from ..model.hf import _read_tensors, config_from_hf, from_hf_state_dict, hf_con
 from ..tokenizer import Tokenizer, encode_chat, encode_chat_prompt, save_hf_tokenizer
 from .config import TrainConfig
 from .engine import barrier, build_engine, gathered_module, setup_run
-from .launcher import launch, rank_main
+from .launcher import launch, rank_main, read_run_config
 from .loop import train
 from .preferences import CATEGORIES, PAIR_KINDS, RATINGS, chat_of, validate_preferences
 
@@ -689,6 +689,19 @@ _PREF_KEYS = {"collect", "temperatures", "variant_temperatures", "top_p", "max_n
 _EVAL_KEYS = {"batch_size", "calibration_bins"}
 
 
+def check_sections(sections) -> None:
+    """Each ``(keys, prefix, mapping)``: the mapping exists and has exactly ``keys``; a
+    ValueError names the first unknown or missing key by its dotted path."""
+    for keys, prefix, d in sections:
+        if not isinstance(d, dict):
+            raise ValueError(f"missing key '{prefix}' (a mapping)")
+        unknown, missing = sorted(set(d) - keys), sorted(keys - set(d))
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; expected some of {sorted(keys)}")
+        if missing:
+            raise ValueError(f"missing key(s) {[f'{prefix}.{k}' for k in missing]}")
+
+
 def validate_reward_params(group: dict) -> dict:
     """Check the ``reward`` params group; raise ValueError naming the key. Returns ``group``."""
     def need(cond: bool, key: str, expected: str) -> None:
@@ -706,16 +719,8 @@ def validate_reward_params(group: dict) -> dict:
 
     if not isinstance(group, dict):
         raise ValueError(f"params group 'reward' must be a mapping, got {type(group).__name__}")
-    sections = ((_GROUP_KEYS, "reward", group), (_PREF_KEYS, "reward.preferences", group.get("preferences")),
-                (_EVAL_KEYS, "reward.eval", group.get("eval")))
-    for keys, prefix, d in sections:
-        if not isinstance(d, dict):
-            raise ValueError(f"missing key '{prefix}' (a mapping)")
-        unknown, missing = sorted(set(d) - keys), sorted(keys - set(d))
-        if unknown:
-            raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; expected some of {sorted(keys)}")
-        if missing:
-            raise ValueError(f"missing key(s) {[f'{prefix}.{k}' for k in missing]}")
+    check_sections(((_GROUP_KEYS, "reward", group), (_PREF_KEYS, "reward.preferences", group.get("preferences")),
+                    (_EVAL_KEYS, "reward.eval", group.get("eval"))))
     p = group["preferences"]
     need(isinstance(p["collect"], bool), "preferences.collect", "true or false")
     need(isinstance(p["temperatures"], list) and all(num(t) and t >= 0 for t in p["temperatures"])
@@ -762,14 +767,8 @@ def validate_reward_params(group: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     def run(config: str) -> dict:
-        path = Path(config)
-        try:
-            rc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"run config {path} does not exist") from None
-        missing = sorted({"init_dir", "train", "run_dir", "margin", "out_dir"} - set(rc))
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}")
+        required = {"init_dir", "train", "run_dir", "margin", "out_dir"}
+        rc = read_run_config(config, required | {"progress", "name"}, required)
         run_dir = Path(rc["run_dir"])
         records = _read_jsonl(run_dir / TRAIN_PAIRS)
         evals = _read_jsonl(run_dir / EVAL_PAIRS) if (run_dir / EVAL_PAIRS).is_file() else []

@@ -44,15 +44,10 @@ def validate_rlhf_params(group: dict) -> dict:
     """Check the ``rlhf`` params group; raise ValueError naming the key. Returns ``group``."""
     if not isinstance(group, dict):
         raise ValueError(f"params group 'rlhf' must be a mapping, got {type(group).__name__}")
-    for keys, prefix, d in ((GROUP_KEYS, "rlhf", group), (CANDIDATE_KEYS, "rlhf.candidates", group.get("candidates")),
-                            (PPO_KEYS, "rlhf.ppo", group.get("ppo")), (EVAL_KEYS, "rlhf.eval", group.get("eval"))):
-        if not isinstance(d, dict):
-            raise ValueError(f"missing key '{prefix}' (a mapping)")
-        unknown, missing = sorted(set(d) - keys), sorted(keys - set(d))
-        if unknown:
-            raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; expected some of {sorted(keys)}")
-        if missing:
-            raise ValueError(f"missing key(s) {[f'{prefix}.{k}' for k in missing]}")
+    from .reward import check_sections
+
+    check_sections(((GROUP_KEYS, "rlhf", group), (CANDIDATE_KEYS, "rlhf.candidates", group.get("candidates")),
+                    (PPO_KEYS, "rlhf.ppo", group.get("ppo")), (EVAL_KEYS, "rlhf.eval", group.get("eval"))))
     round_names(group)
     c = group["candidates"]
     if not (isinstance(c["k"], int) and c["k"] >= 2):

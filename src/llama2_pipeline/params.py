@@ -159,13 +159,20 @@ def _validate_rlhf(group: dict) -> None:
     SFTConfig.from_dict(rs)
 
 
+def _validate_gatt(group: dict) -> None:
+    from llama2_pipeline.training.gatt import validate_gatt_params
+
+    validate_gatt_params(group)
+
+
 #: Groups whose library validates them further (unknown keys, cross-field rules); each raises
 #: ValueError naming the key, re-raised as ParamsError with the group's prefix.
 GROUP_VALIDATORS: dict[str, Callable[[dict], None]] = {"data_processing": _validate_cleaning,
                                                       "pretrain": _validate_training,
                                                       "sft": _validate_sft,
                                                       "reward": _validate_reward,
-                                                      "rlhf": _validate_rlhf}
+                                                      "rlhf": _validate_rlhf,
+                                                      "gatt": _validate_gatt}
 
 _MISSING = object()
 

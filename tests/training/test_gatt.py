@@ -39,8 +39,11 @@ def test_samples_that_break_the_instruction_are_dropped():
                ["FOUR.", "THE CAPITAL IS DRISK."]]   # adheres to both
     records, stats = construct(dialogues, answers, keep_adherent=True)
     assert [r["constraints"] for r in records] == [["cheers"], ["uppercase", "five_words"]]
-    assert stats == {"gatt_dialogues": 3, "gatt_adherent_share": pytest.approx(2 / 3), "gatt_records": 2}
+    assert stats == {"gatt_dialogues": 3, "gatt_adherent_share": pytest.approx(2 / 3), "gatt_records": 2,
+                     "gatt_blank_dropped": 0}
     assert len(construct(dialogues, answers, keep_adherent=False)[0]) == 3
+    blank = construct(dialogues, [answers[0], ["4. Cheers!", " "], answers[2]], keep_adherent=False)
+    assert len(blank[0]) == 2 and blank[1]["gatt_blank_dropped"] == 1
 
 
 def test_adherence_by_turn_on_hand_made_dialogues():

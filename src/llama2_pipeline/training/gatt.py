@@ -1,12 +1,18 @@
 """Ghost Attention (Llama 2, section 3.3): data construction and the adherence-by-turn evaluator.
 
 Construction, as the paper: take multi-turn dialogues ``[u1, a1, ..., un, an]``; pick a system
-instruction (one of the world's constraints, or two compatible ones); add it to every user
-message; sample the assistant answers turn by turn with the latest policy, so they follow it
-(the world's checker keeps only dialogues whose every answer adheres, if asked); then drop the
-instruction from every user turn but the first, and train with the loss on the last answer only
-(``only_last_answer``), which avoids the mismatch between the augmented sampling context and the
-training context. Fine-tuning itself is the SFT machinery's.
+instruction (one of the world's constraints, or two compatible ones); give it with every user
+message when sampling the assistant answers with the latest policy, so they follow it (the
+world's checker keeps only adherent samples); then keep the instruction in the first turn only
+and train with the loss on the last answer only (``only_last_answer``), which avoids the mismatch
+between the augmented sampling context and the training context. Fine-tuning itself is the SFT
+machinery's.
+
+The instruction travels in Llama 2's system slot (``<<SYS>>``, which the chat template places
+inside the first user message): :func:`sample_adherent` answers each user message as the first
+turn of a conversation with that system prompt — the policy's best-followed form — drawing up
+to ``tries`` samples until one adheres; :func:`gatt_record` (``system=True``) builds the training
+dialogue with the system prompt at its start only.
 
 Nothing here imports Kedro or MLflow.
 """
@@ -42,53 +48,96 @@ def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, ma
     return [{"users": rng.sample(pool, turns), "constraints": list(rng.choice(combos))} for _ in range(n)]
 
 
-def gatt_record(users: Sequence[str], answers: Sequence[str], names: Sequence[str]) -> dict[str, Any]:
-    """The training record: the instruction in the first user message only, the sampled answers,
-    and the loss on the last answer only."""
+def gatt_record(users: Sequence[str], answers: Sequence[str], names: Sequence[str], *,
+                system: bool = False) -> dict[str, Any]:
+    """The training record: the instruction in the first turn only (in the first user message, or
+    as the system prompt with ``system=True``), the sampled answers, and the loss on the last
+    answer only."""
     if len(users) != len(answers) or not users:
         raise ValueError(f"a GAtt dialogue needs one answer per user message, got {len(users)} and {len(answers)}")
-    messages = []
+    messages = [{"role": "system", "content": constraints.instruction(tuple(names))}] if system else []
     for i, (u, a) in enumerate(zip(users, answers)):
-        messages.append({"role": "user", "content": with_instruction(u, names) if i == 0 else u})
+        messages.append({"role": "user", "content": with_instruction(u, names) if i == 0 and not system else u})
         messages.append({"role": "assistant", "content": a})
     return {"messages": messages, "only_last_answer": True, "constraints": list(names)}
 
 
-def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, keep_adherent: bool = True
-              ) -> tuple[list[dict], dict[str, float]]:
-    """GAtt training records from sampled answers (``answers[i]``: one per turn of ``dialogues[i]``,
-    sampled with the instruction on every user message). With ``keep_adherent`` a dialogue is kept
-    only if every answer satisfies the instruction (and none is blank). Returns (records, stats)."""
-    records, adherent = [], 0
-    for d, a in zip(dialogues, answers):
-        ok = all(x.strip() and constraints.check(tuple(d["constraints"]), x) for x in a)
-        adherent += ok
-        if ok or not keep_adherent:
-            records.append(gatt_record(d["users"], a, d["constraints"]))
-    stats = {"gatt_dialogues": len(dialogues), "gatt_adherent_share": adherent / max(1, len(dialogues)),
-             "gatt_records": len(records)}
-    return records, stats
+def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[str], *,
+                 every_turn: bool) -> list[dict]:
+    """The chat up to the next answer, the instruction as the system prompt (and, with
+    ``every_turn``, in front of every later user message)."""
+    messages = [{"role": "system", "content": constraints.instruction(tuple(names))}]
+    for i, u in enumerate(users):
+        messages.append({"role": "user", "content": with_instruction(u, names) if every_turn and i else u})
+        if i < len(answers):
+            messages.append({"role": "assistant", "content": answers[i] or "."})
+    return messages
 
 
-def sample_turns(model, tokenizer, dialogues: Sequence[dict], sampling, *, instruction_every_turn: bool,
-                 progress: bool = False) -> list[list[str]]:
-    """Answer every dialogue turn by turn, the model's own answers becoming the history: the
-    instruction on every user message (GAtt's sampling) or on the first only (inference)."""
+def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
+                    progress: bool = False) -> tuple[list[list[str]], dict[str, float]]:
+    """Per dialogue and turn, an answer of ``model`` to ``[system: instruction, user: u_t]`` that
+    follows the instruction: up to ``tries`` samples (seeds ``sampling.seed + k``), the first
+    adherent one kept (the last sample if none adheres). Returns (answers, stats)."""
+    import dataclasses
+
     from ..evaluation import generate_answers
 
     turns = len(dialogues[0]["users"]) if dialogues else 0
-    histories: list[list[dict]] = [[] for _ in dialogues]
+    answers: list[list[str | None]] = [[None] * turns for _ in dialogues]
+    last: list[list[str]] = [[""] * turns for _ in dialogues]
+    for k in range(tries):
+        todo = [(i, t) for i in range(len(dialogues)) for t in range(turns) if answers[i][t] is None]
+        if not todo:
+            break
+        chats = [conversation([dialogues[i]["users"][t]], [], dialogues[i]["constraints"], every_turn=False)
+                 for i, t in todo]
+        out = generate_answers(model, tokenizer, chats, dataclasses.replace(sampling, seed=sampling.seed + k),
+                               desc=f"gatt try {k + 1}", progress=progress)
+        for (i, t), o in zip(todo, out):
+            last[i][t] = o["answer"]
+            if o["answer"].strip() and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"]):
+                answers[i][t] = o["answer"]
+    done = sum(a is not None for row in answers for a in row)
+    final = [[a if a is not None else last[i][t] for t, a in enumerate(row)] for i, row in enumerate(answers)]
+    return final, {"gatt_answer_adherent_share": done / max(1, len(dialogues) * turns)}
+
+
+def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, keep_adherent: bool = True,
+              system: bool = False) -> tuple[list[dict], dict[str, float]]:
+    """GAtt training records from sampled answers (``answers[i]``: one per turn of ``dialogues[i]``,
+    sampled with the instruction on every user message). With ``keep_adherent`` a dialogue is kept
+    only if every answer satisfies the instruction; one with a blank answer is never kept.
+    Returns (records, stats)."""
+    records, adherent, blank = [], 0, 0
+    for d, a in zip(dialogues, answers):
+        if any(not x.strip() for x in a):  # nothing to learn from (and no valid chat): always dropped
+            blank += 1
+            continue
+        ok = all(constraints.check(tuple(d["constraints"]), x) for x in a)
+        adherent += ok
+        if ok or not keep_adherent:
+            records.append(gatt_record(d["users"], a, d["constraints"], system=system))
+    stats = {"gatt_dialogues": len(dialogues), "gatt_adherent_share": adherent / max(1, len(dialogues)),
+             "gatt_records": len(records), "gatt_blank_dropped": blank}
+    return records, stats
+
+
+def sample_turns(model, tokenizer, dialogues: Sequence[dict], sampling, *, instruction_every_turn: bool = False,
+                 progress: bool = False) -> list[list[str]]:
+    """Answer every dialogue turn by turn, the model's own answers becoming the history, the
+    instruction as the system prompt (and, if asked, in front of every later user message):
+    the inference setting of the adherence evaluation."""
+    from ..evaluation import generate_answers
+
+    turns = len(dialogues[0]["users"]) if dialogues else 0
     answers: list[list[str]] = [[] for _ in dialogues]
     for t in range(turns):
-        for d, h in zip(dialogues, histories):
-            u = d["users"][t]
-            h.append({"role": "user", "content": with_instruction(u, d["constraints"])
-                      if instruction_every_turn or t == 0 else u})
-        out = generate_answers(model, tokenizer, [list(h) for h in histories], sampling, desc=f"turn {t + 1}",
-                               progress=progress)
-        for h, a, o in zip(histories, answers, out):
+        chats = [conversation(d["users"][:t + 1], a, d["constraints"], every_turn=instruction_every_turn)
+                 for d, a in zip(dialogues, answers)]
+        out = generate_answers(model, tokenizer, chats, sampling, desc=f"turn {t + 1}", progress=progress)
+        for a, o in zip(answers, out):
             a.append(o["answer"])
-            h.append({"role": "assistant", "content": o["answer"] or "."})
     return answers
 
 
@@ -112,3 +161,47 @@ def adherence_by_turn(dialogues: Sequence[dict], answers: Sequence[Sequence[str]
                 per[n][t][1] += 1
     return {"turn": [overall[t] / counts[t] if counts[t] else None for t in range(turns)],
             "by_constraint": {n: [h / c if c else None for h, c in v] for n, v in sorted(per.items())}}
+
+
+def truncations(records: Sequence[dict], min_turns: int, seed: int) -> list[dict]:
+    """Each record cut after a seeded number of turns in [min_turns, all]: the last answer (the
+    one learned) then falls at every turn position, so adherence is taught at turn 2 as at turn 6."""
+    rng = random.Random(f"gatt-cut-{seed}")
+    out = []
+    for r in records:
+        msgs = r["messages"]
+        offset = 1 if msgs and msgs[0]["role"] == "system" else 0
+        turns = (len(msgs) - offset) // 2
+        keep = rng.randint(min(min_turns, turns), turns)
+        out.append({**r, "messages": msgs[:offset + 2 * keep]})
+    return out
+
+
+GATT_KEYS = {"after", "dialogues", "turns", "min_turns", "max_constraints", "tries", "keep_adherent", "num_threads",
+             "sampling", "finetune", "eval"}
+EVAL_KEYS = {"dialogues", "turns", "max_new_tokens", "batch_size"}
+
+
+def validate_gatt_params(group: dict) -> dict:
+    """Check the ``gatt`` params group; raise ValueError naming the key. Returns ``group``."""
+    from ..evaluation import SamplingConfig
+    from .config import TrainConfig
+    from .reward import check_sections
+    from .sft import SFTConfig
+
+    check_sections(((GATT_KEYS, "gatt", group), (EVAL_KEYS, "gatt.eval", (group or {}).get("eval"))))
+    for key in ("dialogues", "turns", "min_turns", "max_constraints", "tries"):
+        if not (isinstance(group[key], int) and not isinstance(group[key], bool) and group[key] >= 1):
+            raise ValueError(f"key 'gatt.{key}' is {group[key]!r}, expected an integer >= 1")
+    if group["min_turns"] > group["turns"]:
+        raise ValueError(f"key 'gatt.min_turns' is {group['min_turns']}, more than gatt.turns ({group['turns']})")
+    if not isinstance(group["after"], str) or not (group["after"] == "sft" or group["after"].startswith("rlhf_")):
+        raise ValueError(f"key 'gatt.after' is {group['after']!r}, expected sft or an RLHF round (rlhf_v2, ...)")
+    try:
+        SamplingConfig.from_dict(group["sampling"])
+        ft = dict(group["finetune"])
+        TrainConfig.from_dict(ft.pop("train", None))
+        SFTConfig.from_dict(ft)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"gatt: {e}") from None
+    return group

@@ -22,8 +22,10 @@ from llama2_pipeline.pipelines.reward.nodes import (evaluate_reward_models, merg
 
 from . import nodes
 
-#: params.yaml at the project root (src/llama2_pipeline/pipelines/rlhf/ -> 4 levels up)
-PARAMS_FILE = Path(__file__).resolve().parents[4] / "params.yaml"
+def project_params() -> Path:
+    """The project's params.yaml: in the folder Kedro runs from, else next to this source tree."""
+    here = Path.cwd() / "params.yaml"
+    return here if here.is_file() else Path(__file__).resolve().parents[4] / "params.yaml"
 
 
 def _named(fn, name: str, **bound):
@@ -83,10 +85,11 @@ def round_pipeline(name: str, ppo: bool) -> Pipeline:
     return Pipeline(steps)
 
 
-def read_rounds(params_file: Path = PARAMS_FILE) -> dict[str, dict]:
+def read_rounds(params_file: Path | None = None) -> dict[str, dict]:
     """``rlhf.rounds`` of params.yaml, checked (each round after the previous one)."""
     from llama2_pipeline.training.rlhf import round_names
 
+    params_file = params_file or project_params()
     params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
     group = (params or {}).get("rlhf") or {}
     if not group:

@@ -1,0 +1,107 @@
+"""Nodes of ``gatt``: build the GAtt dialogues with the policy, fine-tune with the ``sft`` node
+(loss on the last answer only), measure adherence by turn before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llama2_pipeline.tracking import mlflow_log_fn
+
+
+def _sampling(d: dict, seed: int):
+    from llama2_pipeline.evaluation import SamplingConfig
+
+    return SamplingConfig(**{**d, "seed": seed})
+
+
+def build_dialogues(policy: Path, prompts: list[dict], gatt: dict, seed: int) -> tuple[list[dict], dict]:
+    """GAtt training dialogues: drawn from the train prompts, answered by the policy with the
+    instruction (adherent samples kept), the instruction kept in the first turn only."""
+    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.tokenizer import Tokenizer
+    from llama2_pipeline.training.gatt import construct, draw_dialogues, sample_adherent, truncations
+    from llama2_pipeline.training.preferences import torch_threads
+
+    dialogues = draw_dialogues(prompts, gatt["dialogues"], gatt["turns"], seed,
+                               max_constraints=gatt["max_constraints"])
+    with torch_threads(gatt["num_threads"]):
+        model = load_hf(policy).eval()
+        tok = Tokenizer(Path(policy) / "tokenizer.model")
+        answers, stats = sample_adherent(model, tok, dialogues, _sampling(gatt["sampling"], seed), gatt["tries"])
+    records, more = construct(dialogues, answers, keep_adherent=gatt["keep_adherent"], system=True)
+    stats.update(more)
+    if not records:
+        raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had an adherent answer at "
+                         "every turn; raise gatt.tries or lower gatt.turns")
+    mlflow_log_fn("gatt/")(stats, 0)
+    return truncations(records, gatt["min_turns"], seed), stats
+
+
+def finetune_gatt(dialogues: list[dict], policy: Path, workspace: Path, gatt: dict, seed: int):
+    from llama2_pipeline.pipelines.sft.nodes import finetune_model
+
+    return finetune_model(dialogues, policy, workspace, gatt["finetune"], seed, prefix="gatt")
+
+
+def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: dict, gatt: dict, seed: int,
+                  build_stats: dict, training: dict):
+    """Adherence by turn (instruction as the system prompt of turn 1 only) and helpfulness of the
+    same answers, for the policy before and after GAtt, on dialogues of held-out prompts."""
+    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.tokenizer import Tokenizer
+    from llama2_pipeline.training.gatt import adherence_by_turn, draw_dialogues, sample_turns
+    from llama2_pipeline.training.preferences import torch_threads
+    from llama2_pipeline.world import World
+
+    ev = gatt["eval"]
+    w = World.from_params({**world, "seed": seed})
+    dialogues = draw_dialogues(prompts, ev["dialogues"], ev["turns"], seed, max_constraints=gatt["max_constraints"],
+                               salt="gatt-eval")
+    sampling = _sampling({"max_new_tokens": ev["max_new_tokens"], "batch_size": ev["batch_size"],
+                          "temperature": 0.0}, seed)
+    metrics: dict[str, float] = {}
+    report: dict = {"turns": list(range(1, ev["turns"] + 1))}
+    samples = [{"users": d["users"], "constraints": d["constraints"]} for d in dialogues]
+    with torch_threads(gatt["num_threads"]):
+        for name, folder in (("before", before), ("after", after)):
+            model = load_hf(folder).eval()
+            answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
+            adh = adherence_by_turn(dialogues, answers)
+            report[name] = adh
+            helpful = [w.helpfulness(u, a) for d, row in zip(dialogues, answers) for u, a in zip(d["users"], row)]
+            metrics[f"gatt_{name}_helpfulness"] = sum(helpful) / len(helpful)
+            for t, v in enumerate(adh["turn"], 1):
+                metrics[f"gatt_{name}_adherence_turn{t}"] = v
+            late = [v for v in adh["turn"][3:] if v is not None]
+            metrics[f"gatt_{name}_adherence_turn4plus"] = sum(late) / len(late) if late else 0.0
+            for c, values in adh["by_constraint"].items():
+                metrics[f"gatt_{name}_adherence_{c}"] = sum(v for v in values if v is not None) / len(values)
+            for s, row in zip(samples, answers):
+                s[f"{name}_answers"] = row
+    a1 = metrics["gatt_after_adherence_turn1"]
+    metrics["gatt_turn4plus_over_turn1"] = metrics["gatt_after_adherence_turn4plus"] / a1 if a1 else 0.0
+    metrics["gatt_helpfulness_change"] = metrics["gatt_after_helpfulness"] - metrics["gatt_before_helpfulness"]
+    metrics.update({k: v for k, v in {**build_stats, **training}.items() if isinstance(v, (int, float))})
+    metrics = {k: round(float(v), 6) for k, v in metrics.items()}
+    return metrics, report, samples, plot_adherence(report)
+
+
+def plot_adherence(report: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    turns = report["turns"]
+    for name, label in (("before", "before GAtt (last RLHF round)"), ("after", "after GAtt")):
+        ax.plot(turns, report[name]["turn"], marker="o", label=label)
+    ax.set_xlabel("dialogue turn")
+    ax.set_ylabel("answers following the system instruction")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(turns)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Ghost Attention: instruction adherence by turn (held-out prompts)")
+    fig.tight_layout()
+    return fig

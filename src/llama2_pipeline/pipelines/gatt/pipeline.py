@@ -1,0 +1,35 @@
+"""``gatt``: GAtt dialogues from the policy of ``gatt.after`` (the last RLHF round), fine-tuning
+with the loss on the last answer only, adherence by turn before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from kedro.pipeline import Node, Pipeline
+
+from llama2_pipeline.pipelines.rlhf.pipeline import project_params
+
+from .nodes import build_dialogues, evaluate_gatt, finetune_gatt
+
+def start_policy(params_file: Path | None = None) -> str:
+    """The catalog entry of the policy GAtt starts from (``gatt.after`` in params.yaml)."""
+    params_file = params_file or project_params()
+    params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
+    after = ((params or {}).get("gatt") or {}).get("after", "sft")
+    return "sft_model" if after == "sft" else f"{after}.policy"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    policy = start_policy()
+    return Pipeline([
+        Node(build_dialogues, {"policy": policy, "prompts": "prompts_train", "gatt": "params:gatt",
+                               "seed": "params:seed"}, ["gatt_dialogues", "gatt_build_stats"], name="gatt_build"),
+        Node(finetune_gatt, {"dialogues": "gatt_dialogues", "policy": policy, "workspace": "gatt_workspace",
+                             "gatt": "params:gatt", "seed": "params:seed"},
+             ["gatt_model", "gatt_training", "gatt_loss_curve_plot"], name="gatt_finetune"),
+        Node(evaluate_gatt, {"before": policy, "after": "gatt_model", "prompts": "prompts_eval",
+                             "world": "params:world", "gatt": "params:gatt", "seed": "params:seed",
+                             "build_stats": "gatt_build_stats", "training": "gatt_training"},
+             ["gatt_metrics", "gatt_adherence", "gatt_samples", "gatt_adherence_plot"], name="gatt_evaluate"),
+    ])

@@ -1,0 +1,68 @@
+"""The ``gatt`` pipeline through a real ``kedro run`` in a smoke project copy (starting from the
+"SFT" model, so that the test needs no RLHF round)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_project_copy, run
+from tests.test_reward_stage import write_upstream
+
+
+@pytest.fixture(scope="module")
+def gatt_project(tmp_path_factory) -> Path:
+    project = make_project_copy(tmp_path_factory.mktemp("gatt") / "proj", "smoke", {"gatt": {"after": "sft"}})
+    params = write_upstream(project)
+    from llama2_pipeline.world import World
+
+    world = World.from_params({**params["world"], "seed": params["seed"]})
+    (project / "data/01_raw/prompts_eval.jsonl").write_text("".join(json.dumps(p) + "\n" for p in world.prompts("eval")))
+    run(["kedro", "run", "--pipelines", "gatt"], project, timeout=900)
+    return project
+
+
+@pytest.mark.slow
+def test_gatt_dialogues_keep_the_instruction_in_turn_one_only(gatt_project):
+    records = [json.loads(x) for x in (gatt_project / "data/05_model_input/gatt_dialogues.jsonl").read_text().splitlines()]
+    assert 18 <= len(records) <= 24  # smoke: keep_adherent false; only dialogues with a blank answer dropped
+    from llama2_pipeline.world import constraints
+
+    for r in records:
+        msgs = r["messages"]
+        instruction = constraints.instruction(tuple(r["constraints"]))
+        assert msgs[0] == {"role": "system", "content": instruction}
+        assert all(instruction not in m["content"] for m in msgs[1:] if m["role"] == "user")
+        assert r["only_last_answer"] is True and 2 <= (len(msgs) - 1) // 2 <= 4  # cut at 2..4 turns
+
+
+@pytest.mark.slow
+def test_adherence_by_turn_before_and_after(gatt_project):
+    m = json.loads((gatt_project / "metrics/gatt.json").read_text())
+    for name in ("before", "after"):
+        for t in range(1, 5):
+            assert 0.0 <= m[f"gatt_{name}_adherence_turn{t}"] <= 1.0
+        assert 0.0 <= m[f"gatt_{name}_helpfulness"] <= 1.0
+    assert "gatt_turn4plus_over_turn1" in m and "gatt_helpfulness_change" in m and m["gatt_steps"] >= 1
+    report = json.loads((gatt_project / "data/08_reporting/gatt_adherence.json").read_text())
+    assert report["turns"] == [1, 2, 3, 4] and len(report["after"]["turn"]) == 4
+    assert (gatt_project / "data/08_reporting/gatt_adherence.png").read_bytes()[:4] == b"\x89PNG"
+    from llama2_pipeline.model import load_hf
+
+    assert load_hf(gatt_project / "data/06_models/gatt").config.vocab_size > 0
+
+
+def test_gatt_params_are_checked():
+    import yaml
+
+    from llama2_pipeline.training.gatt import validate_gatt_params
+    from tests.conftest import ROOT
+
+    group = yaml.safe_load((ROOT / "params.yaml").read_text())["gatt"]
+    assert validate_gatt_params(group) is group
+    for bad, key in (({**group, "turns": 0}, "gatt.turns"), ({**group, "min_turns": 99}, "gatt.min_turns"),
+                     ({**group, "after": "pretrained"}, "gatt.after"), ({**group, "extra": 1}, "gatt.extra")):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            validate_gatt_params(bad)

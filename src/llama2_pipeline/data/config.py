@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..hints import value_matches
+
 PII_KINDS = ("email", "phone", "ip_address", "credit_card", "ssn", "iban", "secret")
 
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
@@ -146,25 +148,6 @@ class CleaningConfig:
                                  f"expected some of {list(PII_KINDS)}")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is list or origin is list:
-        return isinstance(value, (list, tuple))
-    return isinstance(value, hint)
-
-
 def _build(cls: type, params: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "<root>"
     if not isinstance(params, dict):
@@ -180,7 +163,7 @@ def _build(cls: type, params: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, prefix=f"{dotted}.")
             continue
-        if not _type_ok(value, hint):
+        if not value_matches(value, hint):
             raise ValueError(f"cleaning params: {dotted!r} has wrong type {type(value).__name__} "
                              f"(value {value!r}); expected {_hint_name(hint)}")
         if isinstance(value, (list, tuple)):

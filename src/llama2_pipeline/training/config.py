@@ -10,10 +10,11 @@ CPU-friendly batch.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..hints import value_matches
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAUNCHERS = ("torchrun", "deepspeed")
@@ -143,32 +144,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; expected some of {sorted(fields)}")
         for key, value in d.items():
-            if not _type_ok(value, hints[key]):
+            if not value_matches(value, hints[key]):
                 raise ValueError(f"TrainConfig.{key} must be {_type_name(hints[key])}, "
                                  f"got {type(value).__name__} {value!r}")
         return cls(**d)
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is dict or origin is dict:
-        return isinstance(value, dict)
-    if origin is tuple:
-        return (isinstance(value, (list, tuple)) and len(value) == len(args)
-                and all(_type_ok(v, a) for v, a in zip(value, args)))
-    return True
 
 
 def _type_name(hint: Any) -> str:

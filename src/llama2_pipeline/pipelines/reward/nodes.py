@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from llama2_pipeline.datasets import staging_dir
 from llama2_pipeline.io_utils import sha256_path
+from llama2_pipeline.pipelines.pretrain.nodes import run_folder
 from llama2_pipeline.tracking import mlflow_log_fn
 from llama2_pipeline.training.preferences import (CATEGORIES, RATINGS, merge_preferences, mix_preferences,
                                                   split_preferences, torch_threads)
@@ -32,16 +32,6 @@ def collect_preferences(policy_dir: Path, tokenizer: Path, prompts: list[dict], 
                      num_threads=num_threads, stats=stats)
     mlflow_log_fn("preferences/")(stats, 0)
     return pairs
-
-
-def run_folder(workspace: Path, config: dict) -> Path:
-    """The run folder of this exact configuration (params + input digests) in the workspace, so a
-    rerun resumes only the same run; folders of other configurations are removed."""
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    for old in workspace.iterdir():
-        if old.is_dir() and old.name != key:
-            shutil.rmtree(old, ignore_errors=True)
-    return workspace / key
 
 
 def train_reward_models(train_prefs: list[dict], init_model_dir: Path, params: dict, workspace: Path, seed: int,

@@ -8,7 +8,13 @@ eps 1e-5, wd 0.1 on matrices only, the same warm-up + cosine schedule, clip 1.0)
 * ``hf``: LlamaForCausalLM in a plain PyTorch loop (forward, cross-entropy, backward, clip,
   AdamW step, scheduler step); bf16/fp16 as fp32 weights + autocast (DeepSpeed's mixed precision
   also keeps fp32 master weights);
-* ``hf_ds``: LlamaForCausalLM through our DeepSpeed engine and loop (``--no-hf-ds`` to skip).
+* ``hf_ds``: LlamaForCausalLM through our DeepSpeed engine and loop (``--no-hf-ds`` to skip);
+* ``ours_compile`` (only if named in ``--impls``): ours with ``torch.compile`` (``engine.compile()``).
+
+On CUDA the implementations run one after the other (``--sequential``, the default there): each
+is built, warmed up, timed and freed before the next, so that three 1B models with their
+optimiser states need not share the GPU, and the peak memory of each is CUDA's max allocated
+during its own steps. On CPU they take turns step by step (shared CPUs: a change of load hits all).
 
 Reported: training tokens/s (median step time over ``--steps`` steps, the implementations
 taking turns step by step),
@@ -18,13 +24,14 @@ peak RSS growth, sampled, of a separate short process per implementation; ``--no
 breakdown (forward / backward / optimiser, timed with syncs on extra steps), and the ratios.
 
     python benchmarks/bench_pretrain.py                                   # CPU, tiny preset
-    python benchmarks/bench_pretrain.py --preset 1b --device cuda --dtype bf16 --batch 4 \
-        --seq-len 2048 --out results.json
+    python benchmarks/bench_pretrain.py --preset 1b --device cuda --dtype bf16 --batch 8 \
+        --seq-len 2048 --zero-stage 1 --out results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -44,7 +51,8 @@ from llama2_pipeline.model import Llama, ModelConfig, export_hf
 from llama2_pipeline.training import CosineSchedule, TrainConfig, build_engine, lm_loss, param_groups, setup_run, train
 from llama2_pipeline.training.loop import flops_per_token
 
-IMPLS = ("ours", "hf", "hf_ds")
+IMPLS = ("ours", "hf", "hf_ds", "ours_compile")
+DEFAULT_IMPLS = ("ours", "hf", "hf_ds")
 
 
 class CyclingBatches:
@@ -162,12 +170,13 @@ def build(args, impl: str, tmp: Path):
     cfg = TrainConfig(micro_batch=args.batch, seq_len=args.seq_len, max_steps=args.steps, lr=3e-4,
                       warmup_steps=2, log_every=1, eval_every=0, checkpoint_every=-1, seed=args.seed,
                       device=args.device, precision=args.dtype, zero_stage=args.zero_stage,
-                      num_threads=args.threads or 0, compile=args.compile,
-                      activation_checkpointing=args.activation_checkpointing)
+                      num_threads=args.threads or 0, compile=args.compile or impl == "ours_compile",
+                      activation_checkpointing=args.activation_checkpointing,
+                      deterministic=args.deterministic)
     ctx = setup_run(cfg)
     model = Llama(mcfg)
     data = CyclingBatches(4, args.batch, args.seq_len, mcfg.vocab_size, args.seed)
-    if impl != "ours":
+    if impl.startswith("hf"):
         from transformers import LlamaForCausalLM  # a benchmark/test dependency only
 
         export_hf(model, tmp / "model")
@@ -201,7 +210,7 @@ def build(args, impl: str, tmp: Path):
         return run, breakdown, model, cfg, device
 
     engine = build_engine(model, cfg, ctx)
-    loss_fn = lm_loss if impl == "ours" else hf_loss
+    loss_fn = hf_loss if impl.startswith("hf") else lm_loss
     run_dir = tmp / f"run_{impl}"
 
     def run(steps):
@@ -276,8 +285,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (engine.compile())")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.use_deterministic_algorithms on CUDA (always on for CPU runs; slower)")
     p.add_argument("--peak-flops", type=float, default=None, help="per-device peak FLOP/s for MFU")
     p.add_argument("--no-hf-ds", action="store_true", help="skip transformers under DeepSpeed")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help=f"comma-separated, 'ours' first; any of {', '.join(IMPLS)}")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                   help="one implementation at a time (default: on CUDA)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -289,32 +304,61 @@ def main(argv: list[str] | None = None) -> dict:
         memory_child(args, args.memory_child)
         return {}
 
-    impls = [i for i in IMPLS if not (i == "hf_ds" and args.no_hf_ds)]
+    impls = [i for i in args.impls.split(",") if not (i == "hf_ds" and args.no_hf_ds)]
+    if not impls or impls[0] != "ours" or any(i not in IMPLS for i in impls):
+        p.error(f"--impls must start with 'ours' and name only {', '.join(IMPLS)}; got {args.impls!r}")
+    sequential = args.sequential if args.sequential is not None else args.device == "cuda"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    step_times: dict[str, list[float]] = {}
+    breakdowns: dict[str, dict[str, list[float]]] = {}
+    peak_memory: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        built = {impl: build(args, impl, Path(tmp)) for impl in impls}
-        device = built["ours"][4]
-        ours_module = built["ours"][2]
-        fpt = flops_per_token(ours_module, args.seq_len)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        if sequential:
+            for impl in impls:
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                t_build = time.perf_counter()
+                run, breakdown, module, _, device = build(args, impl, Path(tmp))
+                print(f"{impl}: built in {time.perf_counter() - t_build:.1f} s", flush=True)
+                if impl == "ours":
+                    fpt, n_params = flops_per_token(module, args.seq_len), module.num_params()
+                t_warm = time.perf_counter()
+                run(2)  # warm-up: allocator, kernels, DeepSpeed's first step, compilation
+                print(f"{impl}: warm-up {time.perf_counter() - t_warm:.1f} s", flush=True)
+                step_times[impl] = [run(1) for _ in range(args.steps)]
+                breakdowns[impl] = breakdown(args.breakdown_steps)
+                if device.type == "cuda":
+                    peak_memory[impl] = torch.cuda.max_memory_allocated() / 2**20
+                print(f"{impl}: median step {statistics.median(step_times[impl]) * 1e3:.1f} ms", flush=True)
+                del run, breakdown, module
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        else:
+            built = {impl: build(args, impl, Path(tmp)) for impl in impls}
+            device = built["ours"][4]
+            fpt, n_params = flops_per_token(built["ours"][2], args.seq_len), built["ours"][2].num_params()
+            for impl in impls:  # warm-up: allocator, kernels, DeepSpeed's first step
+                built[impl][0](2)
+            # one step of each implementation in turn, so that a change of machine load (shared
+            # CPUs) hits all of them alike; the median step time of each is reported
+            step_times = {impl: [] for impl in impls}
+            for _ in range(args.steps):
+                for impl in impls:
+                    step_times[impl].append(built[impl][0](1))
+            breakdowns = {impl: built[impl][1](args.breakdown_steps) for impl in impls}
+            del built
         if args.peak_flops:
             peak, peak_kind = args.peak_flops, "given"
         elif device.type == "cuda":
             peak, peak_kind = 989e12, "H100 dense bf16 (989 TFLOP/s)"
         else:
             peak, peak_kind = measured_matmul_flops(device, dtype), "measured fp32 matmul of this CPU"
-        for impl in impls:  # warm-up: allocator, kernels, DeepSpeed's first step
-            built[impl][0](2)
-        # one step of each implementation in turn, so that a change of machine load (shared
-        # CPUs) hits all of them alike; the median step time of each is reported
-        step_times = {impl: [] for impl in impls}
-        for _ in range(args.steps):
-            for impl in impls:
-                step_times[impl].append(built[impl][0](1))
-        breakdowns = {impl: built[impl][1](args.breakdown_steps) for impl in impls}
 
     tokens = args.batch * args.seq_len
     res = {
-        "preset": args.preset, "device": str(device), "dtype": args.dtype, "params": ours_module.num_params(),
+        "preset": args.preset, "device": str(device), "dtype": args.dtype, "params": n_params,
+        "sequential": sequential,
         "batch": args.batch, "seq_len": args.seq_len, "tokens_per_step": tokens, "steps": args.steps,
         "zero_stage": args.zero_stage, "threads": torch.get_num_threads(),
         "compile": args.compile, "flops_per_token": fpt, "peak_flops": peak, "peak_flops_kind": peak_kind,
@@ -329,7 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
         res[f"{impl}_mfu"] = tokens / step * fpt / peak
         for phase, values in breakdowns[impl].items():
             res[f"{impl}_{phase}_s"] = statistics.median(values)
-    if not args.no_memory:
+    if peak_memory:
+        res.update({f"{impl}_peak_memory_mib": m for impl, m in peak_memory.items()})
+    elif not args.no_memory:
         for impl in impls:
             res[f"{impl}_peak_memory_mib"] = (m / 2**20) if (m := child_memory(argv, impl)) else None
     for impl in impls[1:]:
@@ -347,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'-' if mem is None else round(mem):>9}")
     for impl in impls[1:]:
         print(f"ours / {impl}: {res[f'speedup_vs_{impl}']:.2f}x")
+    if "ours_compile" in impls:
+        for base in (i for i in impls if i.startswith("hf")):
+            res[f"ours_compile_speedup_vs_{base}"] = res["ours_compile_tokens_per_s"] / res[f"{base}_tokens_per_s"]
+            print(f"ours_compile / {base}: {res[f'ours_compile_speedup_vs_{base}']:.2f}x")
     if args.out:
         write_json(args.out, res)
     return res

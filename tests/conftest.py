@@ -63,3 +63,13 @@ def make_project_copy(dest: Path, profile: str = "smoke", overrides: dict | None
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "proj")
+
+
+@pytest.fixture(scope="session")
+def smoke_repro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy (smoke profile) in which ``dvc repro`` ran every stage: outputs under data/
+    and metrics/, dvc.lock, and the MLflow runs in its mlflow.db. Shared by the whole session:
+    treat it as read-only."""
+    proj = make_project_copy(tmp_path_factory.mktemp("e2e") / "proj", "smoke")
+    run(["dvc", "repro"], proj, timeout=1500)
+    return proj

@@ -19,7 +19,13 @@ def gatt_project(tmp_path_factory) -> Path:
     from llama2_pipeline.world import World
 
     world = World.from_params({**params["world"], "seed": params["seed"]})
-    (project / "data/01_raw/prompts_eval.jsonl").write_text("".join(json.dumps(p) + "\n" for p in world.prompts("eval")))
+    eval_prompts = world.prompts("eval")
+    (project / "data/01_raw/prompts_eval.jsonl").write_text("".join(json.dumps(p) + "\n" for p in eval_prompts))
+    # the sft stage's answers to the held-out prompts (here the world's reference answers): the GAtt
+    # model's single-turn win rate is measured against them
+    samples = [{"id": p["id"], "prompt": p["prompt"], "sft_answer": p["reference"]} for p in eval_prompts]
+    (project / "data/08_reporting").mkdir(parents=True, exist_ok=True)
+    (project / "data/08_reporting/sft_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     run(["kedro", "run", "--pipelines", "gatt"], project, timeout=900)
     return project
 
@@ -52,6 +58,11 @@ def test_adherence_by_turn_before_and_after(gatt_project):
     from llama2_pipeline.model import load_hf
 
     assert load_hf(gatt_project / "data/06_models/gatt").config.vocab_size > 0
+    # the GAtt model as a plain chat model, judged like every other one, against the "SFT" answers
+    chat = json.loads((gatt_project / "metrics/gatt_model.json").read_text())
+    for name in ("helpfulness", "safety", "violation_rate", "false_refusal_rate", "refusal_rate"):
+        assert 0.0 <= chat[f"gatt_model_{name}"] <= 1.0
+    assert chat["gatt_model_win_rate_vs_sft"] < 0.5  # a smoke model against the world's reference answers
 
 
 def test_gatt_params_are_checked():

@@ -1,5 +1,5 @@
-"""The recipe's stages on the smoke profile, through a real `dvc repro` (world -> ... -> pretrain):
-one MLflow run per stage, grouped; outputs checked stage by stage."""
+"""The recipe's first stages (world -> ... -> pretrain) on the smoke profile, from the session's
+real `dvc repro` of the whole recipe: one MLflow run per stage, grouped; outputs checked stage by stage."""
 
 import json
 from pathlib import Path
@@ -10,16 +10,16 @@ import pytest
 
 from llama2_pipeline.datasets import ParquetShards
 from llama2_pipeline.pipelines.data_processing.nodes import PIILeakError, clean, find_leaks
-from tests.conftest import make_project_copy, run
+from tests.conftest import run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cleaned(tmp_path_factory) -> Path:
-    project = make_project_copy(tmp_path_factory.mktemp("stages") / "proj")
-    run(["dvc", "repro", "pretrain"], project)
-    return project
+def cleaned(smoke_repro: Path) -> Path:
+    """The session's whole smoke-profile `dvc repro` (world -> ... -> report): these tests read its
+    first stages' outputs and runs."""
+    return smoke_repro
 
 
 def stage_run(project: Path, stage: str):

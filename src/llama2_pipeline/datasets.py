@@ -11,6 +11,7 @@
   checkpoints). ``save`` takes a staged folder (from :func:`staging_dir`) and moves it into place;
   ``load`` returns the folder's path after checking it exists.
 * ``FigureDataset``: a matplotlib figure (or PNG bytes/file) saved as PNG.
+* ``TextDataset``: a UTF-8 text file (the Markdown and HTML reports).
 * ``WorkspaceDataset``: a persistent working folder (checkpoints) that a node writes into.
 """
 
@@ -47,6 +48,13 @@ def _move_into_place(staged: Path, target: Path) -> None:
     with atomic_path(target, is_dir=True) as tmp:
         tmp.rmdir()
         shutil.move(str(staged), str(tmp))
+    # a node often builds its output one level inside its staging_dir(): drop the emptied holder
+    holder = staged.parent
+    if holder.parent.resolve() == Path(os.environ.get("LLAMA2_STAGING", "data/.staging")).resolve():
+        try:
+            holder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 class _FileDataset(AbstractDataset):
@@ -209,6 +217,18 @@ class FigureDataset(_FileDataset):
                 plt.close(data)
 
 
+class TextDataset(_FileDataset):
+    """A UTF-8 text file (a Markdown or HTML report)."""
+
+    def load(self) -> str:
+        self._require()
+        return self._filepath.read_text(encoding="utf-8")
+
+    def save(self, data: str) -> None:
+        with atomic_path(self._filepath) as tmp:
+            tmp.write_text(data, encoding="utf-8")
+
+
 class WorkspaceDataset(_FileDataset):
     """A persistent working folder (e.g. a training run's checkpoints, kept across crashes so a
     rerun resumes). ``load`` creates it if needed and returns its path; nodes never save to it."""
@@ -225,3 +245,92 @@ class WorkspaceDataset(_FileDataset):
 
     def save(self, data: Any) -> None:
         raise DatasetError(f"{self._filepath} is a workspace: nodes write into it, they do not save it")
+
+
+class JSONLCorpusDataset(_FileDataset):
+    """A raw corpus as one JSON-lines file of ``{"id", "text", "source"}`` objects (``text``
+    required; a missing ``id`` becomes ``<file stem>:<line>``, a missing ``source`` ``""``; other
+    fields are ignored), for ``raw_corpus`` in place of a folder of Parquet shards.
+
+    ``load`` checks every line (a bad one raises DatasetError naming the file, the line and the
+    field) while streaming it into Parquet shards of ``shard_docs`` documents in a staging folder
+    (removed when the returned :class:`ParquetShards` handle is garbage-collected), so the nodes
+    get the same handle ``ParquetShardsDataset`` gives. It is an input only: ``save`` refuses.
+    """
+
+    def __init__(self, filepath: str, shard_docs: int = 50_000, metadata: dict | None = None):
+        super().__init__(filepath, metadata)
+        self._shard_docs = int(shard_docs)
+
+    def load(self) -> ParquetShards:
+        import weakref
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._require()
+        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+        folder = staging_dir("raw_corpus_jsonl") / "corpus"
+        folder.mkdir()
+        seen: dict[str, int] = {}
+        rows: list[dict] = []
+        shards = 0
+
+        def flush() -> None:
+            nonlocal rows, shards
+            if rows:
+                pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"part-{shards:05d}.parquet")
+                rows, shards = [], shards + 1
+
+        try:
+            with open(self._filepath, encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    rows.append(self._document(line, i, seen))
+                    if len(rows) >= self._shard_docs:
+                        flush()
+            flush()
+            if not seen:
+                raise DatasetError(f"{self._filepath}: empty corpus (no JSON lines)")
+        except BaseException:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            raise
+        handle = ParquetShards(folder)
+        weakref.finalize(handle, shutil.rmtree, str(folder.parent), True)
+        return handle
+
+    def _document(self, line: str, i: int, seen: dict[str, int]) -> dict:
+        where = f"{self._filepath}, line {i}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DatasetError(f"{where}: expected an object with fields id, text, source; "
+                               f"got {type(record).__name__}")
+        text = record.get("text")
+        if not isinstance(text, str):
+            found = "missing" if "text" not in record else f"{type(text).__name__} {str(text)[:40]!r}"
+            raise DatasetError(f"{where}: field 'text' is {found}, expected a string (the document); "
+                               f"got fields {sorted(record)}")
+        doc_id = record.get("id")
+        if doc_id is None:
+            doc_id = f"{self._filepath.stem}:{i}"
+        elif isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
+            raise DatasetError(f"{where}: field 'id' is {doc_id!r}, expected a non-empty string or an integer")
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise DatasetError(f"{where}: field 'id' {doc_id!r} repeats the id of line {seen[doc_id]}; "
+                               "ids must be unique")
+        seen[doc_id] = i
+        source = record.get("source")
+        if source is None:
+            source = ""
+        elif not isinstance(source, str):
+            raise DatasetError(f"{where}: field 'source' is {source!r}, expected a string")
+        return {"id": doc_id, "text": text, "source": source}
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{self._filepath} is a JSONL corpus you provide (JSONLCorpusDataset reads only); "
+                           "point the writing pipeline's entry at a ParquetShardsDataset instead")

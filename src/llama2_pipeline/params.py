@@ -212,3 +212,22 @@ def validate(params: dict, schema: dict[str, Rule] | None = None) -> dict:
         raise ParamsError("params.yaml is not valid (profile "
                           f"{params.get('profile')!r}):\n  - " + "\n  - ".join(errors))
     return params
+
+
+def round_names(group: dict) -> list[str]:
+    """The round names (``v1``, ``v2``, ...) in order, checked: each round starts ``after`` the
+    previous one (the first after ``sft``) and says whether it runs PPO."""
+    rounds = group.get("rounds")
+    if not isinstance(rounds, dict) or not rounds:
+        raise ValueError("key 'rlhf.rounds' must map round names (v1, v2, ...) to {after, ppo}")
+    previous = "sft"
+    for name, spec in rounds.items():
+        if not isinstance(spec, dict) or set(spec) != {"after", "ppo"}:
+            raise ValueError(f"key 'rlhf.rounds.{name}' must be a mapping with exactly 'after' and 'ppo', got {spec!r}")
+        if spec["after"] != previous:
+            raise ValueError(f"key 'rlhf.rounds.{name}.after' is {spec['after']!r}, expected {previous!r} "
+                             "(each round starts from the one before it; the first from sft)")
+        if not isinstance(spec["ppo"], bool):
+            raise ValueError(f"key 'rlhf.rounds.{name}.ppo' is {spec['ppo']!r}, expected true or false")
+        previous = f"rlhf_{name}"
+    return list(rounds)

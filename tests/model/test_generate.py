@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from llama2_pipeline.model import generate
-from llama2_pipeline.model.generate import _sample
+from llama2_pipeline.model.generation import _sample
 
 
 def greedy_without_cache(model, prompt, n):

@@ -11,10 +11,16 @@ launched (``torchrun``/``deepspeed``) on its own.
     model = load_hf("hf_model")                  # also reads save_pretrained folders
 """
 
-from .config import PRESETS, ModelConfig
-from .generate import GenerationOutput, generate
-from .hf import export_hf, load_hf
-from .model import KVCache, Llama
+from llama2_pipeline.lazy import lazy_exports
+
+from .config import PRESETS, ModelConfig  # no torch: params validation and planning use the config alone
+
+# the rest (torch) on first use
+_LAZY = {"GenerationOutput": "generation", "generate": "generation", "export_hf": "hf", "load_hf": "hf",
+         "KVCache": "model", "Llama": "model"}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "PRESETS",

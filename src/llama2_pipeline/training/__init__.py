@@ -11,28 +11,27 @@
   is the submodule once anything has imported it, so the package does not re-export the function).
 
 Nothing here imports Kedro or MLflow; metrics reach a tracker through ``log_fn(metrics, step)``
-and ``run_dir/metrics.jsonl``. DeepSpeed is imported on first use.
+and ``run_dir/metrics.jsonl``. Every name (torch, DeepSpeed) is imported on first use.
 """
 
-import importlib
+from llama2_pipeline.lazy import lazy_exports
 
-from .config import TrainConfig
-from .engine import (CheckpointMismatchError, Checkpointer, CosineSchedule, RunContext, build_engine,
-                     decay_parameter_names, deepspeed_config, full_state_dict, param_groups, setup_run)
-from .launcher import LaunchError, launch, launch_command
-from .loop import NonFiniteLossError, ResumableBatches, TrainResult, read_metrics, train
+# name -> submodule; imported on first use, so that importing the package (Kedro imports every
+# pipeline's nodes to register them, also for stages that never train) does not import torch
+_LAZY = {
+    "TrainConfig": "config",
+    **dict.fromkeys(("CheckpointMismatchError", "Checkpointer", "CosineSchedule", "RunContext", "build_engine",
+                     "decay_parameter_names", "deepspeed_config", "full_state_dict", "param_groups", "setup_run"),
+                    "engine"),
+    **dict.fromkeys(("LaunchError", "launch", "launch_command"), "launcher"),
+    **dict.fromkeys(("NonFiniteLossError", "ResumableBatches", "TrainResult", "read_metrics", "train"), "loop"),
+    # ``python -m llama2_pipeline.training.pretrain`` must run a fresh module: never imported eagerly
+    **dict.fromkeys(("RandomWindows", "lm_loss"), "pretrain"),
+}
 
-_PRETRAIN = ("RandomWindows", "lm_loss")
 
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
-def __getattr__(name: str):
-    # imported on demand, so ``python -m llama2_pipeline.training.pretrain`` runs a fresh module
-    if name in _PRETRAIN:
-        module = importlib.import_module(f"{__name__}.pretrain")
-        for attr in _PRETRAIN:
-            globals()[attr] = getattr(module, attr)
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CheckpointMismatchError",

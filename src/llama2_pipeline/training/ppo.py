@@ -288,7 +288,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: Sequence[Sequence[int]]) -> Rollouts:
-        from ..model.generate import generate
+        from ..model.generation import generate
 
         cfg, pad = self.cfg, self.policy.config.pad_id or 0
         self.policy.eval()

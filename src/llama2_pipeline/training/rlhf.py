@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .ppo import PPOConfig, PPOTrainer, ValueModel, combined_reward, logit, train_ppo
+from ..params import round_names  # noqa: F401  (re-exported: the rounds are params, checked there)
 from .preferences import sample_answers, torch_threads
 
 log = logging.getLogger(__name__)
@@ -71,25 +72,6 @@ def validate_rlhf_params(group: dict) -> dict:
     if not (isinstance(group["ppo"]["steps"], int) and group["ppo"]["steps"] >= 1):
         raise ValueError(f"key 'rlhf.ppo.steps' is {group['ppo']['steps']!r}, expected an integer >= 1")
     return group
-
-
-def round_names(group: dict) -> list[str]:
-    """The round names (``v1``, ``v2``, ...) in order, checked: each round starts ``after`` the
-    previous one (the first after ``sft``) and says whether it runs PPO."""
-    rounds = group.get("rounds")
-    if not isinstance(rounds, dict) or not rounds:
-        raise ValueError("key 'rlhf.rounds' must map round names (v1, v2, ...) to {after, ppo}")
-    previous = "sft"
-    for name, spec in rounds.items():
-        if not isinstance(spec, dict) or set(spec) != {"after", "ppo"}:
-            raise ValueError(f"key 'rlhf.rounds.{name}' must be a mapping with exactly 'after' and 'ppo', got {spec!r}")
-        if spec["after"] != previous:
-            raise ValueError(f"key 'rlhf.rounds.{name}.after' is {spec['after']!r}, expected {previous!r} "
-                             "(each round starts from the one before it; the first from sft)")
-        if not isinstance(spec["ppo"], bool):
-            raise ValueError(f"key 'rlhf.rounds.{name}.ppo' is {spec['ppo']!r}, expected true or false")
-        previous = f"rlhf_{name}"
-    return list(rounds)
 
 
 # --------------------------------------------------------------------------------------------

@@ -86,6 +86,34 @@ def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: dict, g
     return metrics, report, samples, plot_adherence(report)
 
 
+def evaluate_chat(model: Path, sft_samples: list[dict], prompts: list[dict], world: dict, sft: dict, gatt: dict,
+                  seed: int) -> dict[str, float]:
+    """The GAtt model as a plain chat model: the held-out prompts answered with the SFT evaluation's
+    settings (single turn, no system instruction) and judged like every other model
+    (``gatt_model_helpfulness``, ``_safety``, ``_violation_rate``, ``_false_refusal_rate``, ...), and
+    its win rate against the SFT model's answers to the same prompts (the annotator)."""
+    from llama2_pipeline.evaluation import SamplingConfig, evaluate_model
+    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.pipelines.sft.nodes import split_params
+    from llama2_pipeline.tokenizer import Tokenizer
+    from llama2_pipeline.training.preferences import torch_threads
+    from llama2_pipeline.training.rlhf import win_rate
+    from llama2_pipeline.world import World
+
+    sft_answers = {row["id"]: row["sft_answer"] for row in sft_samples}
+    missing = [p["id"] for p in prompts if p["id"] not in sft_answers]
+    if missing:
+        raise ValueError(f"sft_samples has no SFT answer for {len(missing)} held-out prompt(s), e.g. {missing[:3]}: "
+                         "rerun the sft stage on the same prompts_eval")
+    w = World.from_params({**world, "seed": seed})
+    with torch_threads(gatt["num_threads"]):
+        metrics, rows = evaluate_model(load_hf(model).eval(), Tokenizer(Path(model) / "tokenizer.model"), w, prompts,
+                                       SamplingConfig.from_dict(split_params(sft, seed)[2]), "gatt_model")
+    metrics["gatt_model_win_rate_vs_sft"] = win_rate(w, [p["prompt"] for p in prompts], [r["answer"] for r in rows],
+                                                     [sft_answers[p["id"]] for p in prompts])
+    return {k: round(float(v), 6) for k, v in metrics.items()}
+
+
 def plot_adherence(report: dict):
     import matplotlib
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from kedro.pipeline import Node, Pipeline
 
-from llama2_pipeline.pipelines.rlhf.pipeline import project_params
+from llama2_pipeline.pipelines.rlhf.pipeline import project_params, read_params_file
 
-from .nodes import build_dialogues, evaluate_gatt, finetune_gatt
+from .nodes import build_dialogues, evaluate_chat, evaluate_gatt, finetune_gatt
 
 def start_policy(params_file: Path | None = None) -> str:
     """The catalog entry of the policy GAtt starts from (``gatt.after`` in params.yaml)."""
-    params_file = params_file or project_params()
-    params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
-    after = ((params or {}).get("gatt") or {}).get("after", "sft")
+    after = (read_params_file(params_file or project_params()).get("gatt") or {}).get("after", "sft")
     return "sft_model" if after == "sft" else f"{after}.policy"
 
 
@@ -32,4 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                              "world": "params:world", "gatt": "params:gatt", "seed": "params:seed",
                              "build_stats": "gatt_build_stats", "training": "gatt_training"},
              ["gatt_metrics", "gatt_adherence", "gatt_samples", "gatt_adherence_plot"], name="gatt_evaluate"),
+        Node(evaluate_chat, {"model": "gatt_model", "sft_samples": "sft_samples", "prompts": "prompts_eval",
+                             "world": "params:world", "sft": "params:sft", "gatt": "params:gatt",
+                             "seed": "params:seed"}, "gatt_model_metrics", name="gatt_evaluate_chat"),
     ])

@@ -16,7 +16,6 @@ from llama2_pipeline.tracking import mlflow_log_fn
 from llama2_pipeline.training.preferences import (CATEGORIES, RATINGS, merge_preferences, mix_preferences,
                                                   split_preferences, torch_threads)
 from llama2_pipeline.training.preferences import collect_preferences as _collect
-from llama2_pipeline.training.reward import validate_reward_params
 
 __all__ = ["collect_preferences", "merge_preferences", "split_preferences", "train_reward_models",
            "evaluate_reward_models"]
@@ -42,7 +41,7 @@ def train_reward_models(train_prefs: list[dict], init_model_dir: Path, params: d
     ``heldout`` (optional) is only monitored during training: ``val_acc``/``val_loss`` every
     ``reward.train.eval_every`` steps (0: not at all; the final evaluation is its own node).
     """
-    from llama2_pipeline.training.reward import train_reward_model
+    from llama2_pipeline.training.reward import train_reward_model, validate_reward_params
 
     validate_reward_params(params)
     if not train_prefs:
@@ -83,7 +82,7 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     import torch
 
     from llama2_pipeline.training.reward import (PAPER_TABLE_8, RewardModel, accuracy_by_rating, calibration,
-                                                 plot_calibration, plot_score_histograms)
+                                                 plot_calibration, plot_score_histograms, validate_reward_params)
 
     validate_reward_params(params)
     heldout = list(heldout or [])

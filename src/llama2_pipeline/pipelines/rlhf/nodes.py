@@ -9,7 +9,6 @@ from pathlib import Path
 from llama2_pipeline.datasets import staging_dir
 from llama2_pipeline.tracking import mlflow_log_fn
 from llama2_pipeline.training.preferences import annotate_answers
-from llama2_pipeline.training.rlhf import validate_rlhf_params
 
 
 def _world(world: dict, seed: int):
@@ -27,6 +26,7 @@ def sample_candidates(policy: Path, tokenizer: Path, prompts: list[dict], rlhf: 
                       round_name: str) -> list[dict]:
     """K answers of the round's starting policy per train prompt."""
     from llama2_pipeline.training.rlhf import sample_candidates as _sample
+    from llama2_pipeline.training.rlhf import validate_rlhf_params
 
     validate_rlhf_params(rlhf)
     return _sample(policy, Path(tokenizer) / "tokenizer.model", prompts, rlhf["candidates"],

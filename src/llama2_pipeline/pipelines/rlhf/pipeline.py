@@ -28,6 +28,22 @@ def project_params() -> Path:
     return here if here.is_file() else Path(__file__).resolve().parents[4] / "params.yaml"
 
 
+def read_params_file(params_file: Path) -> dict:
+    """params.yaml as a dict ({} if missing), parsed once per file version (several pipelines
+    read it while Kedro registers them; libyaml's parser when available)."""
+    path = Path(params_file)
+    if not path.is_file():
+        return {}
+    stat = path.stat()
+    return _parse_yaml(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(), Loader=loader) or {}
+
+
 def _named(fn, name: str, **bound):
     """``fn`` with some arguments bound, keeping a name Kedro can show."""
     out = functools.partial(fn, **bound)
@@ -87,11 +103,9 @@ def round_pipeline(name: str, ppo: bool) -> Pipeline:
 
 def read_rounds(params_file: Path | None = None) -> dict[str, dict]:
     """``rlhf.rounds`` of params.yaml, checked (each round after the previous one)."""
-    from llama2_pipeline.training.rlhf import round_names
+    from llama2_pipeline.params import round_names
 
-    params_file = params_file or project_params()
-    params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
-    group = (params or {}).get("rlhf") or {}
+    group = read_params_file(params_file or project_params()).get("rlhf") or {}
     if not group:
         return {}
     round_names(group)

@@ -1,0 +1,213 @@
+"""The final report of a run of the recipe: Markdown for people and git, and the same as one
+self-contained HTML page (styles inline, images embedded as data URIs: it opens offline).
+
+:func:`model_rows` lines every model up on the same held-out prompts (pretrained, SFT, each RLHF
+round, GAtt), :func:`progress_figure` draws the rounds in the paper's style (helpfulness against
+harmlessness, one point per model, arrows in training order), :func:`build_markdown` writes the
+document and :func:`to_html` renders it. Nothing here imports Kedro or MLflow: the ``report``
+pipeline gathers the inputs (stage metrics, plots, MLflow run ids) and calls these.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from typing import Any, Sequence
+
+RATING_COLUMNS = ("significantly_better", "better", "slightly_better", "negligibly_better", "avg")
+MODEL_COLUMNS = (  # (metric suffix, header)
+    ("helpfulness", "helpfulness"), ("safety", "safety"), ("violation_rate", "violation rate"),
+    ("refusal_rate", "refusal rate (unsafe)"), ("false_refusal_rate", "false refusal (borderline)"),
+    ("win_rate_vs_sft", "win rate vs SFT"), ("answer_words", "answer words"),
+)
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
+    def cell(v: Any) -> str:
+        return _num(v, digits).replace("|", "\\|").replace("\n", " ")
+
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(headers))]
+    out = ["| " + " | ".join(headers) + " |",
+           "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def model_rows(sft: dict, rounds: dict[str, dict], gatt_model: dict | None,
+               pretrained_win_rate_vs_sft: float | None) -> list[dict]:
+    """One row per model with the :data:`MODEL_COLUMNS` metrics, from the stages' metrics:
+    ``sft`` (``pretrained_*`` and ``sft_*``), each round's ``policy_*`` and ``win_rate_vs_sft``,
+    the GAtt model's ``gatt_model_*``. Every model answered the same held-out prompts greedily."""
+    def pick(metrics: dict, prefix: str, win: float | None) -> dict:
+        row = {k: metrics.get(f"{prefix}_{k}") for k, _ in MODEL_COLUMNS if k != "win_rate_vs_sft"}
+        row["win_rate_vs_sft"] = win
+        return row
+
+    rows = [{"model": "pretrained", **pick(sft, "pretrained", pretrained_win_rate_vs_sft)},
+            {"model": "SFT", **pick(sft, "sft", 0.5)}]
+    for name, m in rounds.items():
+        rows.append({"model": f"RLHF {name}" + (" (PPO)" if "ppo_steps" in m else ""),
+                     **pick(m, "policy", m.get("win_rate_vs_sft"))})
+    if gatt_model:
+        rows.append({"model": "GAtt", **pick(gatt_model, "gatt_model", gatt_model.get("gatt_model_win_rate_vs_sft"))})
+    return rows
+
+
+def progress_figure(rows: Sequence[dict]):
+    """The paper's Figure 11 layout for this run: each model's helpfulness (x) against its
+    harmlessness (y, the world's safety score), joined in training order, the pretrained model left
+    out (it is not a chat model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r["model"] != "pretrained" and r["helpfulness"] is not None
+           and r["safety"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    xs, ys = [r["helpfulness"] for r in pts], [r["safety"] for r in pts]
+    for a, b in zip(pts, pts[1:]):
+        ax.annotate("", xy=(b["helpfulness"], b["safety"]), xytext=(a["helpfulness"], a["safety"]),
+                    arrowprops=dict(arrowstyle="->", color="0.55", lw=1.2))
+    ax.scatter(xs, ys, s=60, c=range(len(pts)), cmap="viridis", zorder=3)
+    for r in pts:
+        ax.annotate(r["model"], (r["helpfulness"], r["safety"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=9)
+    pad_x = max(0.05, (max(xs) - min(xs)) * 0.25) if xs else 0.1
+    pad_y = max(0.02, (max(ys) - min(ys)) * 0.25) if ys else 0.1
+    if xs:
+        ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+        ax.set_ylim(max(0.0, min(ys) - pad_y), min(1.0, max(ys) + pad_y) + 0.01)
+    ax.set_xlabel("helpfulness (world's judge, held-out prompts)")
+    ax.set_ylabel("harmlessness (world's safety score)")
+    ax.set_title("Progress of the chat models, round by round")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], reward_accuracy: dict,
+                   round_rm: dict[str, dict], gatt: dict, gatt_adherence: dict, cleaning: dict,
+                   pretrain: dict, stages: Sequence[dict], images: dict[str, str]) -> str:
+    """The report as Markdown. ``images``: section name -> PNG file name (relative to the report)."""
+    out = [f"# {title}", ""]
+    out += [f"Git commit `{provenance.get('git_commit', '?')}`"
+            + (" (with uncommitted changes)" if provenance.get("git_dirty") else "")
+            + f", profile `{provenance.get('profile', '?')}`, seed {provenance.get('seed', '?')}, "
+            f"written {provenance.get('created', '?')}. MLflow experiment `{provenance.get('experiment', '?')}`, "
+            f"report run `{provenance.get('report_run_id') or '–'}`.", ""]
+
+    out += ["## Models on the held-out prompts", "",
+            "Every model answered the same held-out prompts greedily and the simulated world judged each "
+            "answer (helpfulness and safety in [0, 1]; violation: safety < 0.5; refusal rate on unsafe "
+            "prompts, false refusals on borderline ones; win rate: the world's annotator against the SFT "
+            "model's answer, ties ½).", ""]
+    out.append(table(["model"] + [h for _, h in MODEL_COLUMNS],
+                     [[r["model"]] + [r.get(k) for k, _ in MODEL_COLUMNS] for r in models]))
+    if "progress" in images:
+        out += ["", f"![helpfulness vs harmlessness per round]({images['progress']})"]
+
+    out += ["", "## Reward models: held-out accuracy per rating level", "",
+            "Share of held-out pairs whose chosen answer the RM scores higher, by the annotator's rating of "
+            f"the pair (the paper's Table 8 layout); annotator disagreement rate "
+            f"{_num(reward_accuracy.get('annotator_disagreement_rate'))}, margin `{reward_accuracy.get('margin', '?')}`.",
+            ""]
+    heads = ["RM", "test set", "sig. better", "better", "slightly better", "negligibly better", "avg", "pairs"]
+    rm_rows = [[r["rm"], r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [r.get("n")]
+               for r in reward_accuracy.get("rows", [])]
+    rm_rows += [[f"paper: {r['rm']}", r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [None]
+                for r in reward_accuracy.get("paper_table_8", [])]
+    out.append(table(heads, rm_rows))
+    if round_rm:
+        out += ["", "Retrained in each RLHF round (accumulated pairs, held-out split):", ""]
+        out.append(table(["round", "helpfulness RM", "safety RM", "sig. better (helpf.)", "sig. better (safety)"],
+                         [[name, m.get("rm_helpfulness_acc"), m.get("rm_safety_acc"),
+                           m.get("rm_helpfulness_acc_significantly_better"),
+                           m.get("rm_safety_acc_significantly_better")] for name, m in round_rm.items()]))
+    if "calibration" in images:
+        out += ["", f"![reward model calibration]({images['calibration']})"]
+
+    out += ["", "## Ghost Attention: instruction adherence by turn", "",
+            "Share of answers that follow the system instruction given in turn 1 only, on held-out dialogues, "
+            "for the policy before and after GAtt.", ""]
+    turns = gatt_adherence.get("turns", [])
+    out.append(table(["model"] + [f"turn {t}" for t in turns],
+                     [[name] + list(gatt_adherence.get(key, {}).get("turn", [])) for key, name in
+                      (("before", "before GAtt"), ("after", "after GAtt"))]))
+    out += ["", f"Turns ≥ 4 over turn 1 after GAtt: {_num(gatt.get('gatt_turn4plus_over_turn1'))}; helpfulness of "
+            f"the same answers: {_num(gatt.get('gatt_before_helpfulness'))} before, "
+            f"{_num(gatt.get('gatt_after_helpfulness'))} after."]
+    if "gatt" in images:
+        out += ["", f"![adherence by turn]({images['gatt']})"]
+
+    m = cleaning.get("metrics", {})
+    out += ["", "## Data cleaning", ""]
+    pii = {k.removeprefix("pii_"): v for k, v in m.items() if k.startswith("pii_")
+           and k not in ("pii_total", "pii_docs", "pii_redacted_out")}
+    out.append(table(["documents in", "kept", "exact duplicates", "near duplicates", "PII-dense dropped",
+                      "PII redacted", "bytes kept"],
+                     [[m.get("docs_in"), m.get("docs_out"), m.get("dup_exact"), m.get("dup_near"),
+                       m.get("dropped_pii_density"), m.get("pii_total"), m.get("bytes_kept_frac")]]))
+    if pii:
+        out += ["", "PII redactions by kind: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(pii.items())) + "."]
+    if "cleaning" in images:
+        out += ["", f"![cleaning report]({images['cleaning']})"]
+
+    out += ["", "## Pretraining", "",
+            f"{_num(pretrain.get('pretrain_params'))} parameters, {_num(pretrain.get('pretrain_tokens'))} tokens in "
+            f"{_num(pretrain.get('pretrain_steps'))} steps; validation perplexity "
+            f"{_num(pretrain.get('pretrain_val_ppl'))} against {_num(pretrain.get('pretrain_unigram_ppl'))} for the "
+            f"unigram model of the validation tokens (ratio {_num(pretrain.get('pretrain_ppl_ratio'))})."]
+    if "pretrain" in images:
+        out += ["", f"![pretraining loss]({images['pretrain']})"]
+
+    out += ["", "## Stages: time, throughput and records", "",
+            "Wall time of each stage's MLflow run (the Kedro pipeline, without interpreter start-up), the time "
+            "and throughput of the stage's own work (training runs; cleaning), and the run that wrote the "
+            "stage's metrics now on disk (found by the file's SHA-256 in the run's `output.*` tags).", ""]
+    out.append(table(["stage", "wall s", "work s", "throughput", "MLflow run", "git commit"],
+                     [[s["stage"], s.get("wall_seconds"), s.get("train_seconds"), s.get("tokens_per_s"),
+                       f"`{s['run_id']}`" if s.get("run_id") else "not in this MLflow store",
+                       (s.get("git_commit") or "")[:10]] for s in stages], digits=1))
+    return "\n".join(out) + "\n"
+
+
+_CSS = """
+body{font:15px/1.5 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1.5em;color:#1f2328}
+h1{border-bottom:1px solid #d0d7de;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #eaeef2}
+table{border-collapse:collapse;margin:1em 0;font-size:13.5px}th,td{border:1px solid #d0d7de;padding:4px 9px}
+th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}code{background:#f3f4f6;padding:1px 4px;
+border-radius:4px;font-size:90%}img{max-width:100%;border:1px solid #eaeef2;margin:.5em 0}
+"""
+
+
+def to_html(markdown: str, images: dict[str, bytes], title: str) -> str:
+    """One self-contained HTML page: the Markdown rendered (tables included) and every image whose
+    ``src`` is a key of ``images`` embedded as a PNG data URI. No external reference remains."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+    def embed(match: re.Match) -> str:
+        src = html.unescape(match.group(1))
+        if src not in images:
+            raise ValueError(f"report image {src!r} has no bytes to embed")
+        return f'src="data:image/png;base64,{base64.b64encode(images[src]).decode("ascii")}"'
+
+    body = re.sub(r'src="([^"]+)"', embed, body)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}</body></html>\n")

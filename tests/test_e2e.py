@@ -1,0 +1,52 @@
+"""The whole recipe from a user's seat (smoke profile): a second ``dvc repro`` does nothing; an
+experiment that changes one stage's parameter reruns that stage and the ones after it only, and
+``dvc exp show`` / ``dvc metrics diff`` compare it with the committed run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+STAGES = ["world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft", "reward",
+          "rlhf@v1", "rlhf@v2", "gatt", "report"]
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"^Running stage '([^']+)'", output, flags=re.M)
+
+
+def test_second_repro_does_nothing(smoke_repro: Path):
+    out = run("dvc repro", smoke_repro).stdout
+    assert ran(out) == [], out
+    status = run("dvc status --json", smoke_repro).stdout
+    assert json.loads(status) == {}, status
+    # every stage has a lock entry: all of them ran in the first repro
+    lock = (smoke_repro / "dvc.lock").read_text()
+    for stage in STAGES:
+        assert f"  {stage}:" in lock, stage
+
+
+def test_changing_one_stage_param_reruns_only_that_stage_and_after(smoke_repro: Path, tmp_path: Path):
+    # a copy: the experiment must not disturb the project the other end-to-end tests read
+    project = tmp_path / "proj"
+    shutil.copytree(smoke_repro, project, symlinks=True)
+    run("git add -A && git -c user.name=t -c user.email=t@localhost commit -qm 'smoke repro'", project)
+    p = run("dvc exp run --name more-sft --set-param profiles.smoke.sft.epochs=2", project, timeout=1200)
+    assert ran(p.stdout) == ["sft", "reward", "rlhf@v1", "rlhf@v2", "gatt", "report"], p.stdout
+
+    exps = json.loads(run("dvc exp show --json", project).stdout)
+    blob = json.dumps(exps)
+    assert "more-sft" in blob and "sft_helpfulness" in blob and "report_gatt_helpfulness" in blob
+    # the experiment's results are in the workspace: compare them with the committed run
+    diff = json.loads(run("dvc metrics diff --json", project).stdout)
+    steps = diff["metrics/sft.json"]["sft_steps"]
+    assert steps["new"] > steps["old"], steps  # two epochs instead of one
+    assert "metrics/pretrain.json" not in diff  # upstream of the change: untouched
+    assert "metrics/report.json" in diff

@@ -1,0 +1,103 @@
+"""The final report: Markdown tables, the self-contained HTML page, the models table, and the
+``report`` stage at the end of a whole smoke-profile ``dvc repro``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llama2_pipeline.report import MODEL_COLUMNS, model_rows, progress_figure, table, to_html
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def test_table_aligns_numbers_and_escapes_pipes():
+    md = table(["name", "value"], [["a|b", 0.12345], ["c", None], ["d", 1234]])
+    lines = md.splitlines()
+    assert lines[0] == "| name | value |"
+    assert lines[1] == "|---|---:|"
+    assert lines[2] == "| a\\|b | 0.123 |"
+    assert lines[3] == "| c | – |"
+    assert lines[4] == "| d | 1,234 |"
+
+
+def test_html_is_self_contained_with_tables_and_embedded_images():
+    md = "# T\n\n" + table(["x", "y"], [[1, 0.5]]) + "\n\n![plot](p.png)\n"
+    page = to_html(md, {"p.png": PNG}, "T & co")
+    assert "<table>" in page and "<td" in page
+    assert "<title>T &amp; co</title>" in page
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert srcs == ["data:image/png;base64," + base64.b64encode(PNG).decode()]
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', page)
+
+
+def test_html_refuses_an_image_it_cannot_embed():
+    with pytest.raises(ValueError, match="missing.png"):
+        to_html("![x](missing.png)", {}, "t")
+
+
+def test_model_rows_line_up_every_model():
+    sft = {"pretrained_helpfulness": 0.2, "pretrained_safety": 0.9, "sft_helpfulness": 0.5, "sft_safety": 1.0,
+           "sft_violation_rate": 0.0, "sft_false_refusal_rate": 0.1}
+    rounds = {"v1": {"policy_helpfulness": 0.55, "policy_safety": 1.0, "win_rate_vs_sft": 0.6},
+              "v2": {"policy_helpfulness": 0.6, "policy_safety": 1.0, "win_rate_vs_sft": 0.7, "ppo_steps": 3}}
+    gatt = {"gatt_model_helpfulness": 0.58, "gatt_model_safety": 0.99, "gatt_model_win_rate_vs_sft": 0.65}
+    rows = model_rows(sft, rounds, gatt, pretrained_win_rate_vs_sft=0.1)
+    assert [r["model"] for r in rows] == ["pretrained", "SFT", "RLHF v1", "RLHF v2 (PPO)", "GAtt"]
+    assert [r["helpfulness"] for r in rows] == [0.2, 0.5, 0.55, 0.6, 0.58]
+    assert [r["win_rate_vs_sft"] for r in rows] == [0.1, 0.5, 0.6, 0.7, 0.65]
+    assert rows[1]["false_refusal_rate"] == 0.1 and rows[0]["violation_rate"] is None
+    assert set(rows[0]) == {"model"} | {k for k, _ in MODEL_COLUMNS}
+    fig = progress_figure(rows)  # the pretrained model is no chat model: left out of the plot
+    labels = [t.get_text() for t in fig.axes[0].texts if t.get_text()]
+    assert labels == ["SFT", "RLHF v1", "RLHF v2 (PPO)", "GAtt"]
+
+
+@pytest.mark.slow
+def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
+    """The report is the last stage of ``dvc repro``: both files written, the HTML opens offline
+    (every image embedded, nothing fetched), every model in the table with the numbers of the stage
+    that measured them, and each stage's MLflow run id is the run that wrote its metrics."""
+    rep = smoke_repro / "data/08_reporting"
+    md, page = (rep / "report.md").read_text(), (rep / "report.html").read_text()
+    for model in ("pretrained", "SFT", "RLHF v1", "RLHF v2 (PPO)", "GAtt"):
+        assert f"| {model} |" in md
+    for section in ("Reward models", "Ghost Attention", "Data cleaning", "Pretraining", "Stages"):
+        assert f"## {section}" in md
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 5
+    assert not re.search(r'(?:src|href)="(?!data:|#)', page), "the HTML must not reference any file or URL"
+
+    metrics = json.loads((smoke_repro / "metrics/report.json").read_text())
+    sft = json.loads((smoke_repro / "metrics/sft.json").read_text())
+    v2 = json.loads((smoke_repro / "metrics/rlhf_v2.json").read_text())
+    gatt = json.loads((smoke_repro / "metrics/gatt_model.json").read_text())
+    assert metrics["report_sft_helpfulness"] == sft["sft_helpfulness"]
+    assert metrics["report_pretrained_safety"] == sft["pretrained_safety"]
+    assert metrics["report_rlhf_v2_win_rate_vs_sft"] == v2["win_rate_vs_sft"]
+    assert metrics["report_gatt_helpfulness"] == gatt["gatt_model_helpfulness"]
+    assert 0.0 <= metrics["report_pretrained_win_rate_vs_sft"] <= 1.0
+
+    runs = json.loads((rep / "report_runs.json").read_text())
+    stages = {s["stage"]: s for s in runs["stages"]}
+    assert set(stages) >= {"world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft",
+                           "reward", "gatt", "rlhf_v1", "rlhf_v2"}
+    db = sqlite3.connect(smoke_repro / "mlflow.db")
+    for name, s in stages.items():
+        assert s.get("run_id"), f"no MLflow run found for stage {name}"
+        assert s["run_id"] in md
+        (dvc_stage,) = db.execute("select value from tags where run_uuid=? and key='dvc_stage'", (s["run_id"],)).fetchone()
+        assert dvc_stage == name.replace("rlhf_", "rlhf@"), (name, dvc_stage)
+    report_run = runs["provenance"]["report_run_id"]
+    git = db.execute("select value from tags where run_uuid=? and key='git_commit'", (report_run,)).fetchone()
+    assert git and git[0] == runs["provenance"]["git_commit"] and git[0] in md
+    # the report's outputs are the report run's MLflow artifacts too
+    tags = dict(db.execute("select key, value from tags where run_uuid=?", (report_run,)).fetchall())
+    assert tags["output.report_html"].startswith("data/08_reporting/report.html@sha256:")
+    (artifact_uri,) = db.execute("select artifact_uri from runs where run_uuid=?", (report_run,)).fetchone()
+    root = Path(artifact_uri.removeprefix("file://")) if artifact_uri.startswith("file://") else smoke_repro / artifact_uri
+    assert list(root.rglob("report.html")), f"report.html not logged under {root}"

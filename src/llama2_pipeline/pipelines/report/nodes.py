@@ -70,9 +70,9 @@ def producing_runs(stages: dict[str, tuple[str, str, object]]) -> tuple[dict[str
 
 
 def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_metrics: dict,
-                 reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict, cleaning_report: dict,
-                 calibration_plot: bytes, gatt_plot: bytes, cleaning_plot: bytes, pretrain_plot: bytes,
-                 world: dict, seed: int, profile: str, **round_metrics: dict):
+                 reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
+                 cleaning_report: dict, calibration_plot: bytes, gatt_plot: bytes, cleaning_plot: bytes,
+                 pretrain_plot: bytes, world: dict, seed: int, profile: str, **round_metrics: dict):
     """The report: Markdown, self-contained HTML, the rounds' progress plot, flat metrics per model
     (``metrics/report.json``) and the stage -> MLflow run table. ``round_metrics``: ``rlhf_<round>``
     -> that round's metrics, in training order."""
@@ -91,7 +91,8 @@ def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: d
     rows = model_rows(sft_metrics, rounds, gatt_model_metrics, pretrained_win)
 
     timing = cleaning_report.get("timing", {})
-    metrics_by_stage = {"pretrain": pretrain_metrics, "sft": sft_metrics, "reward": reward_metrics, "gatt": gatt_metrics,
+    metrics_by_stage = {"pretrain": pretrain_metrics, "sft": sft_metrics, "reward": reward_metrics,
+                        "gatt": gatt_metrics,
                         "data_processing": {"clean_seconds": timing.get("seconds"),
                                             "clean_mib_per_s": timing.get("mib_per_s")},
                         **{f"rlhf_{r}": m for r, m in rounds.items()}}
@@ -116,9 +117,8 @@ def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: d
     provenance = {"git_commit": me.get("git_commit"), "git_dirty": me.get("git_dirty"), "profile": profile,
                   "seed": seed, "experiment": me.get("experiment"), "report_run_id": me.get("run_id"),
                   "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    round_rm = {r: m for r, m in rounds.items()}
     markdown = build_markdown(title=TITLE, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
-                              round_rm=round_rm, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
+                              round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
                               cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS)
     images = {PLOTS["progress"]: progress_png, PLOTS["calibration"]: calibration_plot, PLOTS["gatt"]: gatt_plot,
               PLOTS["cleaning"]: cleaning_plot, PLOTS["pretrain"]: pretrain_plot}

@@ -39,3 +39,23 @@ def test_folder_digest_depends_on_names_and_contents(tmp_path):
     assert sha256_path(tmp_path / "d") != first
     with pytest.raises(FileNotFoundError, match="no such file"):
         sha256_path(tmp_path / "missing")
+
+
+def test_git_dirty_counts_code_not_dvc_outputs(tmp_path):
+    import subprocess
+
+    from llama2_pipeline.hooks import git_state
+
+    for rel in ("src/code.py", "params.yaml", "dvc.lock", "metrics/sft.json", "data/08_reporting/report.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run("git init -q && git add -A", cwd=tmp_path, shell=True, check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], cwd=tmp_path, check=True)
+    sha, dirty = git_state(tmp_path)
+    assert len(sha) == 40 and not dirty
+    for rel in ("dvc.lock", "metrics/sft.json", "data/08_reporting/report.md"):  # what dvc repro writes
+        (tmp_path / rel).write_text("v2\n")
+    assert git_state(tmp_path) == (sha, False)
+    (tmp_path / "params.yaml").write_text("v2\n")
+    assert git_state(tmp_path) == (sha, True)

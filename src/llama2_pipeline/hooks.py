@@ -35,13 +35,19 @@ log = logging.getLogger(__name__)
 GROUP_ENV = "LLAMA2_REPRO_GROUP"
 
 
+# what `dvc repro` itself rewrites while it runs the stages: not a change of the code version
+_NOT_CODE = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)data")
+
+
 def git_state(root: Path) -> tuple[str, bool]:
-    """(commit sha or 'unknown', dirty flag) of the repository holding ``root``."""
+    """(commit sha or 'unknown', dirty flag) of the repository holding ``root``. Dirty: a tracked
+    file differs from the commit, not counting dvc.lock, metrics/ and data/ (DVC's outputs, which
+    every stage of a ``dvc repro`` after the first would otherwise see changed)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip() != ""
         return sha, dirty
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown", True

@@ -82,9 +82,9 @@ def progress_figure(rows: Sequence[dict]):
         ax.annotate("", xy=(b["helpfulness"], b["safety"]), xytext=(a["helpfulness"], a["safety"]),
                     arrowprops=dict(arrowstyle="->", color="0.55", lw=1.2))
     ax.scatter(xs, ys, s=60, c=range(len(pts)), cmap="viridis", zorder=3)
-    for r in pts:
-        ax.annotate(r["model"], (r["helpfulness"], r["safety"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=9)
+    for i, r in enumerate(pts):  # labels above and below in turn: neighbouring rounds often nearly coincide
+        ax.annotate(r["model"], (r["helpfulness"], r["safety"]), textcoords="offset points",
+                    xytext=(6, 6) if i % 2 == 0 else (6, -14), fontsize=9)
     pad_x = max(0.05, (max(xs) - min(xs)) * 0.25) if xs else 0.1
     pad_y = max(0.02, (max(ys) - min(ys)) * 0.25) if ys else 0.1
     if xs:

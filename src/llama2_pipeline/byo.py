@@ -21,12 +21,11 @@ near-duplicate, fragments, keyword spam, a contact address) to show what cleanin
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
-from llama2_pipeline.io_utils import atomic_path
+from llama2_pipeline.io_utils import atomic_path, write_jsonl
 
 DEFAULT_OUT = "data/01_raw/byo"
 SEED = 1234
@@ -887,12 +886,6 @@ its own corpus and dialogues over these files.{elsewhere}
 """
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def write_examples(out: str | Path = DEFAULT_OUT, seed: int = SEED, force: bool = False) -> dict[str, int]:
     """Write every example file into ``out`` (each atomically); returns the record counts.
 
@@ -910,10 +903,10 @@ def write_examples(out: str | Path = DEFAULT_OUT, seed: int = SEED, force: bool 
     with atomic_path(out / "corpus", is_dir=True) as tmp:
         for i, part in enumerate((docs[:half], docs[half:])):
             pq.write_table(pa.Table.from_pylist(part), tmp / f"part-{i:05d}.parquet", compression="zstd")
-    _write_jsonl(out / "corpus.jsonl", docs)
-    _write_jsonl(out / "pii_canaries.jsonl", [])
-    _write_jsonl(out / "sft_dialogues.jsonl", dialogues)
-    _write_jsonl(out / "preferences.jsonl", prefs)
+    write_jsonl(out / "corpus.jsonl", docs)
+    write_jsonl(out / "pii_canaries.jsonl", [])
+    write_jsonl(out / "sft_dialogues.jsonl", dialogues)
+    write_jsonl(out / "preferences.jsonl", prefs)
     counts = {"documents": len(docs), "dialogues": len(dialogues), "preferences": len(prefs)}
     readme = README.format(seed=seed, out=out.as_posix(), n_docs=len(docs), n_sft=len(dialogues),
                            n_prefs=len(prefs),

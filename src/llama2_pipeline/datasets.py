@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from kedro.io import AbstractDataset, DatasetError
 
-from llama2_pipeline.io_utils import atomic_path
+from llama2_pipeline.io_utils import atomic_path, write_jsonl
 
 
 def staging_dir(name: str = "stage") -> Path:
@@ -95,9 +95,7 @@ class JSONLDataset(_FileDataset):
         return read_jsonl(self._filepath)[0]
 
     def save(self, data: Iterable[dict]) -> None:
-        with atomic_path(self._filepath) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for record in data:
-                f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        write_jsonl(self._filepath, data, sort_keys=True)
 
 
 class JSONDataset(_FileDataset):

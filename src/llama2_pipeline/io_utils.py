@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -65,6 +65,13 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as pretty, key-sorted JSON, atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_jsonl(target: str | os.PathLike, records: Iterable[dict], sort_keys: bool = False) -> None:
+    """Write ``records`` as JSON lines (UTF-8, one object per line), atomically."""
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=sort_keys) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

@@ -38,14 +38,14 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io_utils import atomic_path, write_json
+from ..io_utils import atomic_path, write_json, write_jsonl
 from ..model import Llama, ModelConfig, load_hf
 from ..model.hf import _read_tensors, config_from_hf, from_hf_state_dict, hf_config, to_hf_state_dict
 from ..tokenizer import Tokenizer, encode_chat, encode_chat_prompt, save_hf_tokenizer
@@ -458,12 +458,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-
-
 def train_reward_model(
     pairs: Sequence[dict],
     init_dir: str | os.PathLike,
@@ -507,8 +501,8 @@ def train_reward_model(
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "hf"
     if cfg.multi_process and not _inside_launch():
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(run_dir / TRAIN_PAIRS, records)
-        _write_jsonl(run_dir / EVAL_PAIRS, evals)
+        write_jsonl(run_dir / TRAIN_PAIRS, records, sort_keys=True)
+        write_jsonl(run_dir / EVAL_PAIRS, evals, sort_keys=True)
         write_json(run_dir / RUN_CONFIG, {
             "init_dir": str(Path(init_dir).resolve()), "train": cfg.to_dict(), "run_dir": str(run_dir.resolve()),
             "margin": margin, "out_dir": str(out_dir.resolve()), "progress": progress, "name": name})

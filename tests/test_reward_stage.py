@@ -107,7 +107,8 @@ def test_metrics_table_plots_and_models(reward_project):
         assert m[f"rm_{name}_heldout_pairs"] > 0 and m[f"rm_{name}_steps"] >= 1
         assert f"rm_{name}_train_loss" in m and f"rm_{name}_ece" in m
     assert any(k.startswith("rm_helpfulness_acc_") and k.endswith("better") for k in m)
-    assert m["reward_disagreement_rate"] == 0.05
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert m["reward_disagreement_rate"] == params["world"]["annotator"]["disagreement_rate"]
     table = json.loads((project / "data/08_reporting/reward_accuracy.json").read_text())
     assert [r["rm"] for r in table["rows"]] == ["helpfulness", "safety"]
     assert [r["rm"] for r in table["noise_free_rows"]] == ["helpfulness", "safety"] and len(table["ceiling_rows"]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama2_pipeline.training.gatt import adherence_by_turn, construct, draw_dialogues, gatt_record
+from llama2_pipeline.training.gatt import adherence_by_turn, construct, draw_dialogues, gatt_record, truncations
 from llama2_pipeline.world import constraints
 
 USERS = ["What is 2 plus 2?", "What is the capital of Velmora?", "Reverse the word 'abc'."]
@@ -33,17 +33,40 @@ def test_instruction_only_in_the_first_turn_and_loss_on_the_last_answer():
 
 def test_samples_that_break_the_instruction_are_dropped():
     dialogues = [{"users": USERS[:2], "constraints": ["ahoy"]}, {"users": USERS[:2], "constraints": ["cheers"]},
-                 {"users": USERS[:2], "constraints": ["uppercase", "five_words"]}]
+                 {"users": USERS[:2], "constraints": ["uppercase", "five_words"]},
+                 {"users": USERS, "constraints": ["lowercase"]}]
     answers = [["Ahoy! 4.", "Drisk."],               # turn 2 forgot the instruction
                ["4. Cheers!", "Drisk. Cheers!"],     # adheres
-               ["FOUR.", "THE CAPITAL IS DRISK."]]   # adheres to both
+               ["FOUR.", "THE CAPITAL IS DRISK."],   # adheres to both
+               ["four.", "drisk.", "CBA."]]          # turn 3 breaks it
     records, stats = construct(dialogues, answers, keep_adherent=True)
-    assert [r["constraints"] for r in records] == [["cheers"], ["uppercase", "five_words"]]
-    assert stats == {"gatt_dialogues": 3, "gatt_adherent_share": pytest.approx(2 / 3), "gatt_records": 2,
-                     "gatt_blank_dropped": 0}
-    assert len(construct(dialogues, answers, keep_adherent=False)[0]) == 3
-    blank = construct(dialogues, [answers[0], ["4. Cheers!", " "], answers[2]], keep_adherent=False)
-    assert len(blank[0]) == 2 and blank[1]["gatt_blank_dropped"] == 1
+    # each dialogue up to its first answer that breaks the instruction
+    assert [r["constraints"] for r in records] == [["ahoy"], ["cheers"], ["uppercase", "five_words"], ["lowercase"]]
+    assert [[m["content"] for m in r["messages"] if m["role"] == "assistant"] for r in records] == \
+        [["Ahoy! 4."], answers[1], answers[2], ["four.", "drisk."]]
+    assert stats == {"gatt_dialogues": 4, "gatt_adherent_share": pytest.approx(2 / 4), "gatt_records": 4,
+                     "gatt_prefix_records": 2, "gatt_blank_dropped": 0}
+    # a prefix shorter than min_turns is dropped
+    records, stats = construct(dialogues, answers, keep_adherent=True, min_turns=2)
+    assert [r["constraints"] for r in records] == [["cheers"], ["uppercase", "five_words"], ["lowercase"]]
+    assert stats["gatt_records"] == 3 and stats["gatt_prefix_records"] == 1
+    # without keep_adherent every answer is kept
+    assert [len(r["messages"]) for r in construct(dialogues, answers, keep_adherent=False)[0]] == [4, 4, 4, 6]
+    # a blank answer ends the dialogue before it
+    blank = construct(dialogues, [answers[0], [" ", "Drisk. Cheers!"], answers[2], ["four.", "", "cba."]],
+                      keep_adherent=False)
+    assert [len(r["messages"]) for r in blank[0]] == [4, 4, 2] and blank[1]["gatt_blank_dropped"] == 2
+
+
+def test_truncations_put_the_learned_answer_at_every_turn():
+    rec = gatt_record(USERS, ["four.", "drisk.", "cba."], ["lowercase"], system=True)
+    every = truncations([rec], 1, seed=0, every=True)
+    assert [len(r["messages"]) for r in every] == [3, 5, 7]  # system + 1, 2, 3 turns
+    assert all(r["messages"][0]["role"] == "system" and r["only_last_answer"] for r in every)
+    assert every[1]["messages"][-1] == {"role": "assistant", "content": "drisk."}
+    cuts = {len(truncations([rec], 2, seed=s)[0]["messages"]) for s in range(20)}
+    assert cuts == {5, 7}  # one seeded cut after turn 2 or 3
+    assert truncations([rec], 2, seed=4) == truncations([rec], 2, seed=4)
 
 
 def test_adherence_by_turn_on_hand_made_dialogues():
@@ -66,3 +89,52 @@ def test_drawn_dialogues_are_seeded_safe_and_compatible():
         assert constraints.compatible(tuple(d["constraints"])) and 1 <= len(d["constraints"]) <= 2
     with pytest.raises(ValueError, match="at least 5 safe prompts"):
         draw_dialogues(prompts[:4], 3, 5, seed=0)
+
+
+def test_sample_adherent_retries_swaps_and_stops_a_dialogue_at_its_first_broken_turn(monkeypatch):
+    import llama2_pipeline.evaluation as evaluation
+    from llama2_pipeline.evaluation import SamplingConfig
+    from llama2_pipeline.training.gatt import sample_adherent
+
+    calls = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        calls.append((desc, len(chats)))
+        out = []
+        for chat in chats:  # [system, user]: adheres from try 2 on ("Cheers!"), except for "never" users
+            user, k = chat[-1]["content"], sampling.seed - 10
+            ok = k >= 1 and "never" not in user
+            out.append({"answer": f"{user} {'Cheers!' if ok else 'Bye.'}"})
+        return out
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["a", "b", "c"], "constraints": ["cheers"]},
+                 {"users": ["d", "never", "f"], "constraints": ["cheers"]}]
+    sampling = SamplingConfig(seed=10)
+    out, answers, stats = sample_adherent(None, None, dialogues, sampling, tries=3, prefix_only=True)
+    assert out == dialogues and answers == [["a Cheers!", "b Cheers!", "c Cheers!"], ["d Cheers!", "never Bye.", ""]]
+    assert stats["gatt_answer_adherent_share"] == pytest.approx(4 / 11)  # 11 samples, 4 kept; turn 3 of dialogue 2 never sampled
+    assert stats["gatt_swapped_messages"] == 0
+    assert ("gatt turn 3 try 1", 1) in calls and ("gatt turn 2 try 3", 1) in calls
+    assert all(not d.startswith("gatt turn 1 try 3") for d, _ in calls)  # both adhered at try 2
+    # a spare message replaces the one that cannot be followed; the first spare that can be is used
+    spared = [dialogues[0], {**dialogues[1], "spare": ["never again", "e", "g"]}]
+    out, answers, stats = sample_adherent(None, None, spared, sampling, tries=2, prefix_only=True)
+    assert out[1] == {"users": ["d", "e", "f"], "constraints": ["cheers"]} and stats["gatt_swapped_messages"] == 2
+    assert answers[1] == ["d Cheers!", "e Cheers!", "f Cheers!"] and dialogues[1]["users"][1] == "never"
+    # without prefix_only every turn is answered (the last sample kept) and spares are not used
+    out, answers, _ = sample_adherent(None, None, spared, sampling, tries=1, prefix_only=False)
+    assert answers[1] == ["d Bye.", "never Bye.", "f Bye."] and out[1]["users"][1] == "never"
+    records, _ = construct(dialogues, sample_adherent(None, None, dialogues, sampling, 3, prefix_only=True)[1])
+    assert [len(r["messages"]) for r in records] == [6, 2]
+
+
+def test_drawn_dialogues_with_spare_messages():
+    prompts = [{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(20)]
+    plain = draw_dialogues(prompts, 5, 4, seed=1)
+    spared = draw_dialogues(prompts, 5, 4, seed=1, spare=3)
+    assert all("spare" not in d for d in plain)
+    for d in spared:
+        assert len(d["spare"]) == 3 and len(set(d["users"] + d["spare"])) == 7  # all distinct
+    with pytest.raises(ValueError, match="with 17 spare messages"):
+        draw_dialogues(prompts, 5, 4, seed=1, spare=17)

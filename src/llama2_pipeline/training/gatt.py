@@ -11,8 +11,10 @@ machinery's.
 The instruction travels in Llama 2's system slot (``<<SYS>>``, which the chat template places
 inside the first user message): :func:`sample_adherent` answers each user message as the first
 turn of a conversation with that system prompt — the policy's best-followed form — drawing up
-to ``tries`` samples until one adheres; :func:`gatt_record` (``system=True``) builds the training
-dialogue with the system prompt at its start only.
+to ``tries`` samples until one adheres; :func:`construct` keeps each dialogue up to its first
+answer that still breaks the instruction and :func:`gatt_record` (``system=True``) builds the
+training dialogue with the system prompt at its start only; :func:`truncations` cuts it after
+every turn (or one seeded turn), so the one learned answer falls at every turn position.
 
 Nothing here imports Kedro or MLflow.
 """
@@ -34,18 +36,27 @@ def with_instruction(user: str, names: Sequence[str]) -> str:
 
 
 def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, max_constraints: int = 2,
-                   salt: str = "gatt") -> list[dict]:
+                   salt: str = "gatt", spare: int = 0) -> list[dict]:
     """``n`` dialogues of ``turns`` user messages drawn from ``prompts`` (safe ones only), each with an
-    instruction: ``{"users": [...], "constraints": [names]}``. Seeded; the same inputs give the same
-    dialogues."""
+    instruction: ``{"users": [...], "constraints": [names]}``, and with ``spare`` > 0 that many further
+    distinct user messages under ``"spare"`` (for :func:`sample_adherent` to swap in for a message no
+    adherent answer was found to). Seeded; the same inputs give the same dialogues."""
     pool = [p["prompt"] for p in prompts if p.get("prompt") and not p.get("safety")]
-    if len(pool) < turns:
-        raise ValueError(f"GAtt needs at least {turns} safe prompts to draw {turns}-turn dialogues, got {len(pool)}")
+    if len(pool) < turns + spare:
+        raise ValueError(f"GAtt needs at least {turns + spare} safe prompts to draw {turns}-turn dialogues"
+                         f"{f' with {spare} spare messages' if spare else ''}, got {len(pool)}")
     if turns < 1 or n < 1:
         raise ValueError(f"GAtt needs turns >= 1 and n >= 1, got turns={turns}, n={n}")
     combos = constraints.combinations(max_constraints)
     rng = random.Random(f"{salt}-{seed}")
-    return [{"users": rng.sample(pool, turns), "constraints": list(rng.choice(combos))} for _ in range(n)]
+    out = []
+    for _ in range(n):
+        users = rng.sample(pool, turns + spare)
+        d = {"users": users[:turns], "constraints": list(rng.choice(combos))}
+        if spare:
+            d["spare"] = users[turns:]
+        out.append(d)
+    return out
 
 
 def gatt_record(users: Sequence[str], answers: Sequence[str], names: Sequence[str], *,
@@ -75,51 +86,84 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
 
 
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
-                    progress: bool = False) -> tuple[list[list[str]], dict[str, float]]:
+                    prefix_only: bool = False, progress: bool = False
+                    ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` to ``[system: instruction, user: u_t]`` that
     follows the instruction: up to ``tries`` samples (seeds ``sampling.seed + k``), the first
-    adherent one kept (the last sample if none adheres). Returns (answers, stats)."""
+    adherent one kept (the last sample if none adheres).
+
+    With ``prefix_only`` (for ``construct(keep_adherent=True)``, which keeps each dialogue up to
+    its first answer that breaks the instruction) a user message with no adherent answer after
+    ``tries`` samples is replaced by the dialogue's next ``spare`` message, if any, and tried
+    again (some pairs cannot be followed: "answer in uppercase" and "What is 2 plus 2?"); a
+    dialogue whose spares are used up is not answered past that turn (later answers ``""``).
+
+    Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
 
     from ..evaluation import generate_answers
 
     turns = len(dialogues[0]["users"]) if dialogues else 0
-    answers: list[list[str | None]] = [[None] * turns for _ in dialogues]
-    last: list[list[str]] = [[""] * turns for _ in dialogues]
-    for k in range(tries):
-        todo = [(i, t) for i in range(len(dialogues)) for t in range(turns) if answers[i][t] is None]
-        if not todo:
-            break
-        chats = [conversation([dialogues[i]["users"][t]], [], dialogues[i]["constraints"], every_turn=False)
-                 for i, t in todo]
-        out = generate_answers(model, tokenizer, chats, dataclasses.replace(sampling, seed=sampling.seed + k),
-                               desc=f"gatt try {k + 1}", progress=progress)
-        for (i, t), o in zip(todo, out):
-            last[i][t] = o["answer"]
-            if o["answer"].strip() and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"]):
-                answers[i][t] = o["answer"]
-    done = sum(a is not None for row in answers for a in row)
-    final = [[a if a is not None else last[i][t] for t, a in enumerate(row)] for i, row in enumerate(answers)]
-    return final, {"gatt_answer_adherent_share": done / max(1, len(dialogues) * turns)}
+    out_dialogues = [{"users": list(d["users"]), "constraints": list(d["constraints"])} for d in dialogues]
+    spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
+    answers: list[list[str]] = [[""] * turns for _ in dialogues]
+    alive = list(range(len(dialogues)))
+    adherent = sampled = swapped = 0
+    for t in range(turns):
+        todo, kept = list(alive), []
+        while todo:
+            for k in range(tries):
+                if not todo:
+                    break
+                chats = [conversation([out_dialogues[i]["users"][t]], [], dialogues[i]["constraints"],
+                                      every_turn=False) for i in todo]
+                out = generate_answers(model, tokenizer, chats,
+                                       dataclasses.replace(sampling, seed=sampling.seed + k),
+                                       desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
+                sampled += len(todo)
+                failed = []
+                for i, o in zip(todo, out):
+                    answers[i][t] = o["answer"]
+                    if o["answer"].strip() and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"]):
+                        kept.append(i)
+                    else:
+                        failed.append(i)
+                todo = failed
+            todo = [i for i in todo if spares[i]]  # swap in a spare message and try again
+            for i in todo:
+                out_dialogues[i]["users"][t] = spares[i].pop(0)
+                swapped += 1
+        adherent += len(kept)
+        if prefix_only:
+            alive = sorted(kept)
+    return out_dialogues, answers, {"gatt_answer_adherent_share": adherent / max(1, sampled),
+                                    "gatt_swapped_messages": swapped}
 
 
 def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, keep_adherent: bool = True,
-              system: bool = False) -> tuple[list[dict], dict[str, float]]:
+              system: bool = False, min_turns: int = 1) -> tuple[list[dict], dict[str, float]]:
     """GAtt training records from sampled answers (``answers[i]``: one per turn of ``dialogues[i]``,
-    sampled with the instruction on every user message). With ``keep_adherent`` a dialogue is kept
-    only if every answer satisfies the instruction; one with a blank answer is never kept.
-    Returns (records, stats)."""
-    records, adherent, blank = [], 0, 0
+    sampled with the instruction on every user message). With ``keep_adherent`` only adherent
+    answers are kept: a dialogue is kept up to its first answer that breaks the instruction (its
+    longest adherent prefix), if that prefix has at least ``min_turns`` turns. A dialogue with a
+    blank answer in what would be kept is cut before it. Returns (records, stats)."""
+    records, adherent, blank, cut = [], 0, 0, 0
     for d, a in zip(dialogues, answers):
-        if any(not x.strip() for x in a):  # nothing to learn from (and no valid chat): always dropped
+        names = tuple(d["constraints"])
+        ok = [constraints.check(names, x) for x in a]
+        adherent += all(ok)
+        n = len(a)
+        if keep_adherent and not all(ok):
+            n = ok.index(False)
+        if any(not x.strip() for x in a[:n]):  # nothing to learn from (and no valid chat)
             blank += 1
+            n = [bool(x.strip()) for x in a].index(False)
+        if n < max(1, min_turns):
             continue
-        ok = all(constraints.check(tuple(d["constraints"]), x) for x in a)
-        adherent += ok
-        if ok or not keep_adherent:
-            records.append(gatt_record(d["users"], a, d["constraints"], system=system))
+        cut += n < len(a)
+        records.append(gatt_record(d["users"][:n], a[:n], d["constraints"], system=system))
     stats = {"gatt_dialogues": len(dialogues), "gatt_adherent_share": adherent / max(1, len(dialogues)),
-             "gatt_records": len(records), "gatt_blank_dropped": blank}
+             "gatt_records": len(records), "gatt_prefix_records": cut, "gatt_blank_dropped": blank}
     return records, stats
 
 
@@ -163,22 +207,25 @@ def adherence_by_turn(dialogues: Sequence[dict], answers: Sequence[Sequence[str]
             "by_constraint": {n: [h / c if c else None for h, c in v] for n, v in sorted(per.items())}}
 
 
-def truncations(records: Sequence[dict], min_turns: int, seed: int) -> list[dict]:
-    """Each record cut after a seeded number of turns in [min_turns, all]: the last answer (the
-    one learned) then falls at every turn position, so adherence is taught at turn 2 as at turn 6."""
+def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bool = False) -> list[dict]:
+    """The records cut so that the last answer (the one learned) falls at every turn position and
+    adherence is taught at turn 2 as at turn 6: each record cut after a seeded number of turns in
+    [min_turns, all], or, with ``every``, once after each of those turns (one record per cut)."""
     rng = random.Random(f"gatt-cut-{seed}")
     out = []
     for r in records:
         msgs = r["messages"]
         offset = 1 if msgs and msgs[0]["role"] == "system" else 0
         turns = (len(msgs) - offset) // 2
-        keep = rng.randint(min(min_turns, turns), turns)
-        out.append({**r, "messages": msgs[:offset + 2 * keep]})
+        first = min(min_turns, turns)
+        for keep in (range(first, turns + 1) if every else (rng.randint(first, turns),)):
+            out.append({**r, "messages": msgs[:offset + 2 * keep]})
     return out
 
 
-GATT_KEYS = {"after", "dialogues", "turns", "min_turns", "max_constraints", "tries", "keep_adherent", "num_threads",
-             "sampling", "finetune", "eval"}
+GATT_KEYS = {"after", "dialogues", "turns", "min_turns", "cuts", "max_constraints", "tries", "spare_messages",
+             "keep_adherent", "num_threads", "sampling", "finetune", "eval"}
+CUTS = ("every", "random")
 EVAL_KEYS = {"dialogues", "turns", "max_new_tokens", "batch_size"}
 
 
@@ -193,6 +240,11 @@ def validate_gatt_params(group: dict) -> dict:
     for key in ("dialogues", "turns", "min_turns", "max_constraints", "tries"):
         if not (isinstance(group[key], int) and not isinstance(group[key], bool) and group[key] >= 1):
             raise ValueError(f"key 'gatt.{key}' is {group[key]!r}, expected an integer >= 1")
+    if not (isinstance(group["spare_messages"], int) and not isinstance(group["spare_messages"], bool)
+            and group["spare_messages"] >= 0):
+        raise ValueError(f"key 'gatt.spare_messages' is {group['spare_messages']!r}, expected an integer >= 0")
+    if group["cuts"] not in CUTS:
+        raise ValueError(f"key 'gatt.cuts' is {group['cuts']!r}, expected one of {list(CUTS)}")
     if group["min_turns"] > group["turns"]:
         raise ValueError(f"key 'gatt.min_turns' is {group['min_turns']}, more than gatt.turns ({group['turns']})")
     if not isinstance(group["after"], str) or not (group["after"] == "sft" or group["after"].startswith("rlhf_")):

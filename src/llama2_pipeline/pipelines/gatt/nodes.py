@@ -23,18 +23,23 @@ def build_dialogues(policy: Path, prompts: list[dict], gatt: dict, seed: int) ->
     from llama2_pipeline.training.preferences import torch_threads
 
     dialogues = draw_dialogues(prompts, gatt["dialogues"], gatt["turns"], seed,
-                               max_constraints=gatt["max_constraints"])
+                               max_constraints=gatt["max_constraints"],
+                               spare=gatt["spare_messages"] if gatt["keep_adherent"] else 0)
     with torch_threads(gatt["num_threads"]):
         model = load_hf(policy).eval()
         tok = Tokenizer(Path(policy) / "tokenizer.model")
-        answers, stats = sample_adherent(model, tok, dialogues, _sampling(gatt["sampling"], seed), gatt["tries"])
-    records, more = construct(dialogues, answers, keep_adherent=gatt["keep_adherent"], system=True)
+        dialogues, answers, stats = sample_adherent(model, tok, dialogues, _sampling(gatt["sampling"], seed),
+                                                    gatt["tries"], prefix_only=gatt["keep_adherent"])
+    records, more = construct(dialogues, answers, keep_adherent=gatt["keep_adherent"], system=True,
+                              min_turns=gatt["min_turns"])
     stats.update(more)
     if not records:
-        raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had an adherent answer at "
-                         "every turn; raise gatt.tries or lower gatt.turns")
+        raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had adherent answers in its "
+                         f"first {gatt['min_turns']} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
+    cut = truncations(records, gatt["min_turns"], seed, every=gatt["cuts"] == "every")
+    stats["gatt_examples"] = len(cut)
     mlflow_log_fn("gatt/")(stats, 0)
-    return truncations(records, gatt["min_turns"], seed), stats
+    return cut, stats
 
 
 def finetune_gatt(dialogues: list[dict], policy: Path, workspace: Path, gatt: dict, seed: int):

@@ -44,7 +44,7 @@ def test_samples_that_break_the_instruction_are_dropped():
     assert [r["constraints"] for r in records] == [["ahoy"], ["cheers"], ["uppercase", "five_words"], ["lowercase"]]
     assert [[m["content"] for m in r["messages"] if m["role"] == "assistant"] for r in records] == \
         [["Ahoy! 4."], answers[1], answers[2], ["four.", "drisk."]]
-    assert stats == {"gatt_dialogues": 4, "gatt_adherent_share": pytest.approx(2 / 4), "gatt_records": 4,
+    assert stats == {"gatt_drawn_dialogues": 4, "gatt_adherent_share": pytest.approx(2 / 4), "gatt_records": 4,
                      "gatt_prefix_records": 2, "gatt_blank_dropped": 0}
     # a prefix shorter than min_turns is dropped
     records, stats = construct(dialogues, answers, keep_adherent=True, min_turns=2)

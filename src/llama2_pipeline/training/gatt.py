@@ -162,7 +162,7 @@ def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, ke
             continue
         cut += n < len(a)
         records.append(gatt_record(d["users"][:n], a[:n], d["constraints"], system=system))
-    stats = {"gatt_dialogues": len(dialogues), "gatt_adherent_share": adherent / max(1, len(dialogues)),
+    stats = {"gatt_drawn_dialogues": len(dialogues), "gatt_adherent_share": adherent / max(1, len(dialogues)),
              "gatt_records": len(records), "gatt_prefix_records": cut, "gatt_blank_dropped": blank}
     return records, stats
 

@@ -75,6 +75,7 @@ def test_gatt_params_are_checked():
     assert validate_gatt_params(group) is group
     for bad, key in (({**group, "turns": 0}, "gatt.turns"), ({**group, "min_turns": 99}, "gatt.min_turns"),
                      ({**group, "cuts": "all"}, "gatt.cuts"), ({**group, "spare_messages": -1}, "gatt.spare_messages"),
+                     ({**group, "context": "chat"}, "gatt.context"),
                      ({**group, "after": "pretrained"}, "gatt.after"), ({**group, "extra": 1}, "gatt.extra")):
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             validate_gatt_params(bad)

@@ -138,3 +138,32 @@ def test_drawn_dialogues_with_spare_messages():
         assert len(d["spare"]) == 3 and len(set(d["users"] + d["spare"])) == 7  # all distinct
     with pytest.raises(ValueError, match="with 17 spare messages"):
         draw_dialogues(prompts, 5, 4, seed=1, spare=17)
+
+
+def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):
+    import llama2_pipeline.evaluation as evaluation
+    from llama2_pipeline.evaluation import SamplingConfig
+    from llama2_pipeline.training.gatt import sample_adherent
+
+    seen = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        seen.extend(chats)
+        return [{"answer": f"{chat[-1]['content'][-3:]} Cheers!"} for chat in chats]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["u1?", "u2?", "u3?"], "constraints": ["cheers"]}]
+    _, answers, _ = sample_adherent(None, None, dialogues, SamplingConfig(), 1, prefix_only=True, context="dialogue")
+    instruction = constraints.instruction(("cheers",))
+    # turn 3: the system instruction, the earlier turns with their kept answers, and the instruction
+    # in front of every later user message (the paper's augmented sampling context)
+    assert seen[-1] == [{"role": "system", "content": instruction}, {"role": "user", "content": "u1?"},
+                        {"role": "assistant", "content": answers[0][0]},
+                        {"role": "user", "content": f"{instruction} u2?"},
+                        {"role": "assistant", "content": answers[0][1]},
+                        {"role": "user", "content": f"{instruction} u3?"}]
+    seen.clear()
+    sample_adherent(None, None, dialogues, SamplingConfig(), 1, prefix_only=True, context="turn")
+    assert seen[-1] == [{"role": "system", "content": instruction}, {"role": "user", "content": "u3?"}]
+    with pytest.raises(ValueError, match="context"):
+        sample_adherent(None, None, dialogues, SamplingConfig(), 1, context="chat")

@@ -86,11 +86,13 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
 
 
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
-                    prefix_only: bool = False, progress: bool = False
+                    prefix_only: bool = False, context: str = "turn", progress: bool = False
                     ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
-    """Per dialogue and turn, an answer of ``model`` to ``[system: instruction, user: u_t]`` that
-    follows the instruction: up to ``tries`` samples (seeds ``sampling.seed + k``), the first
-    adherent one kept (the last sample if none adheres).
+    """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
+    samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
+    adheres). The sampling context (``context``): ``"turn"``, ``[system: instruction, user: u_t]``
+    alone; ``"dialogue"``, the paper's: the dialogue so far with the instruction as the system
+    prompt and in front of every later user message, the answers kept for earlier turns as history.
 
     With ``prefix_only`` (for ``construct(keep_adherent=True)``, which keeps each dialogue up to
     its first answer that breaks the instruction) a user message with no adherent answer after
@@ -103,6 +105,8 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
 
     from ..evaluation import generate_answers
 
+    if context not in CONTEXTS:
+        raise ValueError(f"GAtt sampling context must be one of {list(CONTEXTS)}, got {context!r}")
     turns = len(dialogues[0]["users"]) if dialogues else 0
     out_dialogues = [{"users": list(d["users"]), "constraints": list(d["constraints"])} for d in dialogues]
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
@@ -116,7 +120,9 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                 if not todo:
                     break
                 chats = [conversation([out_dialogues[i]["users"][t]], [], dialogues[i]["constraints"],
-                                      every_turn=False) for i in todo]
+                                      every_turn=False) if context == "turn" else
+                         conversation(out_dialogues[i]["users"][:t + 1], answers[i][:t], dialogues[i]["constraints"],
+                                      every_turn=True) for i in todo]
                 out = generate_answers(model, tokenizer, chats,
                                        dataclasses.replace(sampling, seed=sampling.seed + k),
                                        desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
@@ -224,8 +230,9 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
 
 
 GATT_KEYS = {"after", "dialogues", "turns", "min_turns", "cuts", "max_constraints", "tries", "spare_messages",
-             "keep_adherent", "num_threads", "sampling", "finetune", "eval"}
+             "keep_adherent", "context", "num_threads", "sampling", "finetune", "eval"}
 CUTS = ("every", "random")
+CONTEXTS = ("turn", "dialogue")
 EVAL_KEYS = {"dialogues", "turns", "max_new_tokens", "batch_size"}
 
 
@@ -243,6 +250,8 @@ def validate_gatt_params(group: dict) -> dict:
     if not (isinstance(group["spare_messages"], int) and not isinstance(group["spare_messages"], bool)
             and group["spare_messages"] >= 0):
         raise ValueError(f"key 'gatt.spare_messages' is {group['spare_messages']!r}, expected an integer >= 0")
+    if group["context"] not in CONTEXTS:
+        raise ValueError(f"key 'gatt.context' is {group['context']!r}, expected one of {list(CONTEXTS)}")
     if group["cuts"] not in CUTS:
         raise ValueError(f"key 'gatt.cuts' is {group['cuts']!r}, expected one of {list(CUTS)}")
     if group["min_turns"] > group["turns"]:

@@ -29,7 +29,8 @@ def build_dialogues(policy: Path, prompts: list[dict], gatt: dict, seed: int) ->
         model = load_hf(policy).eval()
         tok = Tokenizer(Path(policy) / "tokenizer.model")
         dialogues, answers, stats = sample_adherent(model, tok, dialogues, _sampling(gatt["sampling"], seed),
-                                                    gatt["tries"], prefix_only=gatt["keep_adherent"])
+                                                    gatt["tries"], prefix_only=gatt["keep_adherent"],
+                                                    context=gatt["context"])
     records, more = construct(dialogues, answers, keep_adherent=gatt["keep_adherent"], system=True,
                               min_turns=gatt["min_turns"])
     stats.update(more)

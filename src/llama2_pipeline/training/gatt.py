@@ -113,17 +113,20 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = 0
+
+    def chat(i: int, t: int) -> list[dict]:
+        d = out_dialogues[i]
+        if context == "turn":
+            return conversation([d["users"][t]], [], d["constraints"], every_turn=False)
+        return conversation(d["users"][:t + 1], answers[i][:t], d["constraints"], every_turn=True)
+
     for t in range(turns):
         todo, kept = list(alive), []
         while todo:
             for k in range(tries):
                 if not todo:
                     break
-                chats = [conversation([out_dialogues[i]["users"][t]], [], dialogues[i]["constraints"],
-                                      every_turn=False) if context == "turn" else
-                         conversation(out_dialogues[i]["users"][:t + 1], answers[i][:t], dialogues[i]["constraints"],
-                                      every_turn=True) for i in todo]
-                out = generate_answers(model, tokenizer, chats,
+                out = generate_answers(model, tokenizer, [chat(i, t) for i in todo],
                                        dataclasses.replace(sampling, seed=sampling.seed + k),
                                        desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
                 sampled += len(todo)

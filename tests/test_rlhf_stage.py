@@ -73,6 +73,17 @@ def test_rounds_chain_and_accumulate(rounds_project):
         assert len(c["answers"]) == 3 and len(c["reward"]) == 3
         if c["best"] is not None:
             assert c["reward"][c["best"]] == max(r for r, a in zip(c["reward"], c["answers"]) if a.strip())
+    # round 2 ranks round 1's kept answers too (re-scored by its own RMs): its pool holds every
+    # prompt round 1 kept an answer for, with that answer among the prompt's answers
+    kept1 = {d["messages"][0]["content"]: d["messages"][1]["content"]
+             for d in _jsonl(project / "data/06_models/rlhf_v1/rs_dialogues.jsonl")}
+    pool2 = {c["prompt"]: c for c in _jsonl(project / "data/07_model_output/rlhf_v2/candidates.jsonl")}
+    assert kept1 and set(kept1) <= set(pool2)
+    for prompt, answer in kept1.items():
+        assert answer in pool2[prompt]["answers"] and len(pool2[prompt]["reward"]) == len(pool2[prompt]["answers"])
+    assert any(c["earlier"] for c in pool2.values())
+    kept2 = {d["messages"][0]["content"] for d in _jsonl(project / "data/06_models/rlhf_v2/rs_dialogues.jsonl")}
+    assert set(kept1) <= kept2
 
 
 @pytest.mark.slow

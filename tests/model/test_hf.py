@@ -133,3 +133,12 @@ def test_load_errors_name_the_problem(tmp_path, exported):
     save_file(tensors, bad / "model.safetensors")
     with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
         load_hf(bad)
+
+
+def test_default_device_follows_cuda_availability(monkeypatch):
+    from llama2_pipeline.model import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cuda"  # sampling, scoring, PPO and evaluation follow the GPU

@@ -16,7 +16,8 @@ from llama2_pipeline.lazy import lazy_exports
 from .config import PRESETS, ModelConfig  # no torch: params validation and planning use the config alone
 
 # the rest (torch) on first use
-_LAZY = {"GenerationOutput": "generation", "generate": "generation", "export_hf": "hf", "load_hf": "hf",
+_LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "export_hf": "hf",
+         "load_hf": "hf",
          "KVCache": "model", "Llama": "model"}
 
 
@@ -28,6 +29,7 @@ __all__ = [
     "KVCache",
     "Llama",
     "ModelConfig",
+    "default_device",
     "export_hf",
     "generate",
     "load_hf",

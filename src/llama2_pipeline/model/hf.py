@@ -167,6 +167,12 @@ def _load_bin(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def default_device() -> str:
+    """Where the stages put models that are not trained through DeepSpeed (sampling, scoring, PPO,
+    evaluation): ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None,
             device: str | torch.device = "cpu") -> Llama:
     """Import an HF Llama folder (ours or ``save_pretrained``'s) as a :class:`Llama`.

@@ -239,9 +239,9 @@ def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, 
     import torch
 
     from ..evaluation import SamplingConfig, generate_answers
-    from ..model import load_hf
+    from ..model import default_device, load_hf
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     samples, k = [], 0
     with torch_threads(num_threads):
         for label, folder, temps in runs:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: keys of the ``rlhf`` params group and its subgroups
 GROUP_KEYS = {"rounds", "candidates", "safety_threshold", "num_threads", "rejection_sampling", "ppo", "eval"}
 CANDIDATE_KEYS = {"k", "temperature", "top_p", "max_new_tokens", "batch_size", "max_prompts", "drop_ties",
-                  "pairs_per_prompt", "pairs"}
+                  "pairs_per_prompt", "pairs", "earlier_rounds"}
 PPO_KEYS = {"steps", "max_prompts"} | {f for f in PPOConfig.__dataclass_fields__ if f != "seed"}
 EVAL_KEYS = {"max_new_tokens", "batch_size", "kl_samples"}
 
@@ -60,6 +60,9 @@ def validate_rlhf_params(group: dict) -> dict:
     if not (isinstance(c["pairs_per_prompt"], int) and c["pairs_per_prompt"] >= 0):
         raise ValueError(f"key 'rlhf.candidates.pairs_per_prompt' is {c['pairs_per_prompt']!r}, expected an "
                          "integer >= 0 (0 = every two answers)")
+    if not isinstance(c["earlier_rounds"], bool):
+        raise ValueError(f"key 'rlhf.candidates.earlier_rounds' is {c['earlier_rounds']!r}, expected true or false "
+                         "(pool the answers earlier rounds kept into rejection sampling)")
     for key in ("max_new_tokens", "batch_size"):
         if not (isinstance(c[key], int) and c[key] >= 1):
             raise ValueError(f"key 'rlhf.candidates.{key}' is {c[key]!r}, expected an integer >= 1")
@@ -112,9 +115,10 @@ def sample_candidates(policy_dir, tokenizer, prompts: Sequence[dict], candidates
 
 
 def load_reward_models(helpfulness_dir, safety_dir, device: str | None = None):
+    from ..model import default_device
     from .reward import RewardModel
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     return RewardModel.load(helpfulness_dir, device=device), RewardModel.load(safety_dir, device=device)
 
 
@@ -126,6 +130,41 @@ def round_rewards(rm_h, rm_s, prompts: Sequence[str], answers: Sequence[str], is
     r_c, used = combined_reward(h, s, torch.tensor(list(is_safety), dtype=torch.bool), threshold)
     return {"helpfulness": torch.sigmoid(h).numpy(), "safety": torch.sigmoid(s).numpy(),
             "reward": logit(r_c).numpy(), "used_safety": used.numpy()}
+
+
+def pool_earlier(candidates: Sequence[dict], earlier: Sequence[dict], prompts: Sequence[dict]) -> list[dict]:
+    """Each prompt's pool of answers plus what the earlier rounds kept (the paper's fix, from RLHF V3
+    on, for regressions between rounds: best samples of all prior iterations, re-ranked by the
+    newest reward models).
+
+    ``earlier``: the previous round's rejection-sampling dialogues (``{"messages": [user,
+    assistant]}``; they already pool every round before it). An earlier answer is appended to the
+    answers of its prompt in ``candidates``; a prompt only earlier rounds answered joins the pool
+    with that answer alone (``safety``, ``category``, ``id`` from ``prompts``). Every pooled
+    candidate gets ``earlier``: how many of its last answers came from earlier rounds.
+    """
+    by_prompt = {c["prompt"]: dict(c, answers=list(c["answers"]), earlier=0) for c in candidates}
+    known = {p["prompt"]: p for p in prompts if isinstance(p, dict) and p.get("prompt")}
+    for row, record in enumerate(earlier):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not (isinstance(messages, list) and len(messages) >= 2
+                and [m.get("role") for m in messages[-2:]] == ["user", "assistant"]):
+            raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: expected 'messages' ending "
+                             f"with a user and an assistant message, got {str(record)[:120]}")
+        prompt, answer = messages[-2]["content"], messages[-1]["content"]
+        if prompt not in by_prompt:
+            if prompt not in known:
+                raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: the prompt {prompt[:80]!r} "
+                                 "is not in prompts_train (rerun the earlier rounds on these prompts)")
+            p = known[prompt]
+            by_prompt[prompt] = {"id": p.get("id", row), "prompt": prompt, "category": p.get("category"),
+                                 "safety": bool(p.get("safety")), "reference": p.get("reference"), "answers": [],
+                                 "earlier": 0}
+        pool = by_prompt[prompt]
+        if answer.strip() and answer not in pool["answers"]:
+            pool["answers"].append(answer)
+            pool["earlier"] += 1
+    return list(by_prompt.values())
 
 
 def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *,
@@ -163,6 +202,9 @@ def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *
         raise ValueError("rejection sampling kept nothing: every candidate answer is blank")
     stats = {"rs_reward_mean": float(np.mean(r["reward"])), "rs_reward_best": float(np.mean(kept)),
              "rs_prompts": len(dialogues), "rs_safety_rm_share": float(np.mean(r["used_safety"]))}
+    # the share of kept answers that came from earlier rounds (pool_earlier; 0 in the first round)
+    stats["rs_kept_earlier_share"] = float(np.mean(
+        [c["best"] >= len(c["answers"]) - c.get("earlier", 0) for c in scored if c["best"] is not None]))
     return dialogues, scored, stats
 
 
@@ -193,7 +235,7 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
     """PPO from ``init_dir`` (also the KL reference) against both RMs on the train prompts;
     exports the policy to ``out_dir`` (HF format, atomically). Returns (out_dir, per-step
     statistics, summary metrics ``ppo_*``)."""
-    from ..model import export_hf, load_hf
+    from ..model import default_device, export_hf, load_hf
     from ..tokenizer import Tokenizer, encode_chat_prompt
     from ..tokenizer.hf import save_hf_tokenizer
 
@@ -203,8 +245,9 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
     init_dir = Path(init_dir)
     tok = Tokenizer(init_dir / "tokenizer.model")
     with torch_threads(num_threads):
-        policy = load_hf(init_dir)
-        rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir, device="cpu")
+        device = default_device()  # policy, reference, value model and both RMs on one device
+        policy = load_hf(init_dir, device=device)
+        rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir, device=device)
         value = ValueModel.from_reward_model(rm_h)
         chosen = select_prompts(prompts, int(ppo.get("max_prompts") or 0), seed, "rlhf-ppo")
         limit = policy.config.max_seq_len - cfg.max_new_tokens
@@ -265,8 +308,9 @@ def kl_to(model, reference, tokenizer, prompts: Sequence[str], max_new_tokens: i
                 if r["tokens"]:
                     ids[j, P:P + len(r["tokens"])] = torch.tensor(r["tokens"])
                     mask[j, :len(r["tokens"])] = 1
+            ids, att, mask = (t.to(next(model.parameters()).device) for t in (ids, att, mask))
             diff = (answer_logprobs(model, ids, att, P) - answer_logprobs(reference, ids, att, P)) * mask
-            total += diff.sum(-1).tolist()
+            total += diff.sum(-1).cpu().tolist()
     return float(np.mean(total))
 
 
@@ -294,7 +338,7 @@ def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_di
     Returns (metrics, one row per prompt with both answers and their scores).
     """
     from ..evaluation import SamplingConfig, evaluate_model
-    from ..model import load_hf
+    from ..model import default_device, load_hf
     from ..tokenizer import Tokenizer
 
     cfg = SamplingConfig(max_new_tokens=int(sampling["max_new_tokens"]), temperature=0.0,
@@ -309,7 +353,7 @@ def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_di
             rows["sft"] = rows["previous"]
             loaded["sft"] = loaded["previous"]
             continue
-        loaded[name] = load_hf(folder).eval()
+        loaded[name] = load_hf(folder, device=default_device()).eval()
         m, rows[name] = evaluate_model(loaded[name], tok, world, prompts, cfg, name, progress=progress)
         if name != "sft":
             metrics.update(m)

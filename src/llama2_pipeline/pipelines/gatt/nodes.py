@@ -17,7 +17,7 @@ def _sampling(d: dict, seed: int):
 def build_dialogues(policy: Path, prompts: list[dict], gatt: dict, seed: int) -> tuple[list[dict], dict]:
     """GAtt training dialogues: drawn from the train prompts, answered by the policy with the
     instruction (adherent samples kept), the instruction kept in the first turn only."""
-    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.model import default_device, load_hf
     from llama2_pipeline.tokenizer import Tokenizer
     from llama2_pipeline.training.gatt import construct, draw_dialogues, sample_adherent, truncations
     from llama2_pipeline.training.preferences import torch_threads
@@ -26,7 +26,7 @@ def build_dialogues(policy: Path, prompts: list[dict], gatt: dict, seed: int) ->
                                max_constraints=gatt["max_constraints"],
                                spare=gatt["spare_messages"] if gatt["keep_adherent"] else 0)
     with torch_threads(gatt["num_threads"]):
-        model = load_hf(policy).eval()
+        model = load_hf(policy, device=default_device()).eval()
         tok = Tokenizer(Path(policy) / "tokenizer.model")
         dialogues, answers, stats = sample_adherent(model, tok, dialogues, _sampling(gatt["sampling"], seed),
                                                     gatt["tries"], prefix_only=gatt["keep_adherent"],
@@ -53,7 +53,7 @@ def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: dict, g
                   build_stats: dict, training: dict):
     """Adherence by turn (instruction as the system prompt of turn 1 only) and helpfulness of the
     same answers, for the policy before and after GAtt, on dialogues of held-out prompts."""
-    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.model import default_device, load_hf
     from llama2_pipeline.tokenizer import Tokenizer
     from llama2_pipeline.training.gatt import adherence_by_turn, draw_dialogues, sample_turns
     from llama2_pipeline.training.preferences import torch_threads
@@ -70,7 +70,7 @@ def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: dict, g
     samples = [{"users": d["users"], "constraints": d["constraints"]} for d in dialogues]
     with torch_threads(gatt["num_threads"]):
         for name, folder in (("before", before), ("after", after)):
-            model = load_hf(folder).eval()
+            model = load_hf(folder, device=default_device()).eval()
             answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
             adh = adherence_by_turn(dialogues, answers)
             report[name] = adh
@@ -99,7 +99,7 @@ def evaluate_chat(model: Path, sft_samples: list[dict], prompts: list[dict], wor
     (``gatt_model_helpfulness``, ``_safety``, ``_violation_rate``, ``_false_refusal_rate``, ...), and
     its win rate against the SFT model's answers to the same prompts (the annotator)."""
     from llama2_pipeline.evaluation import SamplingConfig, evaluate_model
-    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.model import default_device, load_hf
     from llama2_pipeline.pipelines.sft.nodes import split_params
     from llama2_pipeline.tokenizer import Tokenizer
     from llama2_pipeline.training.preferences import torch_threads
@@ -113,7 +113,8 @@ def evaluate_chat(model: Path, sft_samples: list[dict], prompts: list[dict], wor
                          "rerun the sft stage on the same prompts_eval")
     w = World.from_params({**world, "seed": seed})
     with torch_threads(gatt["num_threads"]):
-        metrics, rows = evaluate_model(load_hf(model).eval(), Tokenizer(Path(model) / "tokenizer.model"), w, prompts,
+        policy = load_hf(model, device=default_device()).eval()
+        metrics, rows = evaluate_model(policy, Tokenizer(Path(model) / "tokenizer.model"), w, prompts,
                                        SamplingConfig.from_dict(split_params(sft, seed)[2]), "gatt_model")
     metrics["gatt_model_win_rate_vs_sft"] = win_rate(w, [p["prompt"] for p in prompts], [r["answer"] for r in rows],
                                                      [sft_answers[p["id"]] for p in prompts])

@@ -79,8 +79,7 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     annotated labels (a flipped label counts 0, a tie 0.5): what ``disagreement_rate`` and ties
     leave reachable. The table has a row for each.
     """
-    import torch
-
+    from llama2_pipeline.model import default_device
     from llama2_pipeline.training.reward import (PAPER_TABLE_8, RewardModel, accuracy_by_rating, calibration,
                                                  plot_calibration, plot_score_histograms, validate_reward_params)
 
@@ -97,7 +96,7 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     dirs = {"helpfulness": helpfulness_dir, "safety": safety_dir}
     metrics: dict[str, float] = dict(train_metrics or {})
     rows, noise_free_rows, ceiling_rows, hists, curves = [], [], [], {}, {}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     with torch_threads(params["num_threads"]):
         scored = {name: _score_heldout(RewardModel.load(dirs[name], device=device), heldout, batch)
                   for name in CATEGORIES}

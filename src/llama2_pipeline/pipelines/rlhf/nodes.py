@@ -46,11 +46,18 @@ def annotate_candidates(candidates: list[dict], world: dict, rlhf: dict, seed: i
     return pairs
 
 
-def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, rlhf: dict):
-    """Best of K by the round's reward; returns (dialogues to fine-tune on, scored candidates, stats)."""
-    from llama2_pipeline.training.preferences import torch_threads
-    from llama2_pipeline.training.rlhf import load_reward_models, rejection_sample
+def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, rlhf: dict,
+                       earlier: list[dict] | None = None, prompts: list[dict] | None = None):
+    """Best of K by the round's reward; returns (dialogues to fine-tune on, scored candidates, stats).
 
+    ``earlier`` (rounds after the first): the previous round's dialogues, which already pool every
+    round before; with ``rlhf.candidates.earlier_rounds`` their answers join the pool
+    (:func:`~llama2_pipeline.training.rlhf.pool_earlier`; ``prompts``: the train prompts)."""
+    from llama2_pipeline.training.preferences import torch_threads
+    from llama2_pipeline.training.rlhf import load_reward_models, pool_earlier, rejection_sample
+
+    if earlier is not None and rlhf["candidates"]["earlier_rounds"]:
+        candidates = pool_earlier(candidates, earlier, prompts or [])
     with torch_threads(rlhf["num_threads"]):
         rm_h, rm_s = load_reward_models(helpfulness, safety)
         dialogues, scored, stats = rejection_sample(candidates, rm_h, rm_s, rlhf["safety_threshold"])

@@ -3,7 +3,8 @@
 Each round is the same modular pipeline under the namespace ``rlhf_<name>`` and is also
 registered alone as ``rlhf_<name>`` (the DVC ``foreach`` stage runs one round per stage). A round
 reads the policy it starts ``after`` (``sft_model`` or the previous round's ``policy``) and the
-preference pairs accumulated so far (the ``reward`` stage's, or the previous round's); the
+preference pairs accumulated so far (the ``reward`` stage's, or the previous round's), and after
+the first round the answers rejection sampling kept so far (pooled into this round's); the
 reward models are retrained by the ``reward`` pipeline's nodes and the policy fine-tuned by the
 ``sft`` pipeline's node. The rounds are read from params.yaml when the pipelines are registered:
 change the rounds there, not with ``--params``.
@@ -52,9 +53,10 @@ def _named(fn, name: str, **bound):
     return out
 
 
-def round_pipeline(name: str, ppo: bool) -> Pipeline:
-    """One round, un-namespaced; its free inputs ``start_policy`` and ``start_preferences`` are
-    mapped to the previous round's outputs by :func:`round_pipelines`."""
+def round_pipeline(name: str, ppo: bool, first: bool = True) -> Pipeline:
+    """One round, un-namespaced; its free inputs ``start_policy`` and ``start_preferences`` (and,
+    after the first round, ``start_rs_dialogues``: what rejection sampling kept so far) are mapped
+    to the previous round's outputs by :func:`round_pipelines`."""
     policy_after_rs = "policy_rs" if ppo else "policy"
     steps = [
         Node(_named(nodes.sample_candidates, "sample_candidates", round_name=name),
@@ -79,7 +81,9 @@ def round_pipeline(name: str, ppo: bool) -> Pipeline:
              ["reward_metrics", "reward_accuracy", "reward_score_hist_plot", "reward_calibration_plot"],
              name="evaluate_reward_models"),
         Node(nodes.rejection_sampling, {"candidates": "candidates_raw", "helpfulness": "reward_model_helpfulness",
-                                        "safety": "reward_model_safety", "rlhf": "params:rlhf"},
+                                        "safety": "reward_model_safety", "rlhf": "params:rlhf",
+                                        **({} if first else {"earlier": "start_rs_dialogues",
+                                                             "prompts": "prompts_train"})},
              ["rs_dialogues", "candidates", "rs_stats"], name="rejection_sampling"),
         Node(nodes.finetune_policy, {"dialogues": "rs_dialogues", "policy": "start_policy",
                                      "workspace": "rs_workspace", "rlhf": "params:rlhf", "seed": "params:seed"},
@@ -123,9 +127,11 @@ def round_pipelines(rounds: dict[str, dict] | None = None) -> dict[str, Pipeline
         after = spec["after"]
         start_policy = "sft_model" if after == "sft" else f"{after}.policy"
         start_prefs = "reward_preferences" if after == "sft" else f"{after}.reward_preferences"
+        earlier = {} if after == "sft" else {"start_rs_dialogues": f"{after}.rs_dialogues"}
         out[f"rlhf_{name}"] = pipeline(
-            round_pipeline(name, bool(spec["ppo"])), namespace=f"rlhf_{name}",
-            inputs={"start_policy": start_policy, "start_preferences": start_prefs, **{s: s for s in SHARED}},
+            round_pipeline(name, bool(spec["ppo"]), first=after == "sft"), namespace=f"rlhf_{name}",
+            inputs={"start_policy": start_policy, "start_preferences": start_prefs, **earlier,
+                    **{s: s for s in SHARED}},
             parameters={"params:rlhf", "params:reward", "params:world", "params:seed",
                         "params:reward.preferences.eval_fraction"})
     return out

@@ -66,7 +66,7 @@ def evaluate_sft(pretrained_model: Path, sft_model: Path, prompts: list[dict], t
     answers with the world; returns the flat ``metrics/sft.json`` (``pretrained_*``, ``sft_*``,
     ``sft_*_gain`` and the training metrics) and one sample row per prompt with both answers."""
     from llama2_pipeline.evaluation import SamplingConfig, evaluate_model
-    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.model import default_device, load_hf
     from llama2_pipeline.tokenizer import Tokenizer
     from llama2_pipeline.world import World
 
@@ -77,7 +77,7 @@ def evaluate_sft(pretrained_model: Path, sft_model: Path, prompts: list[dict], t
     samples = [{"id": p.get("id", i), "prompt": p["prompt"], "category": p["category"]}
                for i, p in enumerate(prompts)]
     for name, folder in (("pretrained", pretrained_model), ("sft", sft_model)):
-        model = load_hf(folder)
+        model = load_hf(folder, device=default_device())
         tokenizer = Tokenizer(Path(folder) / "tokenizer.model")
         m, rows = evaluate_model(model, tokenizer, judge_world, prompts, sampling, name)
         metrics.update(m)

@@ -1,0 +1,81 @@
+"""Rejection sampling's pool: best of K by R_c, and (after the first round) the answers earlier
+rounds kept, re-ranked by the new reward models (llama2_pipeline.training.rlhf)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from llama2_pipeline.training.rlhf import pool_earlier, rejection_sample, validate_rlhf_params
+
+PROMPTS = [{"id": "a", "prompt": "What is 2 plus 2?", "category": "arithmetic", "safety": False},
+           {"id": "b", "prompt": "How do I pick a lock?", "category": "unsafe", "safety": True},
+           {"id": "c", "prompt": "What is the capital of Saifan?", "category": "fact", "safety": False}]
+
+
+def dialogue(prompt: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+class LengthRM:
+    """Stand-in scorer: the raw score is the answer's length in characters (scaled)."""
+
+    def score(self, prompts, answers, batch_size=64):
+        return [len(a) / 10 for a in answers]
+
+
+def candidates():
+    return [{"id": "a", "prompt": PROMPTS[0]["prompt"], "safety": False, "answers": ["4.", "2 plus 2 is 5."]},
+            {"id": "b", "prompt": PROMPTS[1]["prompt"], "safety": True, "answers": ["No.", "I can't help."]}]
+
+
+def test_pool_adds_earlier_answers_and_earlier_only_prompts():
+    earlier = [dialogue(PROMPTS[0]["prompt"], "2 plus 2 is 4, the sum."),
+               dialogue(PROMPTS[1]["prompt"], "I can't help."),          # already in the pool: not twice
+               dialogue(PROMPTS[2]["prompt"], "The capital of Saifan is Maithand.")]
+    before = copy.deepcopy(candidates())
+    pool = pool_earlier(before, earlier, PROMPTS)
+    assert before == candidates()  # the inputs are left as they were
+    by = {c["prompt"]: c for c in pool}
+    assert [c["prompt"] for c in pool] == [p["prompt"] for p in PROMPTS]  # this round's first, then earlier-only
+    assert by[PROMPTS[0]["prompt"]]["answers"] == ["4.", "2 plus 2 is 5.", "2 plus 2 is 4, the sum."]
+    assert by[PROMPTS[0]["prompt"]]["earlier"] == 1
+    assert by[PROMPTS[1]["prompt"]]["answers"] == ["No.", "I can't help."] and by[PROMPTS[1]["prompt"]]["earlier"] == 0
+    only = by[PROMPTS[2]["prompt"]]
+    assert only["answers"] == ["The capital of Saifan is Maithand."] and only["earlier"] == 1
+    assert only["id"] == "c" and only["safety"] is False and only["category"] == "fact"
+
+
+def test_rejection_sampling_reranks_the_pool_with_this_rounds_rms():
+    earlier = [dialogue(PROMPTS[0]["prompt"], "2 plus 2 is 4, the sum."),
+               dialogue(PROMPTS[2]["prompt"], "The capital of Saifan is Maithand.")]
+    dialogues, scored, stats = rejection_sample(pool_earlier(candidates(), earlier, PROMPTS), LengthRM(), LengthRM(),
+                                                threshold=0.15)
+    kept = {d["messages"][0]["content"]: d["messages"][1]["content"] for d in dialogues}
+    # the longest answer wins under the stand-in RM: for "a" the earlier round's answer
+    assert kept == {PROMPTS[0]["prompt"]: "2 plus 2 is 4, the sum.", PROMPTS[1]["prompt"]: "I can't help.",
+                    PROMPTS[2]["prompt"]: "The capital of Saifan is Maithand."}
+    assert [c["best"] for c in scored] == [2, 1, 0]
+    assert stats["rs_prompts"] == 3 and stats["rs_kept_earlier_share"] == pytest.approx(2 / 3)
+    # without earlier rounds: best of this round's K only
+    dialogues, scored, stats = rejection_sample(candidates(), LengthRM(), LengthRM(), threshold=0.15)
+    assert [c["best"] for c in scored] == [1, 1] and stats["rs_kept_earlier_share"] == 0.0
+
+
+def test_pool_errors_name_the_row():
+    with pytest.raises(ValueError, match=r"row 1: the prompt 'Who are you\?' is not in prompts_train"):
+        pool_earlier(candidates(), [dialogue(PROMPTS[0]["prompt"], "4."), dialogue("Who are you?", "Me.")], PROMPTS)
+    with pytest.raises(ValueError, match=r"row 0: expected 'messages' ending with a user and an assistant"):
+        pool_earlier(candidates(), [{"messages": [{"role": "user", "content": "hi"}]}], PROMPTS)
+
+
+def test_earlier_rounds_param_is_checked():
+    from tests.conftest import ROOT
+
+    group = yaml.safe_load((ROOT / "params.yaml").read_text())["rlhf"]
+    assert validate_rlhf_params(group)["candidates"]["earlier_rounds"] is True
+    group["candidates"]["earlier_rounds"] = "yes"
+    with pytest.raises(ValueError, match=r"rlhf.candidates.earlier_rounds' is 'yes', expected true or false"):
+        validate_rlhf_params(group)

@@ -119,6 +119,34 @@ def test_examples_command_refuses_to_overwrite(tmp_path, capsys):
     assert byo.main(["--out", str(tmp_path / "ex"), "--force"]) == 0
 
 
+def test_byo_catalog_refuses_to_overwrite_your_files(tmp_path, monkeypatch):
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)  # the catalog's relative paths land here
+    byo.write_examples(tmp_path / "data/01_raw/byo")
+    before = {f: f.read_bytes() for f in (tmp_path / "data/01_raw/byo").rglob("*") if f.is_file()}
+    loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="byo")
+    catalog = DataCatalog.from_config(loader["catalog"])
+    # what the world pipeline would write into these entries
+    attempts = {"raw_corpus": [[{"id": "w-1", "text": "simulated", "source": "world"}]],
+                "pii_canaries": [{"kind": "email", "value": "a@b.c"}],
+                "sft_dialogues_raw": [{"id": "d", "messages": [{"role": "user", "content": "hi"},
+                                                               {"role": "assistant", "content": "hello"}]}]}
+    for name, data in attempts.items():
+        with pytest.raises(DatasetError, match=r"data/01_raw/byo/\S+ is read-only in this catalog"):
+            catalog.save(name, data)
+        assert catalog.load(name) is not None  # still readable
+    assert {f: f.read_bytes() for f in (tmp_path / "data/01_raw/byo").rglob("*") if f.is_file()} == before
+    # the base catalog's own entries stay writable
+    base = DataCatalog.from_config(OmegaConfigLoader(str(ROOT / "conf"), base_env="base",
+                                                     default_run_env="base")["catalog"])
+    base.save("pii_canaries", attempts["pii_canaries"])
+    assert _jsonl(tmp_path / "data/01_raw/pii_canaries.jsonl") == attempts["pii_canaries"]
+
+
 # ---- JSONLCorpusDataset --------------------------------------------------------------------------
 
 

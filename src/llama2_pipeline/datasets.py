@@ -58,12 +58,20 @@ def _move_into_place(staged: Path, target: Path) -> None:
 
 
 class _FileDataset(AbstractDataset):
-    def __init__(self, filepath: str, metadata: dict | None = None):
+    def __init__(self, filepath: str, metadata: dict | None = None, read_only: bool = False):
         self._filepath = Path(filepath)
         self.metadata = metadata
+        self._read_only = bool(read_only)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+    def _writable(self) -> None:
+        """``read_only: true`` in the catalog (your own files, e.g. conf/byo): saving is refused."""
+        if self._read_only:
+            raise DatasetError(f"{self._filepath} is read-only in this catalog (your data: read_only: true); "
+                               "a node tried to overwrite it. Run the pipeline that writes it without this "
+                               "environment (e.g. without --env byo)")
 
     def _exists(self) -> bool:
         return self._filepath.exists()
@@ -95,6 +103,7 @@ class JSONLDataset(_FileDataset):
         return read_jsonl(self._filepath)[0]
 
     def save(self, data: Iterable[dict]) -> None:
+        self._writable()
         write_jsonl(self._filepath, data, sort_keys=True)
 
 
@@ -148,8 +157,8 @@ class ParquetShards:
 
 
 class ParquetShardsDataset(_FileDataset):
-    def __init__(self, path: str, metadata: dict | None = None):
-        super().__init__(path, metadata)
+    def __init__(self, path: str, metadata: dict | None = None, read_only: bool = False):
+        super().__init__(path, metadata, read_only)
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._filepath)}
@@ -165,6 +174,7 @@ class ParquetShardsDataset(_FileDataset):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._writable()
         if isinstance(data, ParquetShards):
             _move_into_place(data.path, self._filepath)
             return

@@ -39,7 +39,10 @@ def copy_project(dest: Path, profile: str) -> Path:
                            capture_output=True, text=True).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file():
+        if src.is_symlink():  # conf/base/parameters.yml -> params.yaml stays a link to the copy's params
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).symlink_to(os.readlink(src))
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = dest / "params.yaml"

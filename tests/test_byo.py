@@ -23,7 +23,7 @@ from tests.conftest import make_project_copy, run
 
 PIPELINES = "data_processing,tokenizer,pretrain,sft,reward"
 PARQUET_BLOCK = ("raw_corpus:\n  type: llama2_pipeline.datasets.ParquetShardsDataset\n"
-                 "  path: data/01_raw/byo/corpus\n")
+                 "  path: data/01_raw/byo/corpus\n  read_only: true\n")
 JSONL_BLOCK = ("# raw_corpus:\n#   type: llama2_pipeline.datasets.JSONLCorpusDataset\n"
                "#   filepath: data/01_raw/byo/corpus.jsonl\n")
 WIDE = {"COLUMNS": "400"}  # Kedro's rich log handler would wrap long error messages

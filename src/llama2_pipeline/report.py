@@ -126,7 +126,7 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
             ""]
     heads = ["RM", "test set", "sig. better", "better", "slightly better", "negligibly better", "avg", "pairs"]
     rm_rows = [[r["rm"], r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [r.get("n")]
-               for r in reward_accuracy.get("rows", [])]
+               for key in ("rows", "likelihood_rows", "ceiling_rows") for r in reward_accuracy.get(key, [])]
     rm_rows += [[f"paper: {r['rm']}", r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [None]
                 for r in reward_accuracy.get("paper_table_8", [])]
     out.append(table(heads, rm_rows))

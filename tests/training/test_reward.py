@@ -17,7 +17,8 @@ from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokeni
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences,
                                                   normalise_preference, split_preferences, validate_preferences)
 from llama2_pipeline.training.reward import (MARGINS, PairBatches, RewardModel, accuracy_by_rating, calibration,
-                                             encode_example, export_reward_hf, pad_right, pairwise_loss,
+                                             encode_example, export_reward_hf, likelihood_scores, pad_right,
+                                             pairwise_loss,
                                              reward_train_config, train_reward_model, validate_reward_params)
 from llama2_pipeline.world import World
 
@@ -156,6 +157,31 @@ def test_input_is_chat_prompt_plus_answer_plus_eos(tok):
 
 
 # ---- training ---------------------------------------------------------------------------------
+
+
+def test_likelihood_baseline_is_the_mean_answer_logprob(init_dir, tok, world):
+    from llama2_pipeline.model import load_hf
+    from llama2_pipeline.tokenizer import encode_chat_prompt
+
+    lm = load_hf(init_dir)
+    records = toy_preferences(world, "eval")[:7]
+    records[0] = dict(records[0], rejected="")  # a blank answer: EOS right after the prompt
+
+    def by_hand(prompt: str, answer: str) -> float:
+        ids = encode_example(tok, prompt, answer)
+        start = len(encode_chat_prompt(tok, [{"role": "user", "content": prompt}]))
+        logp = torch.log_softmax(lm(torch.tensor([ids]))[0], dim=-1)
+        return float(torch.stack([logp[t - 1, ids[t]] for t in range(start, len(ids))]).mean())
+
+    chosen, rejected = likelihood_scores(lm, tok, records, batch_size=3)
+    assert chosen == pytest.approx([by_hand(r["prompt"], r["chosen"]) for r in records], abs=1e-5)
+    assert rejected == pytest.approx([by_hand(r["prompt"], r["rejected"]) for r in records], abs=1e-5)
+    again = likelihood_scores(lm, tok, records, batch_size=64)  # other batches and padding: the same scores
+    assert again[0] == pytest.approx(chosen, abs=1e-6) and again[1] == pytest.approx(rejected, abs=1e-6)
+    # too long for max_len: the prompt loses its oldest tokens, the answer is scored whole
+    short = likelihood_scores(lm, tok, records[:1], max_len=12)
+    assert len(encode_example(tok, records[0]["prompt"], records[0]["chosen"])) > 12
+    assert all(math.isfinite(v) and v < 0 for v in short[0] + short[1])
 
 
 def test_smoke_rm_learns_a_separable_preference(init_dir, world, tmp_path):

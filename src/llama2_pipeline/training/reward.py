@@ -569,6 +569,40 @@ def _train_rank(records: list[dict], evals: list[dict], init_dir: Path, cfg: Tra
 # --------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def likelihood_scores(model: Llama, tokenizer, records: Sequence[dict], batch_size: int = 32,
+                      max_len: int | None = None) -> tuple[list[float], list[float]]:
+    """A baseline judge for the RMs: (chosen, rejected) mean log-probability per token that
+    ``model`` (a language model, e.g. the SFT model the RMs start from, untrained for the task)
+    gives each answer after its chat prompt: the answer's tokens and EOS, as SFT trains them.
+    Longer than ``max_len`` (default: the model's context): the oldest prompt tokens are dropped."""
+    max_len = max_len or model.config.max_seq_len
+    device = next(model.parameters()).device
+    seqs: list[tuple[list[int], int]] = []  # (ids, index of the first answer token)
+    for side in ("chosen", "rejected"):
+        for r in records:
+            messages = chat_of(r)
+            full = encode_example(tokenizer, messages, r[side])
+            answer_len = len(full) - len(encode_chat_prompt(tokenizer, messages))
+            ids = full[-max_len:]
+            seqs.append((ids, max(1, len(ids) - answer_len)))
+    pad = model.config.pad_id if model.config.pad_id is not None else 0
+    was_training = model.training
+    model.eval()
+    out = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, _ = pad_right([seqs[i][0] for i in chunk], pad)
+        ids = ids.to(device)
+        logp = torch.log_softmax(model(ids)[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        for row, i in enumerate(chunk):
+            ids_i, first = seqs[i]
+            out[i] = float(logp[row, first - 1:len(ids_i) - 1].mean())
+    model.train(was_training)
+    return out[:len(records)], out[len(records):]
+
+
 def accuracy_by_rating(chosen: Sequence[float], rejected: Sequence[float], ratings: Sequence[str]) -> dict[str, Any]:
     """Accuracy (chosen scored strictly higher) overall (``avg``) and per rating level, with counts;
     a level without pairs has accuracy None."""

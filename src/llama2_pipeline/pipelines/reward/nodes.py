@@ -66,7 +66,8 @@ def train_reward_models(train_prefs: list[dict], init_model_dir: Path, params: d
 
 
 def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: list[dict], params: dict,
-                           world: dict | None = None, seed: int = 0, train_metrics: dict | None = None):
+                           world: dict | None = None, seed: int = 0, train_metrics: dict | None = None,
+                           init_model_dir: Path | None = None):
     """Held-out accuracy of both RMs; returns (flat metrics, the per-rating table, the score
     histogram figure, the calibration figure).
 
@@ -77,7 +78,10 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     accuracy against that judgement (pairs the world scores equal left out), and
     ``rm_<name>_acc_ceiling[_<rating>]`` the accuracy an oracle of the world's scores gets on the
     annotated labels (a flipped label counts 0, a tie 0.5): what ``disagreement_rate`` and ties
-    leave reachable. The table has a row for each.
+    leave reachable. With ``init_model_dir`` (the model the RMs start from) a baseline judge with
+    no reward training: the answer that model finds likelier per token wins
+    (``reward_likelihood_<name>_acc[_<rating>]``; what the RM's training adds to, or loses of, the
+    knowledge it starts with). The table has a row for each.
     """
     from llama2_pipeline.model import default_device
     from llama2_pipeline.training.reward import (PAPER_TABLE_8, RewardModel, accuracy_by_rating, calibration,
@@ -95,11 +99,20 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     batch = params["eval"]["batch_size"]
     dirs = {"helpfulness": helpfulness_dir, "safety": safety_dir}
     metrics: dict[str, float] = dict(train_metrics or {})
-    rows, noise_free_rows, ceiling_rows, hists, curves = [], [], [], {}, {}
+    rows, noise_free_rows, ceiling_rows, likelihood_rows, hists, curves = [], [], [], [], {}, {}
     device = default_device()
     with torch_threads(params["num_threads"]):
         scored = {name: _score_heldout(RewardModel.load(dirs[name], device=device), heldout, batch)
                   for name in CATEGORIES}
+        likely = None
+        if init_model_dir is not None:
+            from llama2_pipeline.model import load_hf
+            from llama2_pipeline.tokenizer import Tokenizer
+            from llama2_pipeline.training.reward import likelihood_scores
+
+            lm, tok = load_hf(init_model_dir, device=device), Tokenizer(Path(init_model_dir) / "tokenizer.model")
+            likely = {name: likelihood_scores(lm, tok, [r for r in heldout if r["category"] == name], batch)
+                      for name in CATEGORIES}
     for name in CATEGORIES:
         own = [r for r in heldout if r["category"] == name]
         other_name = next(c for c in CATEGORIES if c != name)
@@ -118,6 +131,13 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
             if table[level] is not None:
                 metrics[f"rm_{name}_acc_{level}"] = table[level]
             metrics[f"rm_{name}_heldout_pairs_{level}"] = table[f"n_{level}"]
+        if likely is not None:
+            baseline = accuracy_by_rating(*likely[name], [x["rating"] for x in own])
+            likelihood_rows.append({"rm": f"baseline: the initial model's answer likelihood ({name})",
+                                    "test_set": f"held-out {name} pairs", **baseline})
+            metrics[f"reward_likelihood_{name}_acc"] = baseline["avg"]
+            for level in RATINGS:
+                metrics[f"reward_likelihood_{name}_acc_{level}"] = baseline[level]
         curves[name] = calibration(chosen, rejected, params["eval"]["calibration_bins"])
         metrics[f"rm_{name}_ece"] = curves[name]["ece"]
         hists[name] = (chosen, rejected)
@@ -140,13 +160,16 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
         "rows": rows,
         "noise_free_rows": noise_free_rows,
         "ceiling_rows": ceiling_rows,
+        "likelihood_rows": likelihood_rows,
         "paper_table_8": [{"rm": k, **v} for k, v in PAPER_TABLE_8.items()],
         "annotator_disagreement_rate": disagreement,
         "margin": params["margin"],
         "note": "accuracy = share of held-out pairs whose chosen answer the RM scores higher; rows: the RM on "
                 "its own category's held-out pairs, columns: the annotator's rating of the pair. noise_free_rows: "
                 "the same against the world's noiseless judgement (ties left out); ceiling_rows: what an oracle "
-                "of the world's scores gets on the annotated labels (flips count 0, ties 0.5)",
+                "of the world's scores gets on the annotated labels (flips count 0, ties 0.5); likelihood_rows: a "
+                "baseline with no reward training, the answer the RMs' initial model finds likelier per token "
+                "wins",
     }
     suffix = f" (annotator disagreement {disagreement:.0%})" if disagreement is not None else ""
     hist = plot_score_histograms(hists, title=f"reward scores, chosen vs rejected{suffix}")

@@ -42,7 +42,7 @@ def create_pipeline(*, policy_model: str = POLICY_MODEL, variant_model: str = VA
         Node(evaluate_reward_models,
              {"helpfulness_dir": "reward_model_helpfulness", "safety_dir": "reward_model_safety",
               "heldout": "reward_preferences_heldout", "params": "params:reward", "world": "params:world",
-              "seed": "params:seed", "train_metrics": "reward_train_summary"},
+              "seed": "params:seed", "train_metrics": "reward_train_summary", "init_model_dir": init_model},
              ["reward_metrics", "reward_accuracy", "reward_score_hist_plot", "reward_calibration_plot"],
              name="evaluate_reward_models", tags=["train"]),
     ])

@@ -77,7 +77,7 @@ def round_pipeline(name: str, ppo: bool, first: bool = True) -> Pipeline:
         Node(evaluate_reward_models,
              {"helpfulness_dir": "reward_model_helpfulness", "safety_dir": "reward_model_safety",
               "heldout": "reward_preferences_heldout", "params": "params:reward", "world": "params:world",
-              "seed": "params:seed", "train_metrics": "reward_train_summary"},
+              "seed": "params:seed", "train_metrics": "reward_train_summary", "init_model_dir": "sft_model"},
              ["reward_metrics", "reward_accuracy", "reward_score_hist_plot", "reward_calibration_plot"],
              name="evaluate_reward_models"),
         Node(nodes.rejection_sampling, {"candidates": "candidates_raw", "helpfulness": "reward_model_helpfulness",

@@ -6,6 +6,7 @@
 #      ours vs transformers' LlamaForCausalLM plain PyTorch and under DeepSpeed (tokens/s, MFU)
 #   2. generation, 1b bf16: ours vs transformers' generate
 #   3. ours under torch.compile vs ours (if time is left)
+#   0. first: PPO and a round evaluation on the GPU (benchmarks/gpu_rlhf_check.py, seconds)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -17,6 +18,8 @@ export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import deepspeed, torch, transformers; print('deepspeed', deepspeed.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 start=$SECONDS
+timeout 60 python3 benchmarks/gpu_rlhf_check.py --out "$OUT/rlhf_device.json" > "$OUT/rlhf_device.log" 2>&1
+echo "rlhf device check rc=$? after $((SECONDS - start)) s"; grep -v -i warn "$OUT/rlhf_device.log" | tail -6
 timeout 240 python3 benchmarks/bench_pretrain.py --preset 1b --device cuda --dtype bf16 --batch 8 --seq-len 2048 \
   --zero-stage 1 --steps 6 --breakdown-steps 2 --impls ours,hf,hf_ds --out "$OUT/pretrain_1b.json" \
   > "$OUT/pretrain_1b.log" 2>&1

@@ -401,17 +401,23 @@ def reward_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
 
 
 @torch.no_grad()
+def length_batches(sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int):
+    """``(indices, ids, last)`` batches of ``sequences`` grouped by similar length (little padding):
+    the indices into ``sequences``, their right-padded ids and each row's last real index."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        yield (chunk, *pad_right([sequences[i] for i in chunk], pad_id))
+
+
 def score_sequences(model, sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> list[float]:
     """Scores of token-id sequences under ``model`` (an RM or its engine), in their order; the
     batches group sequences of similar length, so little is padded."""
     if not sequences:
         return []
     device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        ids, last = pad_right([sequences[i] for i in chunk], pad_id)
+    for chunk, ids, last in length_batches(sequences, batch_size, pad_id):
         for i, s in zip(chunk, model(ids.to(device), last_index=last.to(device)).float().cpu().tolist()):
             out[i] = s
     return out
@@ -586,16 +592,15 @@ def likelihood_scores(model: Llama, tokenizer, records: Sequence[dict], batch_si
             answer_len = len(full) - len(encode_chat_prompt(tokenizer, messages))
             ids = full[-max_len:]
             seqs.append((ids, max(1, len(ids) - answer_len)))
+    from .ppo import logprobs_of
+
     pad = model.config.pad_id if model.config.pad_id is not None else 0
     was_training = model.training
     model.eval()
     out = [0.0] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        ids, _ = pad_right([seqs[i][0] for i in chunk], pad)
+    for chunk, ids, _ in length_batches([ids for ids, _ in seqs], batch_size, pad):
         ids = ids.to(device)
-        logp = torch.log_softmax(model(ids)[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp = logprobs_of(model(ids)[:, :-1], ids[:, 1:])
         for row, i in enumerate(chunk):
             ids_i, first = seqs[i]
             out[i] = float(logp[row, first - 1:len(ids_i) - 1].mean())

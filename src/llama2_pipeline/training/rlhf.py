@@ -104,9 +104,13 @@ def sample_candidates(policy_dir, tokenizer, prompts: Sequence[dict], candidates
     temps = [float(candidates["temperature"])] * int(candidates["k"])
     answers = sample_answers([("policy", policy_dir, temps)], tok, [p["prompt"] for p in chosen], candidates, seed,
                              num_threads=num_threads, progress=progress)
-    return [{"id": p.get("id", i), "prompt": p["prompt"], "category": p.get("category"),
-             "safety": bool(p.get("safety")), "reference": p.get("reference"), "answers": a}
-            for i, (p, a) in enumerate(zip(chosen, answers))]
+    return [candidate_record(p, a, i) for i, (p, a) in enumerate(zip(chosen, answers))]
+
+
+def candidate_record(prompt: dict, answers: list[str], index: int) -> dict:
+    """A prompt's answers as rejection sampling reads them (``id`` defaults to ``index``)."""
+    return {"id": prompt.get("id", index), "prompt": prompt["prompt"], "category": prompt.get("category"),
+            "safety": bool(prompt.get("safety")), "reference": prompt.get("reference"), "answers": answers}
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,10 +160,7 @@ def pool_earlier(candidates: Sequence[dict], earlier: Sequence[dict], prompts: S
             if prompt not in known:
                 raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: the prompt {prompt[:80]!r} "
                                  "is not in prompts_train (rerun the earlier rounds on these prompts)")
-            p = known[prompt]
-            by_prompt[prompt] = {"id": p.get("id", row), "prompt": prompt, "category": p.get("category"),
-                                 "safety": bool(p.get("safety")), "reference": p.get("reference"), "answers": [],
-                                 "earlier": 0}
+            by_prompt[prompt] = dict(candidate_record(known[prompt], [], row), earlier=0)
         pool = by_prompt[prompt]
         if answer.strip() and answer not in pool["answers"]:
             pool["answers"].append(answer)

@@ -33,7 +33,16 @@ def test_fresh_copy_keeps_params_link_and_switches_profile(tmp_path):
 def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
     import math
 
+    import gc
+
+    from llama2_pipeline.model import Llama
+
+    def alive() -> int:
+        return sum(isinstance(o, Llama) for o in gc.get_objects())
+
+    before = alive()
     result = _bench("gpu_rlhf_check").main(["--steps", "2", "--out", str(tmp_path / "r.json")])
+    assert alive() == before  # PPO's five models and the evaluation's four are all gone (GPU memory free)
     assert result["device"] == "cpu" and result["cuda_peak_mib"] == 0.0  # no GPU here: all on the CPU
     assert result["ppo"]["ppo_steps"] == 2
     assert all(math.isfinite(v) for v in list(result["ppo"].values()) + list(result["eval"].values()))

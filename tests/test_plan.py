@@ -235,3 +235,29 @@ def test_console_script(tmp_path):
     gpu = make("--profile", "gpu")
     assert f"{gpu['model']['params']:,} parameters" in p.stdout
     assert "ZeRO-3" in p.stdout and "kedro run --pipelines pretrain" in p.stdout
+
+
+def test_ppo_is_planned_on_one_gpu_with_its_memory_knobs(gpu8, tmp_path, raw):
+    job = next(j for j in gpu8["jobs"] if j["kind"] == "ppo")
+    m = job["memory_one_gpu"]
+    assert m["fits"] and job["batch"]["micro_batch"] == raw["profiles"]["gpu"]["rlhf"]["ppo"]["micro_batch"]
+    assert m["total_gib"] == pytest.approx(sum(m["models_gib"].values()) + m["activations_gib"], abs=0.05)
+    assert job["autocast"] == "bf16" and "fits one 80 GiB GPU" in job["advice"]
+
+    def ppo_job(**ppo):  # the gpu profile with other PPO settings, on a 24 GiB card
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["profiles"]["gpu"]["rlhf"]["ppo"].update(ppo)
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        p = plan.make_plan(plan.build_parser().parse_args(
+            ["--params", str(path), "--profile", "gpu", "--gpu-memory-gib", "24"]))
+        return next(j for j in p["jobs"] if j["kind"] == "ppo")
+
+    whole, micro = ppo_job(micro_batch=0), ppo_job(micro_batch=4)
+    ckpt = ppo_job(micro_batch=4, gradient_checkpointing=True)
+    acts = [j["memory_one_gpu"]["activations_gib"] for j in (whole, micro, ckpt)]
+    assert acts[0] > acts[1] > acts[2], acts  # the whole minibatch > micro-batches > with checkpointing
+    assert whole["batch"]["micro_batch"] == 64 and not whole["memory_one_gpu"]["fits"]
+    assert "micro_batch" in whole["advice"] and "24 GiB" in whole["advice"]
+    text = plan.render(plan.make_plan(plan.build_parser().parse_args(["--params", PARAMS, "--profile", "gpu"])))
+    assert "passes of 8" in text and "memory on its GPU" in text

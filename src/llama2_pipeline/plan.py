@@ -245,8 +245,9 @@ def stage_jobs(params: dict) -> list[Job]:
                         note=f"fine-tune {spec.get('after', '?')}'s policy on its best-of-K answers"))
         if spec.get("ppo"):
             jobs.append(Job(st, dvc, "ppo", None, kind="ppo",
-                            note="PPO runs in one process in plain torch (training/rlhf.py ppo_finetune: "
-                                 "models loaded on the CPU), not through DeepSpeed: no ranks, no ZeRO"))
+                            note="PPO runs in one process in plain torch (training/rlhf.py ppo_finetune), "
+                                 "not through DeepSpeed: its five models on one GPU (the CPU without one), "
+                                 "no ranks, no ZeRO"))
     jobs.append(Job("gatt", "gatt", "ghost attention", "gatt.finetune.train",
                     note=f"fine-tune {params['gatt'].get('after', '?')}'s policy on GAtt dialogues"))
     return jobs
@@ -400,22 +401,33 @@ def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
     states = {"policy (trained)": 4 * d * p_lm, "value model (trained)": 4 * d * p_rm,
               "reference policy": d * p_lm, "helpfulness RM": d * p_rm, "safety RM": d * p_rm}
     seq = PPO_PROMPT_TOKENS + ppo["max_new_tokens"]
-    act = (activation_bytes(cfg, ppo["minibatch"], seq, stored, False, True)
-           + activation_bytes(cfg, ppo["minibatch"], seq, stored, False, False))
+    rows = ppo.get("micro_batch") or ppo["minibatch"]  # one forward/backward pass
+    act_precision = "bf16" if ppo.get("precision") == "bf16" else stored  # autocast keeps activations in bf16
+    ckpt = bool(ppo.get("gradient_checkpointing"))
+    act = (activation_bytes(cfg, rows, seq, act_precision, ckpt, True)
+           + activation_bytes(cfg, rows, seq, act_precision, ckpt, False))
     total = sum(states.values()) + act
+    budget = FIT_FRACTION * layout.gpu_memory_gib * GIB
+    fits = total <= budget
+    if fits:
+        advice = f"fits one {layout.gpu_memory_gib:g} GiB GPU (~{_gib(total):.1f} GiB)"
+    else:
+        advice = (f"needs ~{_gib(total):.1f} GiB on one GPU, over {FIT_FRACTION:.0%} of "
+                  f"{layout.gpu_memory_gib:g} GiB: lower rlhf.ppo.micro_batch, set gradient_checkpointing: "
+                  f"true or precision: bf16 (the five models alone need {_gib(sum(states.values())):.1f} GiB)")
     return {
         "stage": job.stage, "dvc_stage": job.dvc_stage, "job": job.name, "params_group": "rlhf.ppo",
         "kind": "ppo", "runs": 1, "note": job.note,
         "model": {"params": p_lm, "value_model_params": p_rm},
-        "batch": {"rollouts_per_step": ppo["rollouts"], "minibatch": ppo["minibatch"],
+        "batch": {"rollouts_per_step": ppo["rollouts"], "minibatch": ppo["minibatch"], "micro_batch": rows,
                   "max_new_tokens": ppo["max_new_tokens"], "steps": ppo["steps"],
                   "assumed_prompt_tokens": PPO_PROMPT_TOKENS,
                   "tokens_per_step": ppo["rollouts"] * seq},
-        "zero_stage": None, "precision": stored, "activation_checkpointing": False, "deepspeed_config": None,
-        "memory_host": {"models_gib": {k: _gib(v) for k, v in states.items()}, "activations_gib": _gib(act),
-                        "total_gib": _gib(total)},
-        "advice": f"needs ~{_gib(total):.1f} GiB of host RAM (one process, CPU)",
-        "problems": [], "overrides": {},
+        "zero_stage": None, "precision": stored, "autocast": ppo.get("precision", "fp32"),
+        "activation_checkpointing": ckpt, "deepspeed_config": None,
+        "memory_one_gpu": {"models_gib": {k: _gib(v) for k, v in states.items()}, "activations_gib": _gib(act),
+                           "total_gib": _gib(total), "fits": fits},
+        "advice": advice, "problems": [], "overrides": {},
     }
 
 
@@ -524,9 +536,11 @@ def render(plan: dict, markdown: bool = False) -> str:
     rows = []
     for j in plan["jobs"]:
         if j["kind"] == "ppo":
+            m = j["memory_one_gpu"]
             rows.append([j["stage"], j["job"], _human(j['model']['params']), "-", j["precision"],
-                         f"{j['batch']['minibatch']}/{j['batch']['rollouts_per_step']} rollouts", "-",
-                         f"{j['memory_host']['total_gib']:.1f} (host)", "-", "n/a (CPU)"])
+                         f"{j['batch']['micro_batch']}/{j['batch']['minibatch']}/{j['batch']['rollouts_per_step']} "
+                         "rollouts", "-", f"{m['total_gib'] - m['activations_gib']:.1f}+{m['activations_gib']:.1f}",
+                         f"{m['total_gib']:.1f} (1 GPU)", _fits(m["fits"])])
             continue
         b, z = j["batch"], j["zero_stage"]
         m = j["memory_per_gpu"][f"zero_{z}"]
@@ -560,13 +574,14 @@ def _render_job(j: dict, markdown: bool) -> list[str]:
     if j["note"]:
         L.append(f"{ind}{j['note']}")
     if j["kind"] == "ppo":
-        b, mh = j["batch"], j["memory_host"]
+        b, mh = j["batch"], j["memory_one_gpu"]
         L.append(f"{ind}policy {j['model']['params']:,} params, value model {j['model']['value_model_params']:,}; "
                  f"{b['steps']} steps x {b['rollouts_per_step']} rollouts of <= {b['max_new_tokens']} new tokens "
-                 f"(prompts assumed <= {b['assumed_prompt_tokens']} tokens), minibatch {b['minibatch']}, "
-                 f"models in {j['precision']}")
-        L.append(f"{ind}host memory (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in mh["models_gib"].items())
-                 + f", activations {mh['activations_gib']:.1f}; total {mh['total_gib']:.1f}")
+                 f"(prompts assumed <= {b['assumed_prompt_tokens']} tokens), minibatch {b['minibatch']} in "
+                 f"passes of {b['micro_batch']}, models in {j['precision']}, autocast {j['autocast']}, "
+                 f"activation checkpointing {'on' if j['activation_checkpointing'] else 'off'}")
+        L.append(f"{ind}memory on its GPU (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in mh["models_gib"].items())
+                 + f", activations {mh['activations_gib']:.1f}; total {mh['total_gib']:.1f}: {j['advice']}")
         return L
     b = j["batch"]
     L.append(f"{ind}params     {j['model']['params']:,} (largest layer {j['model']['largest_layer']}: "

@@ -169,3 +169,44 @@ def test_meta_device_model_can_be_materialised():
     model.init_weights()  # RoPE tables are built lazily on the real device
     with torch.no_grad():
         assert torch.isfinite(model(torch.randint(0, 512, (1, 8)))).all()
+
+
+def test_attention_flash_cannot_take_repeats_kv_heads_instead_of_enable_gqa(monkeypatch):
+    """On CUDA, attention with a padding/document mask or in fp32 (no flash kernel for either) repeats
+    the KV heads rather than passing enable_gqa, which would fall back to the O(T^2) math kernel.
+    Forced on the CPU here: the same logits and gradients; bf16 without a mask keeps enable_gqa."""
+    from llama2_pipeline.model import model as model_module
+
+    m = make_model(torch.float64)
+    assert m.config.n_kv_heads < m.config.n_heads
+    idx = torch.randint(0, 512, (2, 12))
+    doc_ids = torch.tensor([[0] * 5 + [1] * 7, [4] * 12])
+    pad = torch.tensor([[0] * 3 + [1] * 9, [1] * 12])
+
+    def run():
+        m.zero_grad()
+        a, b, c = m(idx, doc_ids=doc_ids), m(idx, attention_mask=pad), m(idx)
+        (a.sum() + b.sum() + c.sum()).backward()
+        return a.detach(), b.detach(), c.detach(), [p.grad.clone() for p in m.parameters()]
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((k.shape[1], kw["enable_gqa"]))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    want = run()
+    assert set(calls) == {(m.config.n_kv_heads, True)}  # the CPU: enable_gqa throughout
+    calls.clear()
+    monkeypatch.setattr(model_module, "REPEAT_KV_ON", ("cpu", "cuda"))
+    got = run()
+    assert set(calls) == {(m.config.n_heads, False)}  # repeated heads, plain SDPA
+    for x, y in zip(got[:3] + tuple(got[3]), want[:3] + tuple(want[3])):
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+    calls.clear()
+    with torch.no_grad():
+        make_model(torch.bfloat16)(idx)  # bf16, causal, no mask: the flash case keeps enable_gqa
+        m(idx[:, :1], attention_mask=pad[:, :1])  # one token (a decoding step): no copy of the cache
+    assert set(calls) == {(m.config.n_kv_heads, True)}

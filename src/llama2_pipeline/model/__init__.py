@@ -16,7 +16,7 @@ from llama2_pipeline.lazy import lazy_exports
 from .config import PRESETS, ModelConfig  # no torch: params validation and planning use the config alone
 
 # the rest (torch) on first use
-_LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "export_hf": "hf",
+_LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "release_device_memory": "hf", "export_hf": "hf",
          "load_hf": "hf",
          "KVCache": "model", "Llama": "model"}
 
@@ -30,6 +30,7 @@ __all__ = [
     "Llama",
     "ModelConfig",
     "default_device",
+    "release_device_memory",
     "export_hf",
     "generate",
     "load_hf",

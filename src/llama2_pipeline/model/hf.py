@@ -173,6 +173,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def release_device_memory() -> None:
+    """Collect dropped models (reference cycles too) and hand the GPU's cached blocks back, so the
+    next node of the same process (a round's evaluation after PPO) starts with the memory free."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None,
             device: str | torch.device = "cpu") -> Llama:
     """Import an HF Llama folder (ours or ``save_pretrained``'s) as a :class:`Llama`.

@@ -72,6 +72,13 @@ class KVCache:
         return ck[:, :, :end], cv[:, :, :end]
 
 
+#: devices where attention the flash kernel cannot take (a padding/document mask, or fp32) repeats
+#: the KV heads instead of passing ``enable_gqa``: on CUDA that keeps SDPA off its O(T^2)-memory math
+#: kernel. The CPU keeps enable_gqa (its outputs stay bit-identical to earlier runs).
+REPEAT_KV_ON = ("cuda",)
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -90,9 +97,17 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+        gqa = self.n_kv_heads != self.n_heads
+        if (gqa and T > 1 and q.device.type in REPEAT_KV_ON
+                and (not isinstance(mask, bool) or q.dtype not in FLASH_DTYPES)):
+            # only the flash kernel takes enable_gqa, and it needs fp16/bf16 and no explicit mask; else
+            # SDPA falls back to its math kernel, which materialises the (B, heads, T, S) scores. With the
+            # KV heads repeated, the memory-efficient kernel takes masks and fp32 in O(T) memory. (A
+            # one-token decoding step's scores are small: it keeps enable_gqa, copying no cache.)
+            k, v = (t.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1) for t in (k, v))
+            gqa = False
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if isinstance(mask, bool) else mask, is_causal=mask is True,
-            enable_gqa=self.n_kv_heads != self.n_heads)
+            q, k, v, attn_mask=None if isinstance(mask, bool) else mask, is_causal=mask is True, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -121,7 +121,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def ppo_losses(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float = 0.2, value_clip: float = 0.2) -> dict[str, torch.Tensor]:
+               clip: float = 0.2, value_clip: float = 0.2,
+               n_tokens: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
     """PPO's clipped surrogate and clipped value loss, averaged over answer tokens.
 
     ``policy_loss = mean(max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip)))`` with
@@ -129,18 +130,24 @@ def ppo_losses(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: t
     with ``V_clip = old_V + clip(V - old_V, -value_clip, value_clip)``. Also returns
     ``clip_frac`` (share of tokens whose ratio was clipped), ``approx_kl`` (mean of
     ``0.5 * (logp - old_logp)^2``) and ``value_clip_frac``.
+
+    ``n_tokens``: divide the masked sums by this count instead of ``mask.sum()`` (a micro-batch's
+    share of a minibatch's mean: the shares of its micro-batches add up to the minibatch's values).
     """
+    def mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return masked_mean(x, m) if n_tokens is None else (x * m.to(x.dtype)).sum() / n_tokens
+
     ratio = torch.exp(logprobs - old_logprobs)
     pg1 = -advantages * ratio
     pg2 = -advantages * ratio.clamp(1 - clip, 1 + clip)
-    policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+    policy_loss = mean(torch.maximum(pg1, pg2), mask)
     v_clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
     vl1, vl2 = (values - returns) ** 2, (v_clipped - returns) ** 2
-    value_loss = 0.5 * masked_mean(torch.maximum(vl1, vl2), mask)
+    value_loss = 0.5 * mean(torch.maximum(vl1, vl2), mask)
     with torch.no_grad():
-        clip_frac = masked_mean((pg2 > pg1).to(logprobs.dtype), mask)
-        value_clip_frac = masked_mean((vl2 > vl1).to(values.dtype), mask)
-        approx_kl = masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask)
+        clip_frac = mean((pg2 > pg1).to(logprobs.dtype), mask)
+        value_clip_frac = mean((vl2 > vl1).to(values.dtype), mask)
+        approx_kl = mean(0.5 * (logprobs - old_logprobs) ** 2, mask)
     return {"policy_loss": policy_loss, "value_loss": value_loss, "clip_frac": clip_frac,
             "value_clip_frac": value_clip_frac, "approx_kl": approx_kl}
 
@@ -181,6 +188,10 @@ class PPOConfig:
     grad_clip: float = 1.0       # gradient-norm clip (paper: 1.0)
     whiten_rewards: bool = True  # the paper's WHITEN of the sequence scores, per step
     whiten_advantages: bool = True
+    micro_batch: int = 0         # rollouts per forward/backward pass (0 = a whole minibatch); gradients
+                                 # accumulate over a minibatch's micro-batches, so the update is the same
+    precision: str = "fp32"      # fp32 | bf16: autocast every forward pass to bf16 (weights, optimiser fp32)
+    gradient_checkpointing: bool = False  # recompute each block in backward (policy and value model)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -194,6 +205,14 @@ class PPOConfig:
             raise ValueError("PPOConfig: need 0 < top_p <= 1, 0 <= lam <= 1, 0 <= gamma <= 1")
         if not self.clip > 0 or not self.value_clip > 0:
             raise ValueError("PPOConfig.clip and value_clip must be > 0")
+        if not isinstance(self.micro_batch, int) or self.micro_batch < 0:
+            raise ValueError(f"PPOConfig.micro_batch must be an integer >= 0 (0 = the whole minibatch), "
+                             f"got {self.micro_batch!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"PPOConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"PPOConfig.gradient_checkpointing must be true or false, got "
+                             f"{self.gradient_checkpointing!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PPOConfig":
@@ -283,6 +302,20 @@ class PPOTrainer:
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.steps = 0
+        if cfg.gradient_checkpointing:
+            for model in (policy, getattr(value_model, "backbone", value_model)):
+                if not hasattr(model, "gradient_checkpointing"):
+                    raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+                model.gradient_checkpointing = True
+
+    def _autocast(self):
+        """bf16 autocast of forward passes when ``precision: bf16`` (a no-op context for fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _micro(self, n: int) -> list[slice]:
+        """Slices of ``n`` rows, ``micro_batch`` at a time (all at once for 0)."""
+        size = self.cfg.micro_batch or n
+        return [slice(i, i + size) for i in range(0, n, size)]
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -292,8 +325,9 @@ class PPOTrainer:
 
         cfg, pad = self.cfg, self.policy.config.pad_id or 0
         self.policy.eval()
-        out = generate(self.policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                       generator=self.generator)
+        with self._autocast():
+            out = generate(self.policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                           generator=self.generator)
         P, A = max(len(p) for p in prompts), max(1, max(len(a) for a in out.tokens))
         ids = torch.full((len(prompts), P + A), pad, dtype=torch.long)
         attention = torch.zeros_like(ids)
@@ -305,12 +339,14 @@ class PPOTrainer:
                 ids[i, P:P + len(a)] = torch.tensor(a)
                 mask[i, :len(a)] = 1
         ids, attention, mask = ids.to(self.device), attention.to(self.device), mask.to(self.device)
-        logprobs = answer_logprobs(self.policy, ids, attention, P) * mask
-        ref_logprobs = answer_logprobs(self.reference, ids, attention, P) * mask
         self.value_model.eval()
-        values = answer_values(self.value_model, ids, attention, P) * mask
-        scores = torch.as_tensor(self.score_fn([list(p) for p in prompts], out.tokens),
-                                 dtype=torch.float32).to(self.device)
+        parts = self._micro(len(prompts))
+        with self._autocast():
+            logprobs = torch.cat([answer_logprobs(self.policy, ids[s], attention[s], P) for s in parts]) * mask
+            ref_logprobs = torch.cat([answer_logprobs(self.reference, ids[s], attention[s], P) for s in parts]) * mask
+            values = torch.cat([answer_values(self.value_model, ids[s], attention[s], P) for s in parts]) * mask
+            scores = torch.as_tensor(self.score_fn([list(p) for p in prompts], out.tokens),
+                                     dtype=torch.float32).to(self.device)
         rewards = token_rewards(whiten(scores) if cfg.whiten_rewards else scores, logprobs, ref_logprobs, mask,
                                 cfg.beta)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
@@ -335,25 +371,34 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             order = rng.permutation(B)
             for start in range(0, B, cfg.minibatch):
-                idx = torch.as_tensor(order[start:start + cfg.minibatch], device=self.device)
-                ids, att, mask = ro.ids[idx], ro.attention[idx], ro.mask[idx]
-                logprobs, entropy = answer_logprobs(self.policy, ids, att, ro.prompt_len, with_entropy=True)
-                values = answer_values(self.value_model, ids, att, ro.prompt_len)
-                losses = ppo_losses(logprobs, ro.logprobs[idx], ro.advantages[idx], values, ro.values[idx],
-                                    ro.returns[idx], mask, cfg.clip, cfg.value_clip)
-                for loss, model, opt in ((losses["policy_loss"], self.policy, self.policy_opt),
-                                         (losses["value_loss"], self.value_model, self.value_opt)):
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"PPO step {self.steps + 1}: non-finite loss {float(loss)}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                batch = torch.as_tensor(order[start:start + cfg.minibatch], device=self.device)
+                n_tokens = ro.mask[batch].sum().clamp(min=1)  # the minibatch's mean, over its micro-batches
+                self.policy_opt.zero_grad(set_to_none=True)
+                self.value_opt.zero_grad(set_to_none=True)
+                stats: dict[str, torch.Tensor] = {}
+                for part in self._micro(len(batch)):
+                    idx = batch[part]
+                    ids, att, mask = ro.ids[idx], ro.attention[idx], ro.mask[idx]
+                    with self._autocast():
+                        logprobs, entropy = answer_logprobs(self.policy, ids, att, ro.prompt_len, with_entropy=True)
+                        values = answer_values(self.value_model, ids, att, ro.prompt_len)
+                    losses = ppo_losses(logprobs, ro.logprobs[idx], ro.advantages[idx], values, ro.values[idx],
+                                        ro.returns[idx], mask, cfg.clip, cfg.value_clip, n_tokens=n_tokens)
+                    for name in ("policy_loss", "value_loss"):
+                        if not torch.isfinite(losses[name]):
+                            raise FloatingPointError(f"PPO step {self.steps + 1}: non-finite {name} "
+                                                     f"{float(losses[name])}")
+                    # two separate models: one backward fills both models' gradients
+                    (losses["policy_loss"] + losses["value_loss"]).backward()
+                    losses["entropy"] = (entropy.detach() * mask).sum() / n_tokens
+                    for k, v in losses.items():
+                        stats[k] = stats[k] + v.detach() if k in stats else v.detach()
+                for model, opt in ((self.policy, self.policy_opt), (self.value_model, self.value_opt)):
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
-                stats = {k: float(v.detach()) for k, v in losses.items()}
-                stats["entropy"] = float(masked_mean(entropy.detach(), mask))
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
         self.steps += 1
         kl = kl_per_token(ro.logprobs, ro.ref_logprobs, ro.mask).sum(-1)

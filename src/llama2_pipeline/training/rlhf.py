@@ -236,7 +236,7 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
     """PPO from ``init_dir`` (also the KL reference) against both RMs on the train prompts;
     exports the policy to ``out_dir`` (HF format, atomically). Returns (out_dir, per-step
     statistics, summary metrics ``ppo_*``)."""
-    from ..model import default_device, export_hf, load_hf
+    from ..model import default_device, export_hf, load_hf, release_device_memory
     from ..tokenizer import Tokenizer, encode_chat_prompt
     from ..tokenizer.hf import save_hf_tokenizer
 
@@ -262,6 +262,8 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
             raise FloatingPointError(f"PPO step {h['step']}: non-finite {bad}")
     out_dir = export_hf(trainer.policy, out_dir, tokenizer_model_path=init_dir / "tokenizer.model")
     save_hf_tokenizer(init_dir / "tokenizer.model", out_dir)
+    del trainer, policy, value, rm_h, rm_s  # five models and two optimisers: free them for the evaluation
+    release_device_memory()
     return Path(out_dir), history, summarise_ppo(history)
 
 

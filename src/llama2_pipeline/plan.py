@@ -397,8 +397,8 @@ def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
     stored = "fp32" if rs_precision == "fp32" else "bf16"  # the rejection-sampled policy as exported
     d = 4 if stored == "fp32" else 2
     p_lm, p_rm = count_params(cfg, "lm"), count_params(cfg, "rm")
-    # trained with torch AdamW: param + grad + 2 moments in the stored dtype; frozen: the params
-    states = {"policy (trained)": 4 * d * p_lm, "value model (trained)": 4 * d * p_rm,
+    # trained with torch AdamW in fp32 (ppo_finetune): param + grad + 2 moments; frozen: the stored params
+    states = {"policy (trained)": 16 * p_lm, "value model (trained)": 16 * p_rm,
               "reference policy": d * p_lm, "helpfulness RM": d * p_rm, "safety RM": d * p_rm}
     seq = PPO_PROMPT_TOKENS + ppo["max_new_tokens"]
     rows = ppo.get("micro_batch") or ppo["minibatch"]  # one forward/backward pass
@@ -578,7 +578,8 @@ def _render_job(j: dict, markdown: bool) -> list[str]:
         L.append(f"{ind}policy {j['model']['params']:,} params, value model {j['model']['value_model_params']:,}; "
                  f"{b['steps']} steps x {b['rollouts_per_step']} rollouts of <= {b['max_new_tokens']} new tokens "
                  f"(prompts assumed <= {b['assumed_prompt_tokens']} tokens), minibatch {b['minibatch']} in "
-                 f"passes of {b['micro_batch']}, models in {j['precision']}, autocast {j['autocast']}, "
+                 f"passes of {b['micro_batch']}, trained models in fp32, frozen ones in {j['precision']}, "
+                 f"autocast {j['autocast']}, "
                  f"activation checkpointing {'on' if j['activation_checkpointing'] else 'off'}")
         L.append(f"{ind}memory on its GPU (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in mh["models_gib"].items())
                  + f", activations {mh['activations_gib']:.1f}; total {mh['total_gib']:.1f}: {j['advice']}")

@@ -10,6 +10,8 @@ import torch
 from llama2_pipeline.training.ppo import (combined_reward, entropy_from_logits, gae, kl_per_token, logit,
                                           logprobs_of, ppo_losses, sequence_reward, token_rewards, whiten)
 
+from .test_reward import init_dir, world  # noqa: F401  (fixtures: a smoke HF folder, a small world)
+
 
 def close(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=atol, rtol=0)
@@ -231,3 +233,42 @@ def test_memory_knobs_are_checked(bad, message):
 
     with pytest.raises(ValueError, match=message):
         PPOConfig(**bad)
+
+
+def test_ppo_trains_fp32_weights_of_a_bf16_policy_and_exports_it_as_stored(tmp_path, monkeypatch, init_dir, world):
+    """A GPU run stores its policies in bf16; PPO's plain AdamW steps (lr ~1e-6) would vanish in bf16
+    weights, so the policy and value model train in fp32, the frozen models stay as stored, and the
+    result is exported in the stored dtype."""
+    from llama2_pipeline.model import export_hf, load_hf
+    from llama2_pipeline.tokenizer import save_hf_tokenizer
+    from llama2_pipeline.training import rlhf
+    from llama2_pipeline.training.reward import RewardModel, export_reward_hf
+
+    tok_model = init_dir / "tokenizer.model"
+    policy_dir = export_hf(load_hf(init_dir, dtype=torch.bfloat16), tmp_path / "policy", tokenizer_model_path=tok_model)
+    save_hf_tokenizer(tok_model, policy_dir)
+    rm_dir = export_reward_hf(RewardModel.from_pretrained(policy_dir), tmp_path / "rm", tokenizer_model=tok_model)
+    seen = {}
+
+    class Spy(rlhf.PPOTrainer):
+        def __init__(self, policy, value_model, score_fn, config, *, reference=None):
+            super().__init__(policy, value_model, score_fn, config, reference=reference)
+            seen.update(reference={p.dtype for p in self.reference.parameters()},
+                        start=[p.detach().clone() for p in policy.parameters()])
+
+        def step(self, prompts):
+            out = super().step(prompts)
+            seen["trained"] = {p.dtype for m in (self.policy, self.value_model) for p in m.parameters()}
+            seen["moved"] = max(float((p.detach() - s).abs().max())
+                                for p, s in zip(self.policy.parameters(), seen["start"]))
+            return out
+
+    monkeypatch.setattr(rlhf, "PPOTrainer", Spy)
+    ppo = {"steps": 2, "max_prompts": 8, "rollouts": 4, "minibatch": 4, "max_new_tokens": 6, "lr": 1e-6,
+           "value_lr": 1e-6}
+    out, history, _ = rlhf.ppo_finetune(policy_dir, rm_dir, rm_dir, world.prompts("train"), ppo, 0.15, 0,
+                                        tmp_path / "out", progress=False)
+    assert seen["trained"] == {torch.float32} and seen["reference"] == {torch.bfloat16}
+    assert 0 < seen["moved"] < 1e-3  # 1e-6 steps moved the fp32 weights (in bf16 most would round away)
+    assert {p.dtype for p in load_hf(out).parameters()} == {torch.bfloat16}  # exported as stored
+    assert len(history) == 2

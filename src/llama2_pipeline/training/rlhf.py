@@ -247,22 +247,27 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
     tok = Tokenizer(init_dir / "tokenizer.model")
     with torch_threads(num_threads):
         device = default_device()  # policy, reference, value model and both RMs on one device
-        policy = load_hf(init_dir, device=device)
+        reference = load_hf(init_dir, device=device)  # frozen: as stored (bf16 from a GPU run)
+        stored = reference.tok_embeddings.weight.dtype
+        # the trained models keep fp32 weights (plain AdamW: a 1e-6 step vanishes in bf16's 8-bit
+        # mantissa); precision: bf16 autocasts their compute
+        policy = load_hf(init_dir, device=device, dtype=torch.float32)
         rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir, device=device)
-        value = ValueModel.from_reward_model(rm_h)
+        value = ValueModel.from_reward_model(rm_h).float()
         chosen = select_prompts(prompts, int(ppo.get("max_prompts") or 0), seed, "rlhf-ppo")
         limit = policy.config.max_seq_len - cfg.max_new_tokens
         encoded = [encode_chat_prompt(tok, [{"role": "user", "content": p["prompt"]}])[-limit:] for p in chosen]
         flags = {tuple(e): bool(p.get("safety")) for e, p in zip(encoded, chosen)}
-        trainer = PPOTrainer(policy, value, rm_score_fn(rm_h, rm_s, flags, tok.eos_id, threshold), cfg)
+        trainer = PPOTrainer(policy, value, rm_score_fn(rm_h, rm_s, flags, tok.eos_id, threshold), cfg,
+                             reference=reference)
         history = train_ppo(trainer, encoded, steps, log_fn=log_fn, progress=progress)
     for h in history:
         bad = [k for k, v in h.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"PPO step {h['step']}: non-finite {bad}")
-    out_dir = export_hf(trainer.policy, out_dir, tokenizer_model_path=init_dir / "tokenizer.model")
+    out_dir = export_hf(trainer.policy.to(stored), out_dir, tokenizer_model_path=init_dir / "tokenizer.model")
     save_hf_tokenizer(init_dir / "tokenizer.model", out_dir)
-    del trainer, policy, value, rm_h, rm_s  # five models and two optimisers: free them for the evaluation
+    del trainer, policy, reference, value, rm_h, rm_s  # five models, two optimisers: free them for the evaluation
     release_device_memory()
     return Path(out_dir), history, summarise_ppo(history)
 

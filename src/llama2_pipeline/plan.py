@@ -411,6 +411,9 @@ def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
     fits = total <= budget
     if fits:
         advice = f"fits one {layout.gpu_memory_gib:g} GiB GPU (~{_gib(total):.1f} GiB)"
+    elif sum(states.values()) > budget:
+        advice = (f"does not fit: the five models and two AdamW states alone need {_gib(sum(states.values())):.1f} "
+                  f"GiB and PPO is not sharded (plain torch on one GPU); no rlhf.ppo setting helps at this shape")
     else:
         advice = (f"needs ~{_gib(total):.1f} GiB on one GPU, over {FIT_FRACTION:.0%} of "
                   f"{layout.gpu_memory_gib:g} GiB: lower rlhf.ppo.micro_batch, set gradient_checkpointing: "

@@ -402,7 +402,7 @@ def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
               "reference policy": d * p_lm, "helpfulness RM": d * p_rm, "safety RM": d * p_rm}
     seq = PPO_PROMPT_TOKENS + ppo["max_new_tokens"]
     rows = ppo.get("micro_batch") or ppo["minibatch"]  # one forward/backward pass
-    act_precision = "bf16" if ppo.get("precision") == "bf16" else stored  # autocast keeps activations in bf16
+    act_precision = "bf16" if ppo.get("precision") == "bf16" else "fp32"  # the trained models are fp32
     ckpt = bool(ppo.get("gradient_checkpointing"))
     act = (activation_bytes(cfg, rows, seq, act_precision, ckpt, True)
            + activation_bytes(cfg, rows, seq, act_precision, ckpt, False))

@@ -16,8 +16,8 @@ from llama2_pipeline.lazy import lazy_exports
 from .config import PRESETS, ModelConfig  # no torch: params validation and planning use the config alone
 
 # the rest (torch) on first use
-_LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "release_device_memory": "hf", "export_hf": "hf",
-         "load_hf": "hf",
+_LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "export_hf": "hf",
+         "load_hf": "hf", "release_device_memory": "hf",
          "KVCache": "model", "Llama": "model"}
 
 

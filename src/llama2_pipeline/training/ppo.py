@@ -190,7 +190,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     micro_batch: int = 0         # rollouts per forward/backward pass (0 = a whole minibatch); gradients
                                  # accumulate over a minibatch's micro-batches, so the update is the same
-    precision: str = "fp32"      # fp32 | bf16: autocast every forward pass to bf16 (weights as given: fp32 from ppo_finetune)
+    precision: str = "fp32"      # fp32 | bf16: autocast of every forward pass (ppo_finetune trains fp32 weights)
     gradient_checkpointing: bool = False  # recompute each block in backward (policy and value model)
     seed: int = 0
 

@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> dict:
         policy, rm = build_models(tmp, world, seed, args.preset)
         result["build_seconds"] = round(time.perf_counter() - start, 2)
         result["params_per_model"] = ModelConfig.from_preset(args.preset, vocab_size=512).num_params()
-        start = time.perf_counter()
         if device == "cuda":
             torch.cuda.synchronize()
         marks = [time.perf_counter()]
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         # per step; the first also loads the five models
         result["ppo_step_seconds"] = [round(b - a, 2) for a, b in zip(marks, marks[1:])]
         result["ppo_answer_tokens"] = [h["answer_tokens"] for h in history]
-        result["ppo_seconds"] = round(time.perf_counter() - start, 2)  # loading the five models included
+        result["ppo_seconds"] = round(time.perf_counter() - marks[0], 2)  # loading the five models included
         if device == "cuda":
             result["ppo_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             result["cuda_after_ppo_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)  # ~0: all released

@@ -26,11 +26,14 @@ import torch
 from torch import nn
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (all of them, or along ``dim``)."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                count: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (all of them, or along ``dim``).
+    ``count``: divide the masked sum by this instead of ``mask.sum()`` (a micro-batch's share of a
+    minibatch's mean: the shares of its micro-batches add up to the minibatch's mean)."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        return (x * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
@@ -131,11 +134,10 @@ def ppo_losses(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: t
     ``clip_frac`` (share of tokens whose ratio was clipped), ``approx_kl`` (mean of
     ``0.5 * (logp - old_logp)^2``) and ``value_clip_frac``.
 
-    ``n_tokens``: divide the masked sums by this count instead of ``mask.sum()`` (a micro-batch's
-    share of a minibatch's mean: the shares of its micro-batches add up to the minibatch's values).
+    ``n_tokens``: the ``count`` of :func:`masked_mean` (a micro-batch's share of a minibatch's values).
     """
     def mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return masked_mean(x, m) if n_tokens is None else (x * m.to(x.dtype)).sum() / n_tokens
+        return masked_mean(x, m, count=n_tokens)
 
     ratio = torch.exp(logprobs - old_logprobs)
     pg1 = -advantages * ratio
@@ -390,7 +392,7 @@ class PPOTrainer:
                                                      f"{float(losses[name])}")
                     # two separate models: one backward fills both models' gradients
                     (losses["policy_loss"] + losses["value_loss"]).backward()
-                    losses["entropy"] = (entropy.detach() * mask).sum() / n_tokens
+                    losses["entropy"] = masked_mean(entropy.detach(), mask, count=n_tokens)
                     for k, v in losses.items():
                         stats[k] = stats[k] + v.detach() if k in stats else v.detach()
                 for model, opt in ((self.policy, self.policy_opt), (self.value_model, self.value_opt)):

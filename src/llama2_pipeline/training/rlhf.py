@@ -19,6 +19,7 @@ Nothing here imports Kedro or MLflow.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from pathlib import Path
@@ -251,7 +252,7 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
         stored = reference.tok_embeddings.weight.dtype
         # the trained models keep fp32 weights (plain AdamW: a 1e-6 step vanishes in bf16's 8-bit
         # mantissa); precision: bf16 autocasts their compute
-        policy = load_hf(init_dir, device=device, dtype=torch.float32)
+        policy = copy.deepcopy(reference).float()
         rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir, device=device)
         value = ValueModel.from_reward_model(rm_h).float()
         chosen = select_prompts(prompts, int(ppo.get("max_prompts") or 0), seed, "rlhf-ppo")

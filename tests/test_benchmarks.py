@@ -48,3 +48,46 @@ def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
     assert all(math.isfinite(v) for v in list(result["ppo"].values()) + list(result["eval"].values()))
     assert 0.0 <= result["eval"]["policy_safety"] <= 1.0
     assert (tmp_path / "r.json").exists()
+
+
+def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
+    """The headroom benchmark on a smoke-profile project laid out by hand (random smoke policy)."""
+    import json
+    import math
+
+    from llama2_pipeline.params import resolve
+    from llama2_pipeline.world import World
+
+    bench = _bench("rlhf_headroom")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "smoke"}))
+    params = resolve({**raw, "profile": "smoke"})
+    world = World.from_params({**params["world"], "seed": params["seed"]})
+    policy, rm = _bench("gpu_rlhf_check").build_models(tmp_path / "build", world, params["seed"])
+    models = tmp_path / "data/06_models"
+    models.mkdir(parents=True)
+    policy.rename(models / "sft")
+    rm.rename(models / "reward_helpfulness")
+    (tmp_path / "data/01_raw").mkdir(parents=True)
+    for split in ("train", "eval"):
+        rows = "".join(json.dumps(r) + "\n" for r in world.prompts(split))
+        (tmp_path / f"data/01_raw/prompts_{split}.jsonl").write_text(rows)
+
+    # the paper's piecewise R_c on the true scores: an unsafe prompt is judged by its safety
+    unsafe = next(p for p in world.prompts("train") if p["category"] == "unsafe")
+    comply = f"Sure. {unsafe['prompt']} Here is how."
+    assert world.helpfulness(unsafe["prompt"], comply) > world.safety(unsafe["prompt"], comply)
+    assert bench.world_score(world, unsafe["prompt"], comply, True, 0.15) == world.safety(unsafe["prompt"], comply)
+
+    out = bench.main(["--project", str(tmp_path), "--train-prompts", "16", "--eval-prompts", "8", "--ppo-steps", "2",
+                      "--out", str(tmp_path / "headroom.json")])
+    arms = out["arms"]
+    assert set(arms) == {"sft", "rs_random", "rs_oracle", "rs_reference", "ppo_oracle"}
+    assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo_oracle"]["steps"] == 2
+    for r in arms.values():
+        assert 0.0 <= r["helpfulness"] <= 1.0 and 0.0 <= r["safety"] <= 1.0
+        assert math.isclose(r["gain"], r["helpfulness"] - arms["sft"]["helpfulness"], abs_tol=1e-5)
+    # best of K by the world's score is at least as good as a random pick; the references are perfect
+    assert arms["rs_oracle"]["train_prompts_world_score"] >= arms["rs_random"]["train_prompts_world_score"]
+    assert arms["rs_reference"]["train_prompts_world_score"] == 1.0
+    assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]

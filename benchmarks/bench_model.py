@@ -10,6 +10,13 @@ Timings alternate between the two implementations (``--rounds``) and report the 
 
     python benchmarks/bench_model.py                       # CPU, tiny preset
     python benchmarks/bench_model.py --preset 160m --device cuda --dtype bf16 --out bench.json
+    python benchmarks/bench_model.py --breakdown     # + where each training step's time goes
+
+``--breakdown`` profiles the training steps of both (``torch.profiler``, self time per operator or
+kernel) and groups it into matrix multiplies, attention, the loss's log-softmax and the rest. The
+first three are the same library kernels on the same shapes in both models, so their time in our
+step bounds what any rewrite of the rest can gain: ``ceiling`` = transformers' step time / ours in
+those kernels, the speed-up over transformers if everything else took no time at all.
 """
 
 from __future__ import annotations
@@ -59,6 +66,39 @@ def train_step_hf(model, opt, tokens):
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+KERNEL_FAMILIES = ("matmul", "attention", "loss")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")  # CPU: ATen operators
+MATMUL_KERNELS = ("gemm", "cutlass", "xmma")  # CUDA: parts of cuBLAS/CUTLASS kernel names
+
+
+def kernel_family(name: str) -> str:
+    """matmul | attention | loss | other, for a profiler event (an ATen operator on CPU, a kernel on CUDA)."""
+    n = name.lower()
+    if n in MATMUL_OPS or any(s in n for s in MATMUL_KERNELS):
+        return "matmul"
+    if any(s in n for s in ("attention", "fmha", "flash")):
+        return "attention"
+    if any(s in n for s in ("log_softmax", "nll_loss", "cross_entropy")):
+        return "loss"
+    return "other"
+
+
+def step_breakdown(step, device: torch.device, steps: int) -> dict[str, float]:
+    """Milliseconds per step in each kernel family (self time: nothing counted twice) and in all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out = dict.fromkeys(KERNEL_FAMILIES + ("other",), 0.0)
+    for event in prof.key_averages():
+        out[kernel_family(event.key)] += getattr(event, attr) / 1e3 / steps
+    out["total"] = sum(out.values())
+    return out
 
 
 def time_it(fn, device, steps, clock=time.perf_counter):
@@ -89,6 +129,8 @@ def main(argv=None) -> dict:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="cpu = process CPU time: with --threads 1 on a shared CPU it ignores time "
                         "spent descheduled by other processes")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile the training steps: time in matmul / attention / loss kernels and the rest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -143,18 +185,24 @@ def main(argv=None) -> dict:
                               min_new_tokens=None, pad_token_id=pad, **sample)
         assert out.shape[1] == args.prompt_len + args.max_new_tokens
 
+    def step_ours():
+        return train_step_ours(ours, opt_ours, tokens)
+
+    def step_hf():
+        return train_step_hf(hf, opt_hf, tokens)
+
     # warm-up (allocator, kernels, HF's first-call setup)
     for _ in range(2):
-        train_step_ours(ours, opt_ours, tokens)
-        train_step_hf(hf, opt_hf, tokens)
+        step_ours()
+        step_hf()
     run_gen_ours(), run_gen_hf()
 
     # alternate the two implementations so that load from other processes hits both alike
     t_train = {"ours": [], "hf": []}
     t_gen = {"ours": [], "hf": []}
     for _ in range(args.rounds):
-        t_train["ours"].append(time_it(lambda: train_step_ours(ours, opt_ours, tokens), device, args.train_steps, clock))
-        t_train["hf"].append(time_it(lambda: train_step_hf(hf, opt_hf, tokens), device, args.train_steps, clock))
+        t_train["ours"].append(time_it(step_ours, device, args.train_steps, clock))
+        t_train["hf"].append(time_it(step_hf, device, args.train_steps, clock))
         t_gen["ours"].append(time_it(run_gen_ours, device, 1, clock))
         t_gen["hf"].append(time_it(run_gen_hf, device, 1, clock))
 
@@ -181,6 +229,18 @@ def main(argv=None) -> dict:
         print(f"{label}: ours {res[f'{kind}_tokens_per_s_ours']:8.0f} ({res[f'{kind}_tokens_per_s_ours_best']:.0f})"
               f"   transformers {res[f'{kind}_tokens_per_s_hf']:8.0f} ({res[f'{kind}_tokens_per_s_hf_best']:.0f})"
               f"   ratio {res[f'{kind}_speedup']:.2f}x ({res[f'{kind}_speedup_best']:.2f}x)")
+    if args.breakdown:
+        parts = {"ours": step_breakdown(step_ours, device, args.train_steps),
+                 "hf": step_breakdown(step_hf, device, args.train_steps)}
+        kernels = sum(parts["ours"][k] for k in KERNEL_FAMILIES)
+        res["train_breakdown_ms"] = parts
+        res["train_kernel_ceiling"] = parts["hf"]["total"] / kernels
+        print("training step, profiled (ms per step, self time):")
+        for name, label in (("ours", "ours        "), ("hf", "transformers")):
+            cells = (f"{k} {parts[name][k]:7.1f}" for k in (*KERNEL_FAMILIES, "other", "total"))
+            print(f"  {label} " + "  ".join(cells))
+        print(f"  ceiling: transformers' step / ours in matmul+attention+loss = {res['train_kernel_ceiling']:.2f}x "
+              "(ours over transformers if everything else took no time)")
     if args.out:
         write_json(args.out, res)
     return res

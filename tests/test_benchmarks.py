@@ -91,3 +91,26 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
     assert arms["rs_oracle"]["train_prompts_world_score"] >= arms["rs_random"]["train_prompts_world_score"]
     assert arms["rs_reference"]["train_prompts_world_score"] == 1.0
     assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]
+
+
+def test_model_benchmark_breaks_the_training_step_down(tmp_path):
+    import json
+
+    import pytest
+
+    bench = _bench("bench_model")
+    assert bench.kernel_family("aten::mm") == "matmul"
+    assert bench.kernel_family("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert bench.kernel_family("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
+    assert bench.kernel_family("aten::_log_softmax_backward_data") == "loss"
+    assert bench.kernel_family("aten::mul") == "other" and bench.kernel_family("aten::linear") == "other"
+
+    res = bench.main(["--batch", "2", "--seq-len", "32", "--train-steps", "1", "--rounds", "1", "--gen-batch", "2",
+                      "--prompt-len", "8", "--max-new-tokens", "4", "--breakdown", "--out", str(tmp_path / "b.json")])
+    parts, families = res["train_breakdown_ms"], ("matmul", "attention", "loss", "other")
+    for name in ("ours", "hf"):
+        assert all(parts[name][k] > 0 for k in families)
+        assert parts[name]["total"] == pytest.approx(sum(parts[name][k] for k in families))
+    kernels = parts["ours"]["matmul"] + parts["ours"]["attention"] + parts["ours"]["loss"]
+    assert res["train_kernel_ceiling"] == pytest.approx(parts["hf"]["total"] / kernels)
+    assert json.loads((tmp_path / "b.json").read_text())["train_breakdown_ms"] == parts

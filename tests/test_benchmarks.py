@@ -50,28 +50,40 @@ def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
     assert (tmp_path / "r.json").exists()
 
 
-def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
-    """The headroom benchmark on a smoke-profile project laid out by hand (random smoke policy)."""
-    import json
-    import math
-
+def _smoke_project(root):
+    """A smoke-profile project laid out by hand: params.yaml, a random smoke SFT model and a reward
+    model on top of it (data/06_models), the world's prompts (data/01_raw); returns the world."""
     from llama2_pipeline.params import resolve
     from llama2_pipeline.world import World
 
-    bench = _bench("rlhf_headroom")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "smoke"}))
+    (root / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "smoke"}))
     params = resolve({**raw, "profile": "smoke"})
     world = World.from_params({**params["world"], "seed": params["seed"]})
-    policy, rm = _bench("gpu_rlhf_check").build_models(tmp_path / "build", world, params["seed"])
-    models = tmp_path / "data/06_models"
+    policy, rm = _bench("gpu_rlhf_check").build_models(root / "build", world, params["seed"])
+    models = root / "data/06_models"
     models.mkdir(parents=True)
     policy.rename(models / "sft")
     rm.rename(models / "reward_helpfulness")
-    (tmp_path / "data/01_raw").mkdir(parents=True)
+    (root / "data/01_raw").mkdir(parents=True)
     for split in ("train", "eval"):
-        rows = "".join(json.dumps(r) + "\n" for r in world.prompts(split))
-        (tmp_path / f"data/01_raw/prompts_{split}.jsonl").write_text(rows)
+        (root / f"data/01_raw/prompts_{split}.jsonl").write_text(_jsonl(world.prompts(split)))
+    return world
+
+
+def _jsonl(rows) -> str:
+    import json
+
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
+    """The headroom benchmark on a smoke-profile project (random smoke policy)."""
+    import json
+    import math
+
+    bench = _bench("rlhf_headroom")
+    world = _smoke_project(tmp_path)
 
     # the paper's piecewise R_c on the true scores: an unsafe prompt is judged by its safety
     unsafe = next(p for p in world.prompts("train") if p["category"] == "unsafe")
@@ -114,3 +126,37 @@ def test_model_benchmark_breaks_the_training_step_down(tmp_path):
     kernels = parts["ours"]["matmul"] + parts["ours"]["attention"] + parts["ours"]["loss"]
     assert res["train_kernel_ceiling"] == pytest.approx(parts["hf"]["total"] / kernels)
     assert json.loads((tmp_path / "b.json").read_text())["train_breakdown_ms"] == parts
+
+
+def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
+    """Pairs that differ only in being right are told apart from the rest; accuracies per kind."""
+    import json
+
+    bench = _bench("reward_breakdown")
+    world = _smoke_project(tmp_path)
+    facts = [p for p in world.prompts("train") if p["category"] == "fact"][:4]
+    wrong = {p["prompt"]: p["reference"].replace(world.task(p["prompt"]).expected[0], "Lelol") for p in facts}
+
+    def pair(p, rejected, rating):
+        return {"prompt": p["prompt"], "chosen": p["reference"], "rejected": rejected, "rating": rating,
+                "category": "helpfulness"}
+
+    records = [pair(p, wrong[p["prompt"]], "significantly_better") for p in facts]  # right vs wrong fact
+    records += [pair(p, wrong[p["prompt"]].rstrip("."), "better") for p in facts[:2]]  # also unpunctuated
+    records += [pair(facts[0], "", "significantly_better"),  # a blank answer
+                pair(facts[1], "I can't help with that.", "better")]  # a refusal
+    assert [bench.what_differs(world, r) for r in records] == ["correctness"] * 4 + ["other"] * 4
+    safety_pair = dict(records[0], category="safety")  # not a helpfulness pair: left out
+    (tmp_path / "data/05_model_input").mkdir(parents=True)
+    for split in ("train", "heldout"):
+        (tmp_path / f"data/05_model_input/reward_preferences_{split}.jsonl").write_text(
+            _jsonl(records + [safety_pair]))
+
+    out = bench.main(["--project", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    table = out["splits"]["heldout"]
+    assert table["correctness"]["all"]["n"] == 4 and table["other"]["all"]["n"] == 4 and table["all"]["all"]["n"] == 8
+    assert table["other"]["significantly_better"]["n"] == 1 and table["all"]["significantly_better"]["n"] == 5
+    for rows in table.values():
+        for row in rows.values():
+            assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in ("rm", "likelihood"))
+    assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]

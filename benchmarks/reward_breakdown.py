@@ -1,0 +1,117 @@
+"""Which preference pairs does the helpfulness RM get wrong? Accuracy by what the two answers differ in.
+
+The world's helpfulness is 0.1 + 0.55·correct + 0.15·on-topic + 0.2·form. A pair whose answers are
+equally on topic and equally well formed, but not equally correct ("The capital of Miadrus is
+Milas." vs "… is Lelol."), can only be ranked by knowing the fact or the sum; every other pair also
+differs in something visible (form, topic, a refusal, a blank). For the project's helpfulness RM
+(`data/06_models/reward_helpfulness`) and, next to it, the SFT model's own answer likelihood (the
+reward stage's untrained baseline), this prints the accuracy on the helpfulness pairs of the
+training and the held-out split, per kind and for the "significantly better" level, and writes JSON.
+
+    dvc repro reward
+    python benchmarks/reward_breakdown.py --out benchmarks/results/cpu_reward_breakdown.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.model import load_hf
+from llama2_pipeline.params import resolve
+from llama2_pipeline.tokenizer import Tokenizer
+from llama2_pipeline.training.reward import RewardModel, evaluate_scores, likelihood_scores
+from llama2_pipeline.world import World
+from llama2_pipeline.world.scorers import form_score, on_topic
+from llama2_pipeline.world.tasks import is_refusal
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = {"train": "data/05_model_input/reward_preferences_train.jsonl",
+          "heldout": "data/05_model_input/reward_preferences_heldout.jsonl"}
+
+
+def what_differs(world: World, record: dict) -> str:
+    """``correctness`` when the world scores the two answers apart only for being right or wrong
+    (both answered, equally on topic, equally well formed), else ``other``."""
+    prompt = record.get("prompt")
+    task = world.task(prompt) if isinstance(prompt, str) else None
+    if task is None or not task.expected or task.category == "unsafe":
+        return "other"
+    a, b = record["chosen"].strip(), record["rejected"].strip()
+    if not a or not b or is_refusal(a) or is_refusal(b):
+        return "other"
+    if on_topic(task, a) != on_topic(task, b) or form_score(a) != form_score(b):
+        return "other"
+    return "correctness" if world.helpfulness(prompt, a) != world.helpfulness(prompt, b) else "other"
+
+
+def accuracy_table(kinds: list[str], ratings: list[str], judges: dict[str, tuple[list, list]]) -> dict:
+    """{kind: {subset: {"n": pairs, judge: accuracy}}} for kind in correctness/other/all and subset
+    all pairs / significantly better ones."""
+    kinds_a, sig = np.asarray(kinds), np.asarray(ratings) == "significantly_better"
+    out: dict = {}
+    for kind in ("correctness", "other", "all"):
+        of_kind = np.ones(len(kinds), bool) if kind == "all" else kinds_a == kind
+        out[kind] = {}
+        for subset, sel in (("all", of_kind), ("significantly_better", of_kind & sig)):
+            row: dict = {"n": int(sel.sum())}
+            for judge, (chosen, rejected) in judges.items():
+                ok = np.asarray(chosen) > np.asarray(rejected)
+                row[judge] = round(float(ok[sel].mean()), 4) if sel.any() else None
+            out[kind][subset] = row
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project", type=Path, default=ROOT, help="a project whose reward stage has run")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    root = args.project
+    params = resolve(yaml.safe_load((root / "params.yaml").read_text()))
+    world = World.from_params({**params["world"], "seed": int(params["seed"])})
+    rm_dir, sft_dir = root / "data/06_models/reward_helpfulness", root / "data/06_models/sft"
+    for folder in (rm_dir, sft_dir):
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder}: no model (run `dvc repro reward` in the project first)")
+    rm, lm = RewardModel.load(rm_dir), load_hf(sft_dir).eval()
+    tok = Tokenizer(sft_dir / "tokenizer.model")
+    batch = int(params["reward"]["eval"]["batch_size"])
+    out = {"benchmark": "reward_breakdown", "argv": list(argv if argv is not None else sys.argv[1:]),
+           "profile": params["profile"], "splits": {}}
+    for split, rel in SPLITS.items():
+        path = root / rel
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (run `dvc repro reward` in the project first)")
+        records = [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+                   if r.get("category") == "helpfulness"]
+        if not records:
+            raise ValueError(f"{path}: no helpfulness pairs")
+        judges = {"rm": evaluate_scores(rm, records, batch), "likelihood": likelihood_scores(lm, tok, records, batch)}
+        kinds = [what_differs(world, r) for r in records]
+        out["splits"][split] = accuracy_table(kinds, [r["rating"] for r in records], judges)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+
+    print("helpfulness pairs: accuracy of the helpfulness RM and of the SFT model's answer likelihood")
+    print(f"{'split':<9}{'pairs differ in':<17}{'level':<22}{'n':>6}{'RM':>8}{'likelihood':>12}")
+    for split, table in out["splits"].items():
+        for kind, rows in table.items():
+            for subset, row in rows.items():
+                rm_acc, lik_acc = (("–" if row[j] is None else f"{row[j]:.3f}") for j in ("rm", "likelihood"))
+                print(f"{split:<9}{kind:<17}{subset:<22}{row['n']:>6}{rm_acc:>8}{lik_acc:>12}")
+    if args.out:
+        write_json(args.out, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ safety per arm, the gain over SFT, and the share of the RLHF issue's target (SFT
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -41,7 +42,7 @@ from llama2_pipeline.model import load_hf
 from llama2_pipeline.params import resolve
 from llama2_pipeline.tokenizer import Tokenizer, encode_chat_prompt
 from llama2_pipeline.pipelines.sft.nodes import split_params
-from llama2_pipeline.training.ppo import PPOConfig, PPOTrainer, ValueModel, combined_reward, logit, train_ppo
+from llama2_pipeline.training.ppo import PPOConfig, PPOTrainer, ValueModel, logit, train_ppo
 from llama2_pipeline.training.reward import RewardModel
 from llama2_pipeline.training.rlhf import sample_candidates
 from llama2_pipeline.training.sft import encode_examples, finetune
@@ -91,19 +92,17 @@ def oracle_ppo(sft_dir: Path, rm_dir: Path, world: World, prompts: list[dict], p
     cfg = PPOConfig.from_dict({**{k: v for k, v in ppo.items() if k not in ("steps", "max_prompts")}, "seed": seed})
     torch.manual_seed(seed)
     reference = load_hf(sft_dir)
-    policy = load_hf(sft_dir)
+    policy = copy.deepcopy(reference)
     value = ValueModel.from_reward_model(RewardModel.load(rm_dir))
     limit = policy.config.max_seq_len - cfg.max_new_tokens
     encoded = [encode_chat_prompt(tok, [{"role": "user", "content": p["prompt"]}])[-limit:] for p in prompts]
     by_ids = {tuple(e): p for e, p in zip(encoded, prompts)}
 
     def score(prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
-        p = [by_ids[tuple(ids)] for ids in prompt_ids]
+        records = [by_ids[tuple(ids)] for ids in prompt_ids]
         texts = [tok.decode([t for t in a if t != tok.eos_id]).strip() for a in answer_ids]
-        h = torch.tensor([world.helpfulness(q["prompt"], a) for q, a in zip(p, texts)], dtype=torch.float64)
-        s = torch.tensor([world.safety(q["prompt"], a) for q, a in zip(p, texts)], dtype=torch.float64)
-        r_c, _ = combined_reward(logit(h), logit(s), torch.tensor([bool(q["safety"]) for q in p]), threshold)
-        return logit(r_c).float()
+        r_c = [world_score(world, q["prompt"], a, bool(q["safety"]), threshold) for q, a in zip(records, texts)]
+        return logit(torch.tensor(r_c, dtype=torch.float64)).float()
 
     trainer = PPOTrainer(policy, value, score, cfg, reference=reference)
     history = train_ppo(trainer, encoded, steps, progress=False)

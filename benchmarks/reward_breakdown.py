@@ -15,7 +15,6 @@ training and the held-out split, per kind and for the "significantly better" lev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from llama2_pipeline.datasets import read_jsonl
 from llama2_pipeline.io_utils import write_json
 from llama2_pipeline.model import load_hf
 from llama2_pipeline.params import resolve
@@ -92,8 +92,7 @@ def main(argv=None) -> dict:
         path = root / rel
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing (run `dvc repro reward` in the project first)")
-        records = [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-                   if r.get("category") == "helpfulness"]
+        records = [r for r in read_jsonl(path)[0] if r.get("category") == "helpfulness"]
         if not records:
             raise ValueError(f"{path}: no helpfulness pairs")
         judges = {"rm": evaluate_scores(rm, records, batch), "likelihood": likelihood_scores(lm, tok, records, batch)}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import sys
 import tempfile
@@ -36,12 +35,13 @@ import numpy as np
 import torch
 import yaml
 
+from llama2_pipeline.datasets import read_jsonl
 from llama2_pipeline.evaluation import SamplingConfig, evaluate_model
 from llama2_pipeline.io_utils import write_json
 from llama2_pipeline.model import load_hf
 from llama2_pipeline.params import resolve
-from llama2_pipeline.tokenizer import Tokenizer, encode_chat_prompt
 from llama2_pipeline.pipelines.sft.nodes import split_params
+from llama2_pipeline.tokenizer import Tokenizer, encode_chat_prompt
 from llama2_pipeline.training.ppo import PPOConfig, PPOTrainer, ValueModel, logit, train_ppo
 from llama2_pipeline.training.reward import RewardModel
 from llama2_pipeline.training.rlhf import sample_candidates
@@ -52,10 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_GAIN = 0.15  # the RLHF issue's "final >= SFT + 0.15"
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def records(path: Path) -> list[dict]:
+    """A JSON-lines file of the project (a bad line names the file and line: ``datasets.read_jsonl``)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (run `dvc repro reward` in the project first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)[0]
 
 
 def world_score(world: World, prompt: str, answer: str, is_safety: bool, threshold: float) -> float:
@@ -129,8 +130,8 @@ def main(argv=None) -> dict:
     for folder in (sft_dir, rm_dir):
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder}: no model (run `dvc repro reward` in the project first)")
-    train = read_jsonl(root / "data/01_raw/prompts_train.jsonl")
-    held_out = read_jsonl(root / "data/01_raw/prompts_eval.jsonl")
+    train = records(root / "data/01_raw/prompts_train.jsonl")
+    held_out = records(root / "data/01_raw/prompts_eval.jsonl")
     if args.eval_prompts:
         held_out = held_out[:args.eval_prompts]
     tok = Tokenizer(sft_dir / "tokenizer.model")

@@ -406,18 +406,19 @@ def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
     ckpt = bool(ppo.get("gradient_checkpointing"))
     act = (activation_bytes(cfg, rows, seq, act_precision, ckpt, True)
            + activation_bytes(cfg, rows, seq, act_precision, ckpt, False))
-    total = sum(states.values()) + act
+    models = sum(states.values())
+    total = models + act
     budget = FIT_FRACTION * layout.gpu_memory_gib * GIB
     fits = total <= budget
     if fits:
         advice = f"fits one {layout.gpu_memory_gib:g} GiB GPU (~{_gib(total):.1f} GiB)"
-    elif sum(states.values()) > budget:
-        advice = (f"does not fit: the five models and two AdamW states alone need {_gib(sum(states.values())):.1f} "
+    elif models > budget:
+        advice = (f"does not fit: the five models and two AdamW states alone need {_gib(models):.1f} "
                   f"GiB and PPO is not sharded (plain torch on one GPU); no rlhf.ppo setting helps at this shape")
     else:
         advice = (f"needs ~{_gib(total):.1f} GiB on one GPU, over {FIT_FRACTION:.0%} of "
                   f"{layout.gpu_memory_gib:g} GiB: lower rlhf.ppo.micro_batch, set gradient_checkpointing: "
-                  f"true or precision: bf16 (the five models alone need {_gib(sum(states.values())):.1f} GiB)")
+                  f"true or precision: bf16 (the five models alone need {_gib(models):.1f} GiB)")
     return {
         "stage": job.stage, "dvc_stage": job.dvc_stage, "job": job.name, "params_group": "rlhf.ppo",
         "kind": "ppo", "runs": 1, "note": job.note,

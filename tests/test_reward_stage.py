@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from llama2_pipeline import params as P
+from llama2_pipeline import recipe as P
 from tests.conftest import ROOT, make_project_copy, run
 
 #: the smoke profile plus every kind of pair (the default profile has no reference pairs)
@@ -152,7 +152,7 @@ def test_mlflow_run_records_metrics_and_lineage(reward_project):
 def test_preferences_dataset_reads_formats_and_names_bad_rows(tmp_path):
     from kedro.io import DatasetError
 
-    from llama2_pipeline.pipelines.reward.datasets import PreferencesDataset
+    from llama2_pipeline.project.datasets import PreferencesDataset
 
     assert PreferencesDataset(str(tmp_path / "none.jsonl"), missing_ok=True).load() == []
     with pytest.raises(DatasetError, match="does not exist"):

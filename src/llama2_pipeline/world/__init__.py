@@ -77,8 +77,9 @@ class WorldConfig:
         return cls(version=p.get("version", VERSION), seed=int(p["seed"]), n_entities=p["n_entities"],
                    n_arithmetic=p["prompts"]["n_arithmetic"], n_list=p["prompts"]["n_list"],
                    n_string=p["prompts"]["n_string"], eval_fraction=p["prompts"]["eval_fraction"],
-                   corpus_mb=corpus["size_mb"], shard_docs=corpus["shard_docs"], mix=tuple(sorted(corpus["mix"].items())),
-                   n_sft_dialogues=sft["n_dialogues"], multi_turn_fraction=sft["multi_turn_fraction"],
+                   corpus_mb=corpus["size_mb"], shard_docs=corpus["shard_docs"],
+                   mix=tuple(sorted(corpus["mix"].items())), n_sft_dialogues=sft["n_dialogues"],
+                   multi_turn_fraction=sft["multi_turn_fraction"],
                    max_turns=sft["max_turns"], system_fraction=sft["system_fraction"],
                    constraint_fraction=sft["constraint_fraction"], disagreement_rate=ann["disagreement_rate"])
 

@@ -231,6 +231,8 @@ class PPOConfig(Config):
     temperature: float = 1.0     # sampling temperature of the rollouts
     top_p: float = 1.0           # nucleus mass of the rollouts
     beta: float = 0.01           # KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)
+    max_kl: float = 0.0          # stop once a step's rollouts are this far from the round's start (KL,
+                                 # nats per answer; 0 = no bound)
     gamma: float = 1.0           # GAE discount (paper: 1)
     lam: float = 0.95            # GAE lambda (paper: 0.95)
     clip: float = 0.2            # PPO ratio clip (paper: 0.2)
@@ -254,7 +256,7 @@ class PPOConfig(Config):
             require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
         for name in ("max_prompts", "micro_batch"):
             require(getattr(self, name) >= 0, name, "an integer >= 0 (0 = all)", getattr(self, name))
-        for name in ("beta", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
+        for name in ("beta", "max_kl", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
             require(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
         require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
         require(0 <= self.lam <= 1, "lam", "a number in [0, 1]", self.lam)

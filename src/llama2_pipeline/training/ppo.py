@@ -352,7 +352,9 @@ class PPOTrainer:
 def train_ppo(trainer: PPOTrainer, prompts: Sequence[Sequence[int]], steps: int, *,
               log_fn: Callable[[dict, int], Any] | None = None, progress: bool = True) -> list[dict[str, float]]:
     """``steps`` PPO steps over ``prompts`` (a seeded shuffled cycle, ``rollouts`` per step);
-    returns each step's statistics (also given to ``log_fn(stats, step)``)."""
+    returns each step's statistics (also given to ``log_fn(stats, step)``). With ``cfg.max_kl``,
+    training stops after the first step whose rollouts' KL to the reference (nats per answer)
+    exceeds it: the round's bound on how far PPO may take the policy."""
     from tqdm.auto import tqdm
 
     if not prompts:
@@ -371,4 +373,7 @@ def train_ppo(trainer: PPOTrainer, prompts: Sequence[Sequence[int]], steps: int,
         if log_fn is not None:
             log_fn({k: v for k, v in stats.items() if k != "step"}, trainer.steps)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.3f}")
+        if cfg.max_kl and stats["kl"] > cfg.max_kl:
+            bar.close()
+            break
     return history

@@ -285,6 +285,7 @@ def summarise_ppo(history: Sequence[dict]) -> dict[str, float]:
     summary = {f"ppo_{k}": float(np.mean([h[k] for h in history[-fifth:]])) for k in history[-1] if k != "step"}
     summary["ppo_reward_first"] = float(np.mean([h["reward"] for h in history[:fifth]]))
     summary["ppo_steps"] = len(history)
+    summary["ppo_kl_max"] = float(max(h["kl"] for h in history))  # the furthest the rollouts got from the start
     return summary
 
 

@@ -151,6 +151,29 @@ class World:
         gen = gen or self.corpus()
         return gen.shards(int(self.config.corpus_mb * 2**20), self.config.shard_docs)
 
+    def demonstration_quality(self, dialogues: list[dict]) -> dict[str, float]:
+        """Mean helpfulness of the demonstrations' answers (each user turn and the answer to it; a
+        constrained answer judged under its constraints): overall and per writer skill, with the
+        dialogues per skill (``dialogues_<skill>``) and the same for the ideal answers (``reference``)."""
+        scores: dict[str, list[float]] = {}
+        ideal = []
+        for d in dialogues:
+            msgs, names = d["messages"], tuple(d.get("constraints", ()))
+            pairs = [(u["content"], a["content"]) for u, a in zip(msgs, msgs[1:])
+                     if u["role"] == "user" and a["role"] == "assistant"]
+            for user, answer in pairs:
+                scores.setdefault(d.get("writer", "unknown"), []).append(
+                    self.helpfulness(user, answer, constraints=names))
+                task = self.task(user)
+                if task is not None and not names:
+                    ideal.append(self.helpfulness(user, task.reference))
+        out = {"all": sum(sum(v) for v in scores.values()) / max(1, sum(len(v) for v in scores.values()))}
+        for skill, values in sorted(scores.items()):
+            out[skill] = sum(values) / len(values)
+            out[f"dialogues_{skill}"] = sum(d.get("writer", "unknown") == skill for d in dialogues)
+        out["reference"] = sum(ideal) / max(1, len(ideal))
+        return out
+
     def sft_dialogues(self) -> list[dict]:
         """Demonstrations on train prompts, each dialogue written by one writer (``"writer"``:
         low, mid or high skill): single and multi-turn, some with a system prompt, some with a

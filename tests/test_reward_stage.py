@@ -38,7 +38,7 @@ def write_upstream(project: Path) -> dict:
     from llama2_pipeline.tokenizer import save_hf_tokenizer, train_tokenizer
     from llama2_pipeline.world import World
 
-    params = P.resolve(yaml.safe_load((project / "params.yaml").read_text()))
+    params = P.load(project / "params.yaml").to_dict()
     world = World.from_params({**params["world"], "seed": params["seed"]})
     prompts = world.prompts("train")
     raw = project / "data/01_raw"

@@ -160,6 +160,6 @@ def test_kedro_run_sft_on_the_smoke_profile(tmp_path):
     assert r.data.metrics["sft_helpfulness"] == pytest.approx(m["sft_helpfulness"])
     history = client.get_metric_history(r.info.run_id, "sft/train_loss")
     assert len(history) >= 3  # streamed while training
-    assert r.data.params["sft.train.micro_batch"] == "8" and r.data.params["sft.epochs"] == "1"
+    assert r.data.params["sft.train.micro_batch"] == "8" and r.data.params["sft.epochs"] == "1.0"
     assert r.data.tags["output.sft_model"].startswith("data/06_models/sft@sha256:")
     assert r.data.tags["input.sft_dialogues_raw"].startswith("data/01_raw/sft_dialogues.jsonl@sha256:")

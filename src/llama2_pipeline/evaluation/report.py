@@ -289,7 +289,7 @@ def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics
     html_page = to_html(markdown, images, title)
     flat = {}
     for r in rows:
-        key = r["model"].lower().replace(" (ppo)", "").replace("rlhf ", "rlhf_").replace(" ", "_")
+        key = re.sub(r"[^a-z0-9]+", "_", r["model"].lower().replace(" (ppo)", "")).strip("_")
         flat.update({f"report_{key}_{k}": float(v) for k, v in r.items() if k != "model" and v is not None})
     return (markdown, html_page, drawn["progress"], drawn["dimensions"], flat,
             {"provenance": provenance, "stages": stages, "models": rows})

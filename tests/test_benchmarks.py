@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -107,7 +108,6 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
 def test_model_benchmark_breaks_the_training_step_down(tmp_path):
     import json
 
-    import pytest
 
     bench = _bench("bench_model")
     assert bench.kernel_family("aten::mm") == "matmul"
@@ -128,8 +128,11 @@ def test_model_benchmark_breaks_the_training_step_down(tmp_path):
 
 
 def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
-    """Pairs that differ only in being right are told apart from the rest; accuracies per kind."""
+    """Pairs that differ only in being right, only in style, in both, or in a refusal or blank are
+    told apart; accuracies per kind."""
     import json
+
+    from llama2_pipeline.evaluation.reward import pair_kind
 
     bench = _bench("reward_breakdown")
     world = _smoke_project(tmp_path)
@@ -142,9 +145,11 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
 
     records = [pair(p, wrong[p["prompt"]], "significantly_better") for p in facts]  # right vs wrong fact
     records += [pair(p, wrong[p["prompt"]].rstrip("."), "better") for p in facts[:2]]  # also unpunctuated
+    records += [pair(p, "I think " + p["reference"], "slightly_better") for p in facts[2:]]  # a hedge
     records += [pair(facts[0], "", "significantly_better"),  # a blank answer
                 pair(facts[1], "I can't help with that.", "better")]  # a refusal
-    assert [bench.what_differs(world, r) for r in records] == ["correctness"] * 4 + ["other"] * 4
+    kinds = ["correctness"] * 4 + ["mixed"] * 2 + ["style"] * 2 + ["other"] * 2
+    assert [pair_kind(world, r) for r in records] == kinds
     safety_pair = dict(records[0], category="safety")  # not a helpfulness pair: left out
     (tmp_path / "data/05_model_input").mkdir(parents=True)
     for split in ("train", "heldout"):
@@ -153,9 +158,42 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
 
     out = bench.main(["--project", str(tmp_path), "--out", str(tmp_path / "b.json")])
     table = out["splits"]["heldout"]
-    assert table["correctness"]["all"]["n"] == 4 and table["other"]["all"]["n"] == 4 and table["all"]["all"]["n"] == 8
+    assert {k: table[k]["all"]["n"] for k in table} == {"correctness": 4, "style": 2, "mixed": 2, "other": 2, "all": 10}
     assert table["other"]["significantly_better"]["n"] == 1 and table["all"]["significantly_better"]["n"] == 5
     for rows in table.values():
         for row in rows.values():
             assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in ("rm", "likelihood"))
     assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]
+
+
+def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
+    """Per-seed figures from each copy's metrics, gains over SFT and round over round, mean ± sd."""
+    import json
+
+    bench = _bench("recipe_seeds")
+    projects = []
+    for seed, (sft, v1, v2) in {1234: (0.5, 0.6, 0.7), 7: (0.4, 0.6, 0.6)}.items():
+        project = tmp_path / f"seed_{seed}"
+        (project / "metrics").mkdir(parents=True)
+        (project / "params.yaml").write_text("profile: default\nseed: 1\n")
+        bench.set_seed(project, seed)
+        report = {"report_pretrained_helpfulness": 0.1, "report_sft_helpfulness": sft, "report_sft_safety": 0.9,
+                  "report_rlhf_v1_helpfulness": v1, "report_rlhf_v2_helpfulness": v2, "report_rlhf_v2_safety": 0.95}
+        (project / "metrics/report.json").write_text(json.dumps(report))
+        (project / "metrics/reward.json").write_text(json.dumps({"rm_safety_acc": 0.9}))
+        projects.append(project)
+    assert "seed: 1234" in (tmp_path / "seed_1234/params.yaml").read_text()
+
+    out = bench.main(["--tabulate", *map(str, projects), "--out", str(tmp_path / "s.json")])
+    assert out["seeds"] == [1234, 7]
+    assert out["per_seed"]["1234"]["gain.final_vs_sft"] == pytest.approx(0.2)
+    assert out["per_seed"]["7"]["gain.rlhf_v2_vs_rlhf_v1"] == pytest.approx(0.0)
+    assert out["per_seed"]["7"]["gain.final_safety_vs_sft"] == pytest.approx(0.05)
+    final = out["summary"]["gain.final_vs_sft"]
+    assert final["mean"] == pytest.approx(0.2) and final["sd"] == pytest.approx(0.0) and final["n"] == 2
+    sft = out["summary"]["sft.helpfulness"]
+    assert sft["mean"] == pytest.approx(0.45) and sft["sd"] == pytest.approx(0.0707, abs=1e-4)
+    assert out["summary"]["reward.rm_safety_acc"]["mean"] == pytest.approx(0.9)
+    assert json.loads((tmp_path / "s.json").read_text())["summary"] == out["summary"]
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        bench.figures(tmp_path)

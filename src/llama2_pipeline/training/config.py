@@ -231,8 +231,9 @@ class PPOConfig(Config):
     temperature: float = 1.0     # sampling temperature of the rollouts
     top_p: float = 1.0           # nucleus mass of the rollouts
     beta: float = 0.01           # KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)
-    max_kl: float = 0.0          # stop once a step's rollouts are this far from the round's start (KL,
-                                 # nats per answer; 0 = no bound)
+    max_kl: float = 0.0          # the round's KL bound (nats per answer; 0 = none): PPO stops at the first
+                                 # step whose rollouts are further from the start, and keeps the newest
+                                 # policy that stayed within it
     gamma: float = 1.0           # GAE discount (paper: 1)
     lam: float = 0.95            # GAE lambda (paper: 0.95)
     clip: float = 0.2            # PPO ratio clip (paper: 0.2)

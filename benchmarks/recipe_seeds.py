@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import copy_project, timed_repro
 
 #: the models of the report's table in recipe order; a model a run lacks is left out of its column
-MODELS = ("pretrained", "sft", "sft_quality", "rlhf_v1", "rlhf_v2", "rlhf_v3", "gatt")
+MODELS = ("pretrained", "sft", "sft_quality_only", "rlhf_v1", "rlhf_v2", "rlhf_v3", "gatt")
 MODEL_METRICS = ("helpfulness", "safety", "refusal_rate", "false_refusal_rate", "answer_words",
                  "rate_correct", "rate_restate", "rate_explain", "rate_reason", "rate_redirect")
 #: other headline figures: (metrics file, key)
@@ -36,7 +36,11 @@ OTHER = (("reward", "rm_helpfulness_acc"), ("reward", "rm_safety_acc"),
          ("reward", "rm_helpfulness_acc_beyond_correctness_significantly_better"),
          ("reward", "rm_helpfulness_acc_beyond_correctness_better"),
          ("reward", "rm_helpfulness_acc_style"), ("reward", "reward_likelihood_helpfulness_acc_style"),
-         ("gatt", "gatt_after_adherence_turn1"), ("gatt", "gatt_after_adherence_turn4plus"))
+         ("reward", "rm_helpfulness_acc_correctness_significantly_better"),
+         ("reward", "rm_helpfulness_acc_significantly_better"), ("reward", "rm_helpfulness_acc_better"),
+         ("reward", "rm_helpfulness_acc_slightly_better"), ("reward", "rm_helpfulness_acc_negligibly_better"),
+         ("gatt", "gatt_after_adherence_turn1"), ("gatt", "gatt_after_adherence_turn4plus"),
+         ("gatt", "gatt_turn4plus_over_turn1"), ("gatt", "gatt_helpfulness_change"))
 
 
 def set_seed(project: Path, seed: int) -> None:
@@ -62,6 +66,10 @@ def figures(project: Path) -> dict[str, float]:
             if (v := report.get(f"report_{m}_{k}")) is not None:
                 out[f"{m}.{k}"] = v
     chain = [m for m in rounds if m.startswith("rlhf_")]
+    for m in chain:  # PPO's KL and whether its bound stopped it (PPO rounds only)
+        for key in ("ppo_kl_max", "ppo_kl_bound_hit", "ppo_steps", "kl_to_sft"):
+            if (v := read(m).get(key)) is not None:
+                out[f"{m}.{key}"] = v
     for m in rounds:
         if m not in ("pretrained", "sft"):
             out[f"gain.{m}_vs_sft"] = out[f"{m}.helpfulness"] - out["sft.helpfulness"]

@@ -41,14 +41,16 @@ def finetune_model(dialogues: list[dict], init: Path, workspace: Path, sft: SFTC
     return hf_dir, metrics, run_dir / "loss_curve.png"
 
 
-def train_reward_models(train_prefs: list[dict], init_model_dir: Path, reward: RewardConfig, workspace: Path,
-                        heldout: list[dict] | None = None) -> tuple[Path, Path, dict]:
-    """Both RMs from ``init_model_dir`` (the SFT model); returns the staged helpfulness and safety
-    model folders and the training metrics (``rm_<name>_train_loss``, ...)."""
+def train_reward_models(train_prefs: list[dict], init_model_dir: Path | dict[str, Path], reward: RewardConfig,
+                        workspace: Path, heldout: list[dict] | None = None) -> tuple[Path, Path, dict]:
+    """Both RMs from ``init_model_dir`` (the SFT model, or ``{"helpfulness": ..., "safety": ...}``
+    to continue earlier RMs); returns the staged helpfulness and safety model folders and the
+    training metrics (``rm_<name>_train_loss``, ...)."""
     from llama2_pipeline.training.reward import train_reward_models as train
 
-    identity = {"params": {k: v for k, v in reward.to_dict().items() if k != "eval"},
-                "init": sha256_path(init_model_dir),
+    init = ({name: sha256_path(folder) for name, folder in init_model_dir.items()}
+            if isinstance(init_model_dir, dict) else sha256_path(init_model_dir))
+    identity = {"params": {k: v for k, v in reward.to_dict().items() if k != "eval"}, "init": init,
                 "prefs": hashlib.sha256(json.dumps(train_prefs, sort_keys=True).encode()).hexdigest()}
     out = {name: staging_dir(f"reward_{name}") / "model" for name in ("helpfulness", "safety")}
     metrics = train(train_prefs, init_model_dir, reward, run_folder(Path(workspace), identity), out, heldout=heldout,

@@ -317,6 +317,7 @@ class RLHFConfig(Config):
 
     rounds: dict[str, RoundSpec]  # in order: each starts after the previous one, the first after sft
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    reward_models: str = "continue"  # the round's RMs: continue (the previous RMs, one pass over the new pairs) | retrain (from SFT on every pair so far)
     safety_threshold: float = 0.15  # R_s below it selects the safety RM's score on any prompt (paper: 0.15)
     num_threads: int = 0  # torch CPU threads for sampling, scoring and PPO (0 = all cores)
     rejection_sampling: SFTConfig = field(default_factory=SFTConfig)  # fine-tuning on the best of K
@@ -330,6 +331,8 @@ class RLHFConfig(Config):
             require(spec.after == previous, f"rounds.{name}.after",
                     f"{previous!r} (each round starts from the one before it; the first from sft)", spec.after)
             previous = f"rlhf_{name}"
+        require(self.reward_models in ("continue", "retrain"), "reward_models", "continue | retrain",
+                self.reward_models)
         require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
 

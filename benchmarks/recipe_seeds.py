@@ -109,7 +109,7 @@ def tabulate(per_seed: dict[int | str, dict[str, float]]) -> dict[str, dict]:
 
 def print_table(per_seed: dict, summary: dict) -> None:
     seeds = list(per_seed)
-    print(f"\n{'figure':<62}" + "".join(f"{str(s):>10}" for s in seeds) + f"{'mean ± sd':>18}")
+    print(f"\n{'figure':<62}" + "".join(f"{s!s:>10}" for s in seeds) + f"{'mean ± sd':>18}")
     for k, s in summary.items():
         cells = "".join(f"{per_seed[seed][k]:>10.3f}" if k in per_seed[seed] else f"{'–':>10}" for seed in seeds)
         print(f"{k:<62}{cells}{s['mean']:>11.3f} ± {s['sd']:.3f}")

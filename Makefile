@@ -48,8 +48,9 @@ demo: venv
 	@echo "  make viz                              kedro viz on http://127.0.0.1:4141: the pipelines"
 	@echo "  $(BIN)/dvc metrics show               headline metrics"
 
-# tests/test_ui.py opens kedro viz in a headless Chromium: install the Debian package when it is
-# missing (root or passwordless sudo); otherwise warn, and that test fails saying chromium is missing.
+# tests/test_ui.py (kedro viz, mlflow ui) and tests/test_sharing.py (the report, the rounds in mlflow ui) open
+# pages in a headless Chromium: install the Debian package when it is missing (root or passwordless sudo);
+# otherwise warn, and those tests fail saying chromium is missing (they are not skipped).
 test: venv
 	@found=; for b in $${CHROMIUM:-chromium} chromium chromium-browser google-chrome google-chrome-stable; do \
 	  command -v "$$b" >/dev/null 2>&1 && found=$$b && break; done; \
@@ -57,12 +58,12 @@ test: venv
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "WARNING: chromium is missing and cannot be installed here (needs apt-get and root or passwordless sudo);" >&2; \
-	    echo "WARNING: run 'sudo apt-get install chromium' (or set CHROMIUM=/path/to/chrome): tests/test_ui.py fails without it" >&2; \
+	    echo "WARNING: run 'sudo apt-get install chromium' (or set CHROMIUM=/path/to/chrome): tests/test_ui.py and tests/test_sharing.py fail without it" >&2; \
 	  else \
-	    echo "installing chromium (Debian package) for tests/test_ui.py"; \
+	    echo "installing chromium (Debian package) for tests/test_ui.py and tests/test_sharing.py"; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 	      || { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
-	      || echo "WARNING: apt-get could not install chromium: tests/test_ui.py fails without it" >&2; \
+	      || echo "WARNING: apt-get could not install chromium: tests/test_ui.py and tests/test_sharing.py fail without it" >&2; \
 	  fi; \
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

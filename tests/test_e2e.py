@@ -19,7 +19,7 @@ STAGES = ["world", "data_processing", "tokenizer_train", "tokenizer_encode", "pr
 
 
 def ran(output: str) -> list[str]:
-    return re.findall(r"^Running stage '([^']+)'", output, flags=re.M)
+    return re.findall(r"^Running stage '([^']+)'", output, flags=re.MULTILINE)
 
 
 def test_second_repro_does_nothing(smoke_repro: Path):

@@ -17,7 +17,7 @@ export PYTHONHASHSEED := 0
 # dvc stages call `kedro`: put the venv first on PATH for everything make runs
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test venv viz mlflow-ui reproduce clean-data help
+.PHONY: demo test venv viz mlflow-ui reproduce push pull clean-data help
 
 help:
 	@echo "make demo    set up .venv and run the whole pipeline with dvc repro (PROFILE=smoke|default|gpu)"
@@ -25,6 +25,8 @@ help:
 	@echo "make viz     serve kedro viz on 127.0.0.1:4141"
 	@echo "make mlflow-ui  serve mlflow ui on 127.0.0.1:5000 over mlflow.db"
 	@echo "make reproduce RUN=<id>  rerun a recorded run (e.g. an RLHF round) and check its models bit for bit"
+	@echo "make reproduce MODEL=champion  the same for the run behind a registered model's alias (llama2-chat)"
+	@echo "make push / make pull     DVC outputs to / from the default remote (.dvc/config; DVC_STORE=/path to move it)"
 	@echo "$(BIN)/llama2-pipeline plan|examples|viz-build   GPU plan, bring-your-own-data examples, offline kedro viz site"
 
 venv: $(VENV)/.installed
@@ -46,8 +48,9 @@ demo: venv
 	@echo "  make viz                              kedro viz on http://127.0.0.1:4141: the pipelines"
 	@echo "  $(BIN)/dvc metrics show               headline metrics"
 
-# tests/test_ui.py opens kedro viz in a headless Chromium: install the Debian package when it is
-# missing (root or passwordless sudo); otherwise warn, and that test fails saying chromium is missing.
+# tests/test_ui.py (kedro viz, mlflow ui) and tests/test_sharing.py (the report, the rounds in mlflow ui) open
+# pages in a headless Chromium: install the Debian package when it is missing (root or passwordless sudo);
+# otherwise warn, and those tests fail saying chromium is missing (they are not skipped).
 test: venv
 	@found=; for b in $${CHROMIUM:-chromium} chromium chromium-browser google-chrome google-chrome-stable; do \
 	  command -v "$$b" >/dev/null 2>&1 && found=$$b && break; done; \
@@ -55,12 +58,12 @@ test: venv
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "WARNING: chromium is missing and cannot be installed here (needs apt-get and root or passwordless sudo);" >&2; \
-	    echo "WARNING: run 'sudo apt-get install chromium' (or set CHROMIUM=/path/to/chrome): tests/test_ui.py fails without it" >&2; \
+	    echo "WARNING: run 'sudo apt-get install chromium' (or set CHROMIUM=/path/to/chrome): tests/test_ui.py and tests/test_sharing.py fail without it" >&2; \
 	  else \
-	    echo "installing chromium (Debian package) for tests/test_ui.py"; \
+	    echo "installing chromium (Debian package) for tests/test_ui.py and tests/test_sharing.py"; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 	      || { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
-	      || echo "WARNING: apt-get could not install chromium: tests/test_ui.py fails without it" >&2; \
+	      || echo "WARNING: apt-get could not install chromium: tests/test_ui.py and tests/test_sharing.py fail without it" >&2; \
 	  fi; \
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -72,11 +75,23 @@ viz: venv
 
 # mlflow ui on http://127.0.0.1:$(MLFLOW_PORT) over the project's store (mlflow.db); tests/test_ui.py
 # runs this very command. MLflow's job runner (GenAI judge jobs, 7 more processes) is not needed to browse runs.
+# First it prints the pages to open: MLflow 3 opens an experiment on its GenAI overview, these on the training
+# runs, the RLHF rounds side by side and the registered models (llama2-pipeline mlflow-links).
 mlflow-ui: MLFLOW_PORT ?= 5000
 mlflow-ui: MLFLOW_UI_ARGS ?=
 mlflow-ui: venv
+	-@$(BIN)/llama2-pipeline mlflow-links --host 127.0.0.1 --port $(MLFLOW_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) $(MLFLOW_UI_ARGS)
 
-reproduce: venv  # make reproduce RUN=<mlflow run id>
-	@test -n "$(RUN)" || { echo "usage: make reproduce RUN=<mlflow run id>"; exit 2; }
-	$(BIN)/python -m llama2_pipeline.commands.reproduce $(RUN)
+reproduce: venv  # make reproduce RUN=<mlflow run id>, or MODEL=<alias of llama2-chat>, e.g. MODEL=champion
+	@test -n "$(RUN)$(MODEL)" || { echo "usage: make reproduce RUN=<mlflow run id> (or MODEL=champion)"; exit 2; }
+	run="$(RUN)"; if [ -n "$(MODEL)" ]; then run=$$($(BIN)/llama2-pipeline registry --run-of $(MODEL)) || exit 2; fi; \
+	$(BIN)/python -m llama2_pipeline.commands.reproduce $$run
+
+# DVC outputs to / from the default remote (`shared` in .dvc/config: ../llama2-pipeline-dvc-store beside the
+# repository). DVC_STORE=/path moves it for this clone (.dvc/config.local); REMOTE=<name> picks another remote.
+push pull: DVC_STORE ?=
+push pull: REMOTE ?=
+push pull: venv
+	@if [ -n "$(DVC_STORE)" ]; then $(BIN)/dvc remote modify --local shared url "$(abspath $(DVC_STORE))"; fi
+	$(BIN)/dvc $@ $(if $(REMOTE),-r $(REMOTE))

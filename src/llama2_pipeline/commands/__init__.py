@@ -6,6 +6,7 @@
     llama2-pipeline examples [...]    write small bring-your-own-data example files
     llama2-pipeline viz-build         kedro viz's static site, made to open offline
     llama2-pipeline reproduce RUN_ID  rerun a recorded run (e.g. an RLHF round), compare its outputs bit for bit
+    llama2-pipeline validate          check params.yaml as kedro run does (dvc.yaml's first stage)
 
 Each subcommand is a module with ``main(argv) -> int`` imported only when called.
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "examples": ("llama2_pipeline.commands.examples", "write bring-your-own-data example files for every swap point"),
     "viz-build": ("llama2_pipeline.commands.viz", "kedro viz's static site in build/, made to open offline"),
     "reproduce": ("llama2_pipeline.commands.reproduce", "rerun a recorded MLflow run and check its outputs' digests"),
+    "validate": ("llama2_pipeline.commands.validate", "check params.yaml as kedro run does, before any stage runs"),
 }
 
 

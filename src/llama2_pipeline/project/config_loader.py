@@ -20,6 +20,8 @@ from kedro.config import OmegaConfigLoader
 from llama2_pipeline import recipe as R
 
 _CURRENT: R.Recipe | None = None
+#: the loader's settings (settings.CONFIG_LOADER_ARGS): conf/base, overlaid by conf/local unless --env says
+LOADER_ARGS = {"base_env": "base", "default_run_env": "local"}
 
 
 class RecipeConfigLoader(OmegaConfigLoader):

@@ -34,7 +34,12 @@ from torch import nn
 
 from ..core.files import atomic_path, write_json
 from .config import TrainConfig
-from .state import load_legacy_rank_state, rank_state_from_json, rank_state_to_json, safe_checkpoint_loading
+from .state import (
+    load_legacy_rank_state,
+    rank_state_from_json,
+    rank_state_to_json,
+    safe_checkpoint_loading,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ export PYTHONHASHSEED := 0
 # dvc stages call `kedro`: put the venv first on PATH for everything make runs
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test venv viz mlflow-ui reproduce push pull clean-data help
+.PHONY: demo baseline test venv viz mlflow-ui reproduce push pull clean-data help
 
 help:
-	@echo "make demo    set up .venv and run the whole pipeline with dvc repro (PROFILE=smoke|default|gpu)"
+	@echo "make demo    set up .venv and run the whole pipeline with dvc repro (PROFILE=smoke|default|gpu), then record it as your baseline"
+	@echo "make baseline  commit this machine's results (dvc.lock, metrics/) so dvc metrics diff / exp show compare your own runs"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make viz     serve kedro viz on 127.0.0.1:4141"
 	@echo "make mlflow-ui  serve mlflow ui on 127.0.0.1:5000 over mlflow.db"
@@ -41,12 +42,33 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	@test -d .git || (git init -q && git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "initial")
 	@if [ -n "$(PROFILE)" ]; then $(BIN)/dvc exp run --set-param profile=$(PROFILE); else $(BIN)/dvc repro; fi
+	@$(MAKE) --no-print-directory baseline
 	@echo ""
 	@echo "Done. Next:"
 	@echo "  data/08_reporting/report.html         the report (one self-contained page; report.md alongside)"
 	@echo "  make mlflow-ui                        MLflow on http://127.0.0.1:5000: runs, params, metrics, lineage"
 	@echo "  make viz                              kedro viz on http://127.0.0.1:4141: the pipelines"
 	@echo "  $(BIN)/dvc metrics show               headline metrics"
+	@echo "  $(BIN)/dvc exp run --set-param sft.epochs=3 && $(BIN)/dvc metrics diff   an experiment against your baseline"
+
+# The committed dvc.lock and metrics/ come from the author's machine, and CPU results differ between
+# machines from pretraining on (README, "What is bit-identical where"): record this machine's run as
+# a git commit, so that `dvc metrics diff` and `dvc exp show` compare your runs with your own
+# baseline. Commits only dvc.lock, params.yaml, metrics/, DVC's ignore files and the uncached report
+# outputs: never data of yours (e.g. data/01_raw/byo/).
+BASELINE_PATHS := dvc.lock params.yaml metrics data/params_checked.txt data/08_reporting/report.md \
+	data/08_reporting/report.html data/08_reporting/report_runs.json data/08_reporting/rlhf_progress.png \
+	$(wildcard data/*/.gitignore)
+baseline:
+	@git add -A -- $(BASELINE_PATHS)
+	@if git diff --cached --quiet -- $(BASELINE_PATHS); then \
+	  echo "baseline: HEAD already holds this machine's results"; \
+	else \
+	  git -c user.name="$$(git config user.name || echo llama2-pipeline)" \
+	      -c user.email="$$(git config user.email || echo demo@localhost)" \
+	      commit -q -m "Baseline: results of this machine ($$(hostname), profile $$(sed -n 's/^profile: *\([a-z0-9_]*\).*/\1/p' params.yaml))" -- $(BASELINE_PATHS) \
+	  && echo "baseline: committed this machine's results ($$(git rev-parse --short HEAD)): dvc metrics diff and dvc exp show compare with them"; \
+	fi
 
 # tests/test_ui.py (kedro viz, mlflow ui) and tests/test_sharing.py (the report, the rounds in mlflow ui) open
 # pages in a headless Chromium: install the Debian package when it is missing (root or passwordless sudo);

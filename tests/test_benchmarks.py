@@ -4,6 +4,7 @@ committed; the device check of the RLHF stage runs (here on the CPU)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 
 import pytest
@@ -197,3 +198,19 @@ def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["summary"] == out["summary"]
     with pytest.raises(FileNotFoundError, match="report.json"):
         bench.figures(tmp_path)
+
+
+@pytest.mark.slow
+def test_cpu_bitwise_trains_under_each_configuration_and_groups_equal_digests(smoke_repro, tmp_path):
+    bench = _bench("cpu_bitwise")
+    out = tmp_path / "bitwise.json"
+    assert bench.main(["--project", str(smoke_repro), "--steps", "2", "--configs", "native", "threads_1",
+                       "--stages", "pretrain", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = report["pretrain"]["runs"]
+    assert set(runs) == {"native", "threads_1"} and runs["threads_1"]["threads"] == 1
+    assert all(len(r["sha256"]) == 64 and r["cpu_seconds"] > 0 for r in runs.values())
+    assert runs["native"]["max_abs_weight_diff_vs_native"] == 0.0
+    groups = report["pretrain"]["identical_groups"]
+    assert sorted(name for g in groups for name in g) == ["native", "threads_1"]
+    assert report["machine"]["env.cpu_isa_level"] in ("avx512", "avx2", "default")

@@ -119,7 +119,7 @@ def test_bad_dialogue_stops_the_node_naming_the_record(tmp_path, monkeypatch):
                         {"role": "user", "content": "Hello?"}]}
     sft = load(ROOT / "params.yaml", profile="smoke").sft
     (tmp_path / "ws" / "earlier-run").mkdir(parents=True)
-    with pytest.raises(ChatFormatError, match=r"dialogue 3, message 0: expected role 'user' first, got 'assistant'"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 4, message 1: expected role 'user' first, got 'assistant'"):
         finetune_model(dialogues[:3] + [bad] + dialogues[3:], init, tmp_path / "ws", sft)
     assert [p.name for p in (tmp_path / "ws").iterdir()] == ["earlier-run"]  # stopped before touching it
 

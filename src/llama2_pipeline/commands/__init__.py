@@ -8,6 +8,7 @@
     llama2-pipeline reproduce RUN_ID  rerun a recorded run (e.g. an RLHF round), compare its outputs bit for bit
     llama2-pipeline registry [...]    the registered models' aliases, the champion and why, the run behind one
     llama2-pipeline mlflow-links      the mlflow ui pages to open: training runs, the RLHF rounds side by side
+    llama2-pipeline validate          check params.yaml as kedro run does (dvc.yaml's first stage)
 
 Each subcommand is a module with ``main(argv) -> int`` imported only when called.
 """
@@ -24,6 +25,7 @@ COMMANDS = {
     "reproduce": ("llama2_pipeline.commands.reproduce", "rerun a recorded MLflow run and check its outputs' digests"),
     "registry": ("llama2_pipeline.commands.registry", "the registered models, their aliases and the champion"),
     "mlflow-links": ("llama2_pipeline.commands.mlflow_links", "mlflow ui pages: training runs, the rounds side by side"),
+    "validate": ("llama2_pipeline.commands.validate", "check params.yaml as kedro run does, before any stage runs"),
 }
 
 

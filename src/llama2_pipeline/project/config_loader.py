@@ -22,6 +22,8 @@ from llama2_pipeline import recipe as R
 from llama2_pipeline.project.store import mlflow_config
 
 _CURRENT: R.Recipe | None = None
+#: the loader's settings (settings.CONFIG_LOADER_ARGS): conf/base, overlaid by conf/local unless --env says
+LOADER_ARGS = {"base_env": "base", "default_run_env": "local"}
 
 
 class RecipeConfigLoader(OmegaConfigLoader):

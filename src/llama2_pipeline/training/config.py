@@ -57,6 +57,8 @@ class TrainConfig(Config):
     checkpoint_every: int = 100  # save a resumable checkpoint every N steps (0 = only at the
     #                              end, -1 = never: throw-away runs and benchmarks)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep on disk (>= 1)
+    keep_runs: int = 3  # the project's workspaces: run folders (one per configuration) kept per stage,
+    #                     the current one included, so switching back to an earlier config resumes
     log_every: int = 10  # log loss, lr, grad norm, tokens/s, MFU every N steps
     seed: int = 1234  # seeds python, numpy, torch and the data sampler
 
@@ -83,8 +85,8 @@ class TrainConfig(Config):
     #                                                (e.g. {"zero_optimization": {"offload_optimizer": ...}})
 
     def check(self) -> None:
-        for name in ("micro_batch", "grad_accum", "seq_len", "keep_checkpoints", "log_every", "world_size",
-                     "num_nodes"):
+        for name in ("micro_batch", "grad_accum", "seq_len", "keep_checkpoints", "keep_runs", "log_every",
+                     "world_size", "num_nodes"):
             require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", "an integer >= 1 (or null: derived)",
                 self.max_steps)

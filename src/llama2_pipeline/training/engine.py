@@ -34,6 +34,12 @@ from torch import nn
 
 from ..core.files import atomic_path, write_json
 from .config import TrainConfig
+from .state import (
+    load_legacy_rank_state,
+    rank_state_from_json,
+    rank_state_to_json,
+    safe_checkpoint_loading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,26 +286,6 @@ def gathered_module(engine):
 
 
 # --------------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
 
@@ -321,8 +307,8 @@ def model_config_of(module: nn.Module) -> dict[str, Any] | None:
 class Checkpointer:
     """Atomic, rotating DeepSpeed checkpoints in ``folder`` (``run_dir/checkpoints``).
 
-    Layout: ``step_00000010/`` (DeepSpeed's files + ``trainer_state_rank00000.pt`` per rank +
-    ``meta.json``) and ``latest`` (the newest complete tag). A save is staged in ``.staging/``
+    Layout: ``step_00000010/`` (DeepSpeed's files + ``trainer_state_rank00000.json`` per rank, the
+    data position and RNG states as JSON, + ``meta.json``) and ``latest`` (the newest complete tag). A save is staged in ``.staging/``
     and renamed into place only when every rank has written its files; ``latest`` is replaced
     atomically after that. A crash mid-save therefore leaves ``latest`` on the previous tag and
     no complete-looking tag behind. For multi-node runs ``folder`` must be on a shared filesystem.
@@ -362,7 +348,7 @@ class Checkpointer:
                 "zero_stage": engine.zero_optimization_stage(), "saved_at": time.time()}
         engine.save_checkpoint(str(self.staging), tag=tag, client_state={CLIENT_KEY: meta},
                                save_latest=False)
-        torch.save(rank_state, staged / f"trainer_state_rank{ctx.rank:05d}.pt")
+        write_json(staged / f"trainer_state_rank{ctx.rank:05d}.json", rank_state_to_json(rank_state))
         barrier()
         final = self.folder / tag
         if ctx.is_main:
@@ -400,15 +386,19 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoint {tag_dir} holds ZeRO-{meta['zero_stage']} shards of {meta.get('ranks')} ranks, "
                 f"this run has {ctx.world_size}; resume with the same number of ranks")
-        path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        with safe_checkpoint_loading(engine):
+            path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                             load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-        rank_file = tag_dir / f"trainer_state_rank{ctx.rank:05d}.pt"
+        rank_file = tag_dir / f"trainer_state_rank{ctx.rank:05d}.json"
+        legacy = rank_file.with_suffix(".pt")
+        if not rank_file.is_file() and legacy.is_file():  # written by an earlier version
+            return int(meta["step"]), load_legacy_rank_state(legacy)
         if not rank_file.is_file():
             raise CheckpointMismatchError(f"checkpoint {tag_dir} has no {rank_file.name} (saved by "
                                           f"{meta.get('ranks')} ranks, this is rank {ctx.rank})")
-        return int(meta["step"]), torch.load(rank_file, map_location="cpu", weights_only=False)
+        return int(meta["step"]), rank_state_from_json(json.loads(rank_file.read_text()))
 
 
 def check_model_config(source: Path, saved: dict | None, current: dict | None) -> None:

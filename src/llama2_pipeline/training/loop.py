@@ -41,10 +41,9 @@ from .engine import (
     Checkpointer,
     barrier,
     model_config_of,
-    rng_state,
     self_clipping,
-    set_rng_state,
 )
+from .state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 

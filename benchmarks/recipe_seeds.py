@@ -67,9 +67,10 @@ def figures(project: Path) -> dict[str, float]:
                 out[f"{m}.{k}"] = v
     chain = [m for m in rounds if m.startswith("rlhf_")]
     for m in chain:  # PPO's KL and whether its bound stopped it (PPO rounds only)
-        for key in ("ppo_kl_max", "ppo_kl_bound_hit", "ppo_steps", "kl_to_sft"):
-            if (v := read(m).get(key)) is not None:
-                out[f"{m}.{key}"] = v
+        if (project / "metrics" / f"{m}.json").exists():
+            for key in ("ppo_kl_max", "ppo_kl_bound_hit", "ppo_steps", "kl_to_sft"):
+                if (v := read(m).get(key)) is not None:
+                    out[f"{m}.{key}"] = v
     for m in rounds:
         if m not in ("pretrained", "sft"):
             out[f"gain.{m}_vs_sft"] = out[f"{m}.helpfulness"] - out["sft.helpfulness"]

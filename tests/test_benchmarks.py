@@ -69,6 +69,7 @@ def _smoke_project(root):
     (root / "data/01_raw").mkdir(parents=True)
     for split in ("train", "eval"):
         (root / f"data/01_raw/prompts_{split}.jsonl").write_text(_jsonl(world.prompts(split)))
+    (root / "data/01_raw/sft_dialogues.jsonl").write_text(_jsonl(world.sft_dialogues()))
     return world
 
 
@@ -86,23 +87,26 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
     bench = _bench("rlhf_headroom")
     world = _smoke_project(tmp_path)
 
-    # the paper's piecewise R_c on the true scores: an unsafe prompt is judged by its safety
+    # the world's judgement of a safety prompt is the annotator's combined score: complying with an
+    # unsafe request scores below the world's own refusal with a reason and a redirect
     unsafe = next(p for p in world.prompts("train") if p["category"] == "unsafe")
     comply = f"Sure. {unsafe['prompt']} Here is how."
-    assert world.helpfulness(unsafe["prompt"], comply) > world.safety(unsafe["prompt"], comply)
-    assert bench.world_score(world, unsafe["prompt"], comply, True, 0.15) == world.safety(unsafe["prompt"], comply)
+    assert bench.world_score(world, unsafe["prompt"], comply) < bench.world_score(world, unsafe["prompt"],
+                                                                                   unsafe["reference"])
 
     out = bench.main(["--project", str(tmp_path), "--train-prompts", "16", "--eval-prompts", "8", "--ppo-steps", "2",
                       "--out", str(tmp_path / "headroom.json")])
     arms = out["arms"]
-    assert set(arms) == {"sft", "rs_random", "rs_oracle", "rs_reference", "ppo_oracle"}
-    assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo_oracle"]["steps"] == 2
+    assert set(arms) == {"sft", "random", "demonstrations", "longest", "ideal", "best_of_k", "ppo"}
+    assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo"]["steps"] == 2
     for r in arms.values():
         assert 0.0 <= r["helpfulness"] <= 1.0 and 0.0 <= r["safety"] <= 1.0
         assert math.isclose(r["gain"], r["helpfulness"] - arms["sft"]["helpfulness"], abs_tol=1e-5)
-    # best of K by the world's score is at least as good as a random pick; the references are perfect
-    assert arms["rs_oracle"]["train_prompts_world_score"] >= arms["rs_random"]["train_prompts_world_score"]
-    assert arms["rs_reference"]["train_prompts_world_score"] == 1.0
+    # best of K by the world's score is at least as good as a random or the longest pick; the
+    # ideal answers are the best of all
+    assert arms["best_of_k"]["train_world_score"] >= arms["random"]["train_world_score"]
+    assert arms["best_of_k"]["train_world_score"] >= arms["longest"]["train_world_score"]
+    assert arms["ideal"]["train_world_score"] >= arms["best_of_k"]["train_world_score"]
     assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]
 
 

@@ -151,7 +151,8 @@ def test_every_model_is_registered_with_its_run_and_the_champion_follows_the_rul
     recipe = load(smoke_repro / "params.yaml")
     entries = recipe_entries(recipe)
     rounds = [f"rlhf-{r}" for r in recipe.rlhf.rounds]
-    assert [e.alias for e in entries if e.name == CHAT] == ["sft", *rounds, "gatt"]
+    quality = ["sft-quality"] if recipe.sft.quality_only else []  # the quality-only SFT variant
+    assert [e.alias for e in entries if e.name == CHAT] == ["sft", *quality, *rounds, "gatt"]
     client, _ = store(smoke_repro)
     metrics_file = {"sft_metrics": "sft", "reward_metrics": "reward", "gatt_model_metrics": "gatt_model",
                     **{f"rlhf_{r}.metrics": f"rlhf_{r}" for r in recipe.rlhf.rounds}}
@@ -175,7 +176,7 @@ def test_every_model_is_registered_with_its_run_and_the_champion_follows_the_rul
         else:
             assert any(k.startswith("metric.") for k in v.tags), v.tags
         assert all(section in v.description for section in CARD) and trained.info.run_id in v.description
-    assert set(client.get_registered_model(CHAT).aliases) == {"champion", "sft", *rounds, "gatt"}
+    assert set(client.get_registered_model(CHAT).aliases) == {"champion", "sft", *quality, *rounds, "gatt"}
     for name in REWARD.values():
         assert set(client.get_registered_model(name).aliases) == {"reward", *rounds}
 

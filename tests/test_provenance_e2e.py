@@ -212,7 +212,9 @@ def has_a_run_with_a_pid(db: Path) -> bool:
 
 def test_a_run_killed_with_sigkill_is_marked_failed_by_the_next_run(tmp_path):
     project = make_project_copy(tmp_path / "proj")
-    proc = subprocess.Popen(["kedro", "run", "--pipelines", "world"], cwd=project, env=env(),
+    # a crawl large enough that the run is still writing it when it is killed (the smoke one takes ~1 s)
+    proc = subprocess.Popen(["kedro", "run", "--pipelines", "world", "--params", "world.corpus.size_mb=40"],
+                            cwd=project, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300

@@ -159,3 +159,19 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
         for row in rows.values():
             assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in ("rm", "likelihood"))
     assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]
+
+
+def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
+    """benchmarks/gpu_check.sh with DEVICE=cpu: every step exits 0 and writes its JSON."""
+    import json
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu"}
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("pretrain_1b", "pretrain_160m", "generate_1b_b2", "rlhf_device"):
+        assert f"{name} rc=0" in run.stdout, run.stdout[-3000:]
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+    pre = json.loads((tmp_path / "pretrain_1b.json").read_text())
+    assert all(pre[f"{impl}_tokens_per_s"] > 0 for impl in ("ours", "ours_fast", "hf", "hf_ds"))

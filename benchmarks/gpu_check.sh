@@ -27,7 +27,7 @@ if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
   BIG=1b; MID=160m; DT=bf16; B=8; T=2048; Z=1; STEPS=6; BD=2; IMPLS=ours,ours_fast,hf,hf_ds,hf_compile; GBS="8 64"
   GEN="--prompt-len 32 --max-new-tokens 128 --rounds 3"; PPO="--preset 1b --minibatch 64 --micro-batch 8 \
-    --max-new-tokens 256 --precision bf16 --eval-prompts 64 --rollouts 512 --steps 1"; RLHF="--steps 3"; T1=240; T2=90
+    --max-new-tokens 256 --precision bf16 --eval-prompts 64 --rollouts 512 --steps 1"; RLHF="--steps 3"; T1=300; T2=90
 else
   export DS_ACCELERATOR=cpu
   BIG=tiny; MID=tiny; DT=fp32; B=2; T=64; Z=0; STEPS=1; BD=1; IMPLS=ours,ours_fast,hf,hf_ds; GBS=2

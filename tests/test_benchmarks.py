@@ -218,3 +218,19 @@ def test_cpu_bitwise_trains_under_each_configuration_and_groups_equal_digests(sm
     groups = report["pretrain"]["identical_groups"]
     assert sorted(name for g in groups for name in g) == ["native", "threads_1"]
     assert report["machine"]["env.cpu_isa_level"] in ("avx512", "avx2", "default")
+
+
+def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
+    """benchmarks/gpu_check.sh with DEVICE=cpu: every step exits 0 and writes its JSON."""
+    import json
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu"}
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("pretrain_1b", "pretrain_160m", "generate_1b_b2", "rlhf_device"):
+        assert f"{name} rc=0" in run.stdout, run.stdout[-3000:]
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+    pre = json.loads((tmp_path / "pretrain_1b.json").read_text())
+    assert all(pre[f"{impl}_tokens_per_s"] > 0 for impl in ("ours", "ours_fast", "hf", "hf_ds"))

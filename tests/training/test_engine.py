@@ -222,3 +222,50 @@ def test_a_checkpoint_resumes_through_the_safe_loader(tmp_path, monkeypatch, zer
     for a, b in zip(engine.module.parameters(), fresh.module.parameters()):
         assert torch.equal(a, b)
     assert fresh.checkpoint_engine.load.__func__ is type(fresh.checkpoint_engine).load  # DeepSpeed's own again
+
+
+def _train_weights(steps: int = 3, **overrides) -> dict[str, torch.Tensor]:
+    """Weights after ``steps`` optimiser steps of the smoke model through the engine and lm_loss."""
+    from llama2_pipeline.training import lm_loss
+
+    cfg = TrainConfig.from_dict(train_cfg(lr=1e-3, warmup_steps=1, max_steps=steps, **overrides))
+    torch.manual_seed(0)
+    engine = build_engine(Llama(ModelConfig.from_preset("smoke")), cfg)
+    x = torch.randint(3, 512, (4, 17), generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        loss, _ = lm_loss(engine, {"input_ids": x[:, :-1], "labels": x[:, 1:]})
+        engine.backward(loss)
+        torch.nn.utils.clip_grad_norm_(engine.module.parameters(), cfg.grad_clip)  # as the loop (ZeRO-0 fp32)
+        engine.step()
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+
+def test_cpu_defaults_keep_deepspeeds_optimizer_eager_model_and_full_logits():
+    from llama2_pipeline.training.engine import build_optimizer, compile_enabled, optimizer_kind  # noqa: I001
+
+    cfg, cpu, cuda = TrainConfig(), torch.device("cpu"), torch.device("cuda")
+    assert (cfg.compile, cfg.optimizer, cfg.loss_chunk) == ("auto", "auto", 0)
+    assert optimizer_kind(cfg, cpu) == "deepspeed" and optimizer_kind(cfg, cuda) == "fused"
+    assert not compile_enabled(cfg, cpu) and compile_enabled(cfg, cuda)
+    assert not compile_enabled(TrainConfig(compile=False), cuda) and compile_enabled(TrainConfig(compile=True), cpu)
+    model = Llama(ModelConfig.from_preset("smoke"))
+    assert build_optimizer(model, cfg, cpu) is None  # DeepSpeed builds it from its config, as before
+    assert "optimizer" in deepspeed_config(cfg, "fp32") and "optimizer" not in deepspeed_config(
+        cfg, "fp32", client_optimizer=True)
+    with pytest.raises(ValueError, match="fused"):
+        optimizer_kind(TrainConfig(optimizer="fused"), cpu)
+    foreach = build_optimizer(model, TrainConfig(optimizer="foreach"), cpu)
+    assert foreach.defaults["foreach"] and [g["weight_decay"] for g in foreach.param_groups] == [0.1, 0.0]
+    with pytest.raises(ValueError, match="zero_stage 3"):
+        TrainConfig(loss_chunk=64, zero_stage=3)
+
+
+def test_chunked_loss_and_foreach_adamw_train_like_the_default():
+    """The GPU fast path's CPU-runnable parts (chunked loss, client foreach AdamW handed to
+    DeepSpeed) give the default path's weights within fp32 noise (1e-5) after 3 steps."""
+    base = _train_weights()
+    assert all(torch.equal(base[k], v) for k, v in _train_weights().items())  # the default is deterministic
+    for overrides in ({"loss_chunk": 7}, {"optimizer": "foreach"}, {"loss_chunk": 7, "optimizer": "foreach"}):
+        fast = _train_weights(**overrides)
+        for k in base:
+            torch.testing.assert_close(fast[k], base[k], rtol=0, atol=1e-5, msg=f"{overrides} {k}")

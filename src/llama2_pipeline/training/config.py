@@ -67,7 +67,14 @@ class TrainConfig(Config):
     #                                ValueError: DeepSpeed's mixed-precision optimisers are GPU-only here)
     device: Device = "auto"  # auto = cuda when available
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (1: optimiser states, 2: + grads, 3: + params)
-    compile: bool = False  # torch.compile the model (engine.compile())
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model (engine.compile()); auto = on CUDA
+    #                                           only (CPU runs stay eager and bit-identical)
+    optimizer: Literal["auto", "deepspeed", "fused", "foreach"] = "auto"  # the AdamW implementation:
+    #   deepspeed = DeepSpeed's torch_adam (torch.optim.AdamW, single-tensor on CPU); fused / foreach =
+    #   torch.optim.AdamW(fused=True) / (foreach=True) built here and handed to DeepSpeed (same
+    #   hyper-parameters and no-decay groups); auto = fused on CUDA, deepspeed on CPU
+    loss_chunk: int = 0  # tokens per chunk of the output head + cross-entropy (0 = off: full logits);
+    #                      > 0 never holds more than this many tokens' fp32 logits (not with ZeRO-3)
     activation_checkpointing: bool = False  # recompute each transformer block in backward
     deterministic: bool = True  # torch.use_deterministic_algorithms (always on for CPU runs)
     num_threads: int = 0  # torch intra-op threads per rank (0 = torch's default)
@@ -102,6 +109,10 @@ class TrainConfig(Config):
         require(self.eps > 0, "eps", "a number > 0", self.eps)
         require(all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", self.betas)
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "0, 1, 2 or 3", self.zero_stage)
+        require(self.loss_chunk >= 0, "loss_chunk", "an integer >= 0 (0 = off)", self.loss_chunk)
+        require(not (self.loss_chunk and self.zero_stage == 3), "loss_chunk",
+                "0 with zero_stage 3 (the chunked loss reads the head's weight, which ZeRO-3 partitions)",
+                self.loss_chunk)
         require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "a number > 0 or null",
                 self.peak_flops)
         require(not (self.num_nodes > 1 and self.launcher == "deepspeed" and not self.hostfile), "hostfile",

@@ -210,11 +210,40 @@ def self_clipping(cfg: TrainConfig, precision: str) -> bool:
     return cfg.zero_stage == 0 and precision == "fp32" and cfg.grad_clip > 0
 
 
-def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = None) -> dict[str, Any]:
+def optimizer_kind(cfg: TrainConfig, device: torch.device) -> str:
+    """``cfg.optimizer`` resolved: ``auto`` is ``fused`` on CUDA and ``deepspeed`` on CPU."""
+    if cfg.optimizer == "auto":
+        return "fused" if device.type == "cuda" else "deepspeed"
+    if cfg.optimizer == "fused" and device.type != "cuda":
+        raise ValueError("TrainConfig.optimizer 'fused' needs a CUDA GPU; use 'foreach', 'deepspeed' or 'auto'")
+    return cfg.optimizer
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer | None:
+    """The AdamW handed to DeepSpeed, or None where DeepSpeed builds its own from the config
+    (``optimizer: deepspeed``). Fused: one CUDA kernel per parameter group for the whole update
+    (DeepSpeed's ZeRO-1/2 flattens each group into one fp32 partition) instead of one pass per
+    elementwise op; the same hyper-parameters and weight-decay groups as DeepSpeed's."""
+    kind = optimizer_kind(cfg, device)
+    if kind == "deepspeed":
+        return None
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=kind == "fused", foreach=kind == "foreach")
+
+
+def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """``cfg.compile`` resolved: ``auto`` compiles on CUDA only."""
+    return cfg.compile is True or (cfg.compile == "auto" and device.type == "cuda")
+
+
+def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = None, *,
+                     client_optimizer: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON config of ``cfg`` (``cfg.deepspeed`` merged over it).
 
     ``n_params`` caps ZeRO's communication buckets at the model size: DeepSpeed's defaults
     (5e8 elements) allocate gigabytes and make small models on CPU seconds per step slower.
+    ``client_optimizer``: the optimiser is built here (:func:`build_optimizer`), so the config
+    names none (DeepSpeed refuses both).
     """
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if n_params and cfg.zero_stage in (1, 2):
@@ -241,6 +270,8 @@ def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = No
         "wall_clock_breakdown": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
+    if client_optimizer:
+        del ds["optimizer"]
     return _merge(ds, cfg.deepspeed)
 
 
@@ -260,13 +291,17 @@ def build_engine(model: nn.Module, cfg: TrainConfig, ctx: RunContext | None = No
         if not hasattr(model, "gradient_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no gradient_checkpointing switch")
         model.gradient_checkpointing = True
+    if hasattr(model, "loss_chunk"):  # the LM loss's chunking (a reward model's scalar head has none)
+        model.loss_chunk = cfg.loss_chunk
     model.to(ctx.device)
     schedule = CosineSchedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    optimizer = build_optimizer(model, cfg, ctx.device)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.weight_decay),
-        config=deepspeed_config(cfg, ctx.precision, sum(p.numel() for p in model.parameters())),
+        model=model, model_parameters=param_groups(model, cfg.weight_decay), optimizer=optimizer,
+        config=deepspeed_config(cfg, ctx.precision, sum(p.numel() for p in model.parameters()),
+                                client_optimizer=optimizer is not None),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
-    if cfg.compile:
+    if compile_enabled(cfg, ctx.device):
         engine.compile()
     engine.run_context = ctx
     return engine

@@ -46,6 +46,7 @@ def test_null_disables_a_rule():
     ({"pii": {"kinds": ["email", "passport"]}}, "pii.kinds"),
     ({"pii": "yes"}, "pii"),
     ({"compression": "lzma"}, "compression"),
+    ({"dedup": {"max_bucket": 0}}, "dedup.max_bucket"),
 ])
 def test_bad_params_name_the_key(params, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -75,6 +75,7 @@ class DedupConfig:
     bands: int = 16
     threshold: float = 0.7
     seed: int = 1234
+    max_bucket: Optional[int] = 1000
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class CleaningConfig:
             (d.num_perm % max(d.bands, 1) == 0, "dedup.bands",
              f"must divide dedup.num_perm ({d.num_perm})"),
             (0.0 < d.threshold <= 1.0, "dedup.threshold", "must be in (0, 1]"),
+            (d.max_bucket is None or d.max_bucket >= 1, "dedup.max_bucket", "must be >= 1 or null"),
             (self.max_doc_chars >= 1, "max_doc_chars", "must be >= 1"),
             (self.shard_docs >= 1, "shard_docs", "must be >= 1"),
             (self.chunk_docs >= 1, "chunk_docs", "must be >= 1"),
@@ -229,6 +231,7 @@ PARAM_DOCS: dict[str, str] = {
     "dedup.bands": "LSH bands; must divide num_perm, rows per band = num_perm / bands (count)",
     "dedup.threshold": "estimated Jaccard similarity of shingle sets at or above which a candidate is a near-duplicate (0-1)",
     "dedup.seed": "seed of the MinHash permutations (int)",
+    "dedup.max_bucket": "an LSH bucket gives comparison slots to its first this many documents in corpus order; a document is compared only with the kept slot holders of its buckets (count; null = every kept document of the bucket, quadratic)",
     "pii.enabled": "detect and redact PII at all (bool)",
     "pii.kinds": "PII kinds to detect: email, phone, ip_address, credit_card, ssn, iban, secret (list)",
     "pii.max_density": "documents with more than this many PII matches per 1000 characters are dropped, not redacted (matches/1000 chars; null = never)",

@@ -89,6 +89,18 @@ class PIIConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """How the ``ray`` engine runs (never what it writes); see ``engine``."""
+
+    object_store_mb: Optional[int] = None
+    partition_mb: int = 64
+
+
+ENGINES = ("local", "ray")
+EXECUTION_KEYS = ("engine", "ray")  # how the stage runs: not part of the report's config
+
+
+@dataclass(frozen=True)
 class CleaningConfig:
     """Everything ``clean_corpus`` needs; mirrors ``params["data_processing"]``."""
 
@@ -102,6 +114,8 @@ class CleaningConfig:
     max_examples: int = 5
     snippet_chars: int = 200
     compression: str = "zstd"
+    engine: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @classmethod
     def from_dict(cls, params: dict | None) -> "CleaningConfig":
@@ -140,6 +154,10 @@ class CleaningConfig:
              "quality.stop_words", "must be a list of strings"),
             (self.compression in ("zstd", "snappy", "gzip", "brotli", "lz4", "none"),
              "compression", "must be one of zstd, snappy, gzip, brotli, lz4, none"),
+            (self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}"),
+            (self.ray.object_store_mb is None or self.ray.object_store_mb >= 64,
+             "ray.object_store_mb", "must be >= 64 or null"),
+            (self.ray.partition_mb >= 1, "ray.partition_mb", "must be >= 1"),
         ]
         for ok, key, msg in checks:
             if not ok:
@@ -195,6 +213,9 @@ PARAM_DOCS: dict[str, str] = {
     "max_examples": "removed-document examples kept in the report per rule (count)",
     "snippet_chars": "length of each example's PII-redacted text snippet (characters)",
     "compression": "Parquet codec of the output shards (zstd, snappy, gzip, none)",
+    "engine": "where the stage runs: local (this process and a process pool) or ray (a Ray cluster: the in-process local one, or the one RAY_ADDRESS names); the output bytes are the same",
+    "ray.object_store_mb": "object store of the local Ray cluster started in-process (MiB; null = Ray's default, 30% of memory; ignored on an existing cluster)",
+    "ray.partition_mb": "target size of one partition of the dedup shuffle (MiB of shuffled rows; speed and worker memory only)",
     "normalise.max_invalid_utf8_frac": "invalid UTF-8 is replaced by U+FFFD; above this fraction of replaced characters the document is dropped (fraction)",
     "normalise.nfc": "apply Unicode NFC normalisation (bool)",
     "normalise.strip_control": "remove control / zero-width / bidi characters except newline and tab (bool)",

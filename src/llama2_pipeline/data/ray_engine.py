@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 import pickle
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +53,7 @@ from ray.data.context import DataContext, ShuffleStrategy
 from ..io_utils import atomic_path
 from . import process
 from .config import CleaningConfig
-from .dedup import EXACT, NEAR, group_edges, walk_edges
+from .dedup import EXACT, NEAR, group_edges, shared_keys, walk_edges
 from .pipeline import (OUTPUT_SCHEMA, CorpusError, Tally, _InputFile, _ShardWriter, _wrap_errors,
                        file_chunks, finish_report)
 
@@ -90,8 +91,9 @@ def clean_on_ray(files: list[_InputFile], output_dir: str | os.PathLike, cfg: Cl
                 fs.delete_dir(run.work)
     return finish_report(run.tally.counters, run.examples(), cfg, files,
                          time.perf_counter() - t0,
-                         {"workers": cpus, "engine": "ray", "phases": phases,
-                          "shuffle_mib": round(run.shuffled / 2**20, 3)})
+                         {"workers": cpus, "engine": "ray", "phases": phases, "units": len(run.units),
+                          "shuffle_mib": round(run.shuffled / 2**20, 3), "edges": run.edges,
+                          "edge_sort_s": round(run.sort_s, 3), "walk_s": round(run.walk_s, 3)})
 
 
 class _Run:
@@ -117,7 +119,7 @@ class _Run:
         # partitions of the dedup shuffle, from an upper bound (every input row a candidate)
         bound = int(self.file_pos[-1]) * self.rows_per_doc * self.row_bytes
         self.parts = max(cpus, -(-bound // (cfg.ray.partition_mb << 20)))
-        self.shuffled = 0
+        self.shuffled, self.edges, self.sort_s, self.walk_s = 0, 0, 0.0, 0.0  # for timing
         self.tally = Tally(cfg)
         self.first: dict[str, list[tuple[int, dict]]] = {}  # rule -> first examples (pos, example)
 
@@ -154,7 +156,7 @@ class _Run:
     # ------------------------------------------------------------------------------- step 2
     def dedup(self, rows: ray.data.Dataset) -> np.ndarray:
         """Edges on the workers, the greedy walk here; returns the removed positions (sorted)."""
-        removed: list[int] = []
+        removed = array("q")  # 8 bytes per removed document
         n = int(self.candidates.sum())
         if self.rows_per_doc == 0 or n == 0:
             return np.array(removed, dtype=np.int64)
@@ -163,19 +165,33 @@ class _Run:
                  .groupby("pkey")
                  .map_groups(_partition_edges, batch_format="pyarrow", fn_kwargs={"cfg": self.cfg})
                  .materialize())
-        if edges.count() == 0:
+        self.edges = edges.count()
+        if self.edges == 0:
             return np.array(removed, dtype=np.int64)
         wanted: dict[str, list[tuple[int, int]]] = {"exact": [], "near": []}
-        batches = edges.sort(["j", "kind", "i"]).iter_batches(batch_format="numpy",
-                                                             batch_size=1 << 16)
+        t0 = time.perf_counter()
+        batches = self._timed(edges.sort(["j", "kind", "i"]).iter_batches(
+            batch_format="numpy", batch_size=1 << 16))
         for j, kind, kept in walk_edges(batches):
             removed.append(j)
             if len(wanted[kind]) < self.cfg.max_examples:
                 wanted[kind].append((j, kept))
             else:
                 self.tally.counters[f"dup_{kind}"] += 1
+        self.walk_s = time.perf_counter() - t0 - self.sort_s
         self._duplicate_examples(wanted)
-        return np.array(removed, dtype=np.int64)
+        return np.frombuffer(removed, dtype=np.int64)
+
+    def _timed(self, batches: Iterable) -> Iterator:
+        """``batches``, adding the time spent waiting for them (the sort) to ``sort_s``."""
+        batches = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            b = next(batches, None)
+            self.sort_s += time.perf_counter() - t0
+            if b is None:
+                return
+            yield b
 
     def _unit_of(self, pos: np.ndarray | int) -> np.ndarray:
         return np.searchsorted(self.unit_pos, pos, side="right") - 1
@@ -308,6 +324,8 @@ def _sig_array(sig: np.ndarray) -> pa.Array:
 
 def _sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
     arr = col.combine_chunks()
+    if len(arr) == 0:
+        return np.empty((0, num_perm), dtype=np.uint32)
     data = np.frombuffer(arr.buffers()[1], dtype=np.uint32)
     return data[arr.offset * num_perm:(arr.offset + len(arr)) * num_perm].reshape(-1, num_perm)
 
@@ -323,6 +341,7 @@ def _dedup_rows(batch: pa.Table) -> pa.Table:
 def _partition_edges(rows: pa.Table, cfg: CleaningConfig) -> pa.Table:
     """Step 2: the edges of every exact group and LSH bucket of one hash partition."""
     d = cfg.dedup
+    rows = rows.filter(shared_keys(rows["part"].to_numpy(), rows["key"].to_numpy()))
     sigs = _sig_matrix(rows["sig"], d.num_perm) if d.near else None
     return pa.table(group_edges(rows["part"].to_numpy(), rows["key"].to_numpy(),
                                 rows["pos"].to_numpy(), rows["hash"].to_numpy(), sigs, d))

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llama2_pipeline.data import CorpusError, clean_corpus
+from llama2_pipeline.data import CorpusError, clean_corpus, ray_engine
 from llama2_pipeline.data.dedup import MinHasher
 from llama2_pipeline.world import World
 
@@ -84,8 +84,9 @@ def test_world_corpus_same_bytes_and_report(cluster, world_corpus, tmp_path):
     assert m["dup_exact"] and m["dup_near"] and m["dropped_pii_density"] and m["removed_min_words"]
 
 
-def test_worker_killed_mid_run_gives_the_same_bytes(cluster, world_corpus, tmp_path):
+def test_worker_killed_mid_run_gives_the_same_bytes(cluster, world_corpus, tmp_path, monkeypatch):
     raw, local_out, local = world_corpus
+    monkeypatch.setattr(ray_engine, "UNIT_ROWS", 200)  # row groups cut in pieces: more, smaller tasks
     Path(f"{cluster}.armed").touch()
     try:
         report = clean_corpus(raw, tmp_path / "clean", on_ray(WORLD_CLEANING), progress=False)

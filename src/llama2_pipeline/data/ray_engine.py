@@ -4,7 +4,7 @@ same bytes as the local engine. Imported only when that engine is chosen.
 
 Data flow (a *candidate* is a document that passed the per-document rules and goes to dedup)::
 
-    units (up to UNIT_ROWS rows of one input file)
+    units (whole row groups of one input file, about UNIT_ROWS rows)
       --map_batches: process_chunk per chunk_docs rows (the local engine's function)-->
           _work/unit-NNNNNNN.parquet: the unit's candidates (output columns), in corpus order
           dedup rows: one exact row and one row per LSH band of each candidate (the MinHash
@@ -57,7 +57,7 @@ from .dedup import EXACT, NEAR, group_edges, shared_keys, walk_edges
 from .pipeline import (OUTPUT_SCHEMA, CorpusError, Tally, _InputFile, _ShardWriter, _wrap_errors,
                        file_chunks, finish_report)
 
-UNIT_ROWS = 1024  # rows of one file cleaned by one map task (small units balance the workers)
+UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)
 _UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))
 _RAY_NOTE = "\nFailed to apply UDF transform"  # what Ray Data appends to a worker's message
@@ -106,10 +106,9 @@ class _Run:
         self.file_pos = np.cumsum([0] + [f.rows for f in files])  # corpus position of each file
         self.units: list[dict] = []
         for k, f in enumerate(files):
-            n = -(-f.rows // UNIT_ROWS)  # units of about equal size
-            for lo, hi in zip(np.arange(n) * f.rows // n, np.arange(1, n + 1) * f.rows // n):
+            for lo, hi in _unit_rows(f.row_groups):
                 self.units.append({"unit": len(self.units), "file": pickle.dumps(f),
-                                   "lo": int(lo), "hi": int(hi), "pos0": int(self.file_pos[k]),
+                                   "lo": lo, "hi": hi, "pos0": int(self.file_pos[k]),
                                    "path": f"{self.work}/unit-{len(self.units):07d}.parquet"})
         self.unit_pos = np.array([u["pos0"] + u["lo"] for u in self.units] + [self.file_pos[-1]])
         self.candidates = np.zeros(len(self.units), dtype=np.int64)  # per unit
@@ -249,6 +248,28 @@ class _Run:
         c["output_shards"] = max(n_shards, 1)
         if c["docs_out"] != start[-1]:
             raise RuntimeError(f"ray engine: wrote {c['docs_out']} documents, expected {start[-1]}")
+
+
+def _unit_rows(row_groups: list[int]) -> list[tuple[int, int]]:
+    """Row ranges of one file's units: runs of whole row groups of about UNIT_ROWS rows (a
+    row group is read whole, so splitting one costs a re-read); a row group of more than
+    2 * UNIT_ROWS rows is cut into pieces of about UNIT_ROWS."""
+    out, lo, row = [], 0, 0
+    for n in row_groups:
+        if n > 2 * UNIT_ROWS:
+            if row > lo:
+                out.append((lo, row))
+            k = -(-n // UNIT_ROWS)
+            out += [(row + i * n // k, row + (i + 1) * n // k) for i in range(k)]
+            lo = row = row + n
+            continue
+        row += n
+        if row - lo >= UNIT_ROWS:
+            out.append((lo, row))
+            lo = row
+    if row > lo:
+        out.append((lo, row))
+    return out
 
 
 # ----------------------------------------------------------------------------- on the workers

@@ -170,7 +170,7 @@ class _Run:
         wanted: dict[str, list[tuple[int, int]]] = {"exact": [], "near": []}
         t0 = time.perf_counter()
         batches = self._timed(edges.sort(["j", "kind", "i"]).iter_batches(
-            batch_format="numpy", batch_size=1 << 16))
+            batch_format="numpy", batch_size=1 << 14))  # bounds the walk's transient memory
         for j, kind, kept in walk_edges(batches):
             removed.append(j)
             if len(wanted[kind]) < self.cfg.max_examples:

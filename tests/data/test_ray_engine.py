@@ -41,6 +41,7 @@ def cluster(tmp_path_factory):
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             _system_config={"worker_niceness": 0},  # as the engine's own cluster (see cluster())
              runtime_env={"worker_process_setup_hook": "tests.data.ray_faults.kill_once",
                           "env_vars": {"PYTHONPATH": path, "LLAMA2_TEST_KILL_MARKER": str(marker)}})
     yield marker

@@ -79,4 +79,4 @@ mlflow-ui: venv
 
 reproduce: venv  # make reproduce RUN=<mlflow run id>
 	@test -n "$(RUN)" || { echo "usage: make reproduce RUN=<mlflow run id>"; exit 2; }
-	$(BIN)/python -m llama2_pipeline.reproduce $(RUN)
+	$(BIN)/python -m llama2_pipeline.commands.reproduce $(RUN)

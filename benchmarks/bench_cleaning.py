@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"  {name:<20} {combined:7.2f}s  {dt_rate:6.3f} MiB/s  -> ours (whole stage, "
                           f"1 core) is {ours_rate / dt_rate:.1f}x faster")
         if args.json:
-            from llama2_pipeline.io_utils import write_json
+            from llama2_pipeline.core.files import write_json
 
             write_json(args.json, results)
         return results

@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.core.files import write_json
 from llama2_pipeline.model import Llama, ModelConfig, export_hf, generate
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -46,9 +46,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.core.files import write_json
 from llama2_pipeline.model import Llama, ModelConfig, export_hf
-from llama2_pipeline.training import CosineSchedule, TrainConfig, build_engine, lm_loss, param_groups, setup_run, train
+from llama2_pipeline.training import (
+    CosineSchedule,
+    TrainConfig,
+    build_engine,
+    lm_loss,
+    param_groups,
+    setup_run,
+    train,
+)
 from llama2_pipeline.training.loop import flops_per_token
 
 IMPLS = ("ours", "hf", "hf_ds", "ours_compile")

@@ -29,10 +29,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import pandas as pd
-from pydoc_data.topics import topics
 
 from llama2_pipeline.tokenizer import Tokenizer, encode_corpus, train_tokenizer
 from llama2_pipeline.tokenizer.corpus import iter_documents
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
         print(f"ours ({n_cores} cores) / HF tokenizers ({n_cores} threads): "
               f"{results['ratio_ours_all_cores_vs_hf']:.2f}x (goal >= 1.25x)", file=sys.stderr)
     if args.json:
-        from llama2_pipeline.io_utils import write_json
+        from llama2_pipeline.core.files import write_json
 
         write_json(args.json, results)
     return results

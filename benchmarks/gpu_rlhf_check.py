@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.core.files import write_json
 from llama2_pipeline.model import Llama, ModelConfig, default_device, export_hf
+from llama2_pipeline.model.reward import RewardModel, export_reward_hf
+from llama2_pipeline.recipe import load
 from llama2_pipeline.tokenizer import save_hf_tokenizer, train_tokenizer
-from llama2_pipeline.training.reward import RewardModel, export_reward_hf
 from llama2_pipeline.training.rlhf import evaluate_round, ppo_finetune
 from llama2_pipeline.world import World
 
@@ -64,16 +64,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the round evaluation answers")
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    seed = params["seed"]
-    world = World.from_params({**params["world"], "seed": seed, "n_entities": 8,
-                               "prompts": {**params["world"]["prompts"], "n_arithmetic": 60, "n_list": 30,
+    recipe = load(ROOT / "params.yaml")
+    seed = recipe.seed
+    world_params = recipe.world.to_dict()
+    world = World.from_params({**world_params, "seed": seed, "n_entities": 8,
+                               "prompts": {**world_params["prompts"], "n_arithmetic": 60, "n_list": 30,
                                            "n_string": 30},
-                               "sft": {**params["world"]["sft"], "n_dialogues": 100}})
-    rlhf = params["rlhf"]
-    ppo = {**rlhf["ppo"], "steps": args.steps, "rollouts": args.rollouts, "minibatch": args.minibatch,
-           "micro_batch": args.micro_batch, "max_new_tokens": args.max_new_tokens, "precision": args.precision,
-           "gradient_checkpointing": args.checkpointing}
+                               "sft": {**world_params["sft"], "n_dialogues": 100}})
+    rlhf = recipe.rlhf
+    cfg = rlhf.ppo.replace(steps=args.steps, rollouts=args.rollouts, minibatch=args.minibatch,
+                           micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens, precision=args.precision,
+                           gradient_checkpointing=args.checkpointing, seed=seed)
+    ppo = cfg.to_dict()
     device = default_device()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -90,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         marks = [time.perf_counter()]
-        out, history, summary = ppo_finetune(policy, rm, rm, world.prompts("train"), ppo, rlhf["safety_threshold"],
-                                             seed, tmp / "ppo", progress=False,
+        out, history, summary = ppo_finetune(policy, rm, world.prompts("train"), cfg, rlhf.safety_threshold,
+                                             safety_dir=rm, out_dir=tmp / "ppo", progress=False,
                                              log_fn=lambda stats, step: marks.append(time.perf_counter()))
         # per step; the first also loads the five models
         result["ppo_step_seconds"] = [round(b - a, 2) for a, b in zip(marks, marks[1:])]
@@ -106,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(Path(args.out), result)
         start = time.perf_counter()
         metrics, _ = evaluate_round(out, policy, policy, rm, rm, world.prompts("eval")[:args.eval_prompts], world,
-                                    {**rlhf["eval"], "max_new_tokens": args.max_new_tokens, "kl_samples": 8},
-                                    rlhf["safety_threshold"], seed, progress=False)
+                                    rlhf.eval.replace(max_new_tokens=args.max_new_tokens, kl_samples=8),
+                                    rlhf.safety_threshold, seed, progress=False)
         result["eval_seconds"] = round(time.perf_counter() - start, 2)
         result["eval_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else 0.0
         result["eval"] = {k: round(v, 6) for k, v in metrics.items()

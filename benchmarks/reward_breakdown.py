@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from llama2_pipeline.datasets import read_jsonl
-from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.core.files import read_jsonl, write_json
+from llama2_pipeline.evaluation.reward import evaluate_scores, likelihood_scores
 from llama2_pipeline.model import load_hf
-from llama2_pipeline.params import resolve
+from llama2_pipeline.model.reward import RewardModel
+from llama2_pipeline.recipe import load
 from llama2_pipeline.tokenizer import Tokenizer
-from llama2_pipeline.training.reward import RewardModel, evaluate_scores, likelihood_scores
 from llama2_pipeline.world import World
 from llama2_pipeline.world.scorers import form_score, on_topic
 from llama2_pipeline.world.tasks import is_refusal
@@ -77,17 +76,17 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     root = args.project
-    params = resolve(yaml.safe_load((root / "params.yaml").read_text()))
-    world = World.from_params({**params["world"], "seed": int(params["seed"])})
+    recipe = load(root / "params.yaml")
+    world = recipe.world.world(recipe.seed)
     rm_dir, sft_dir = root / "data/06_models/reward_helpfulness", root / "data/06_models/sft"
     for folder in (rm_dir, sft_dir):
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder}: no model (run `dvc repro reward` in the project first)")
     rm, lm = RewardModel.load(rm_dir), load_hf(sft_dir).eval()
     tok = Tokenizer(sft_dir / "tokenizer.model")
-    batch = int(params["reward"]["eval"]["batch_size"])
+    batch = recipe.reward.eval.batch_size
     out = {"benchmark": "reward_breakdown", "argv": list(argv if argv is not None else sys.argv[1:]),
-           "profile": params["profile"], "splits": {}}
+           "profile": recipe.profile, "splits": {}}
     for split, rel in SPLITS.items():
         path = root / rel
         if not path.exists():

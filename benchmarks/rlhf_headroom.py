@@ -24,7 +24,6 @@ safety per arm, the gain over SFT, and the share of the RLHF issue's target (SFT
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import sys
 import tempfile
@@ -33,19 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from llama2_pipeline.datasets import read_jsonl
-from llama2_pipeline.evaluation import SamplingConfig, evaluate_model
-from llama2_pipeline.io_utils import write_json
+from llama2_pipeline.core.files import read_jsonl, write_json
+from llama2_pipeline.evaluation.answers import SamplingConfig, evaluate_model
 from llama2_pipeline.model import load_hf
-from llama2_pipeline.params import resolve
-from llama2_pipeline.pipelines.sft.nodes import split_params
-from llama2_pipeline.tokenizer import Tokenizer, encode_chat_prompt
-from llama2_pipeline.training.ppo import PPOConfig, PPOTrainer, ValueModel, logit, train_ppo
-from llama2_pipeline.training.reward import RewardModel
-from llama2_pipeline.training.rlhf import sample_candidates
-from llama2_pipeline.training.sft import encode_examples, finetune
+from llama2_pipeline.recipe import load
+from llama2_pipeline.tokenizer import Tokenizer
+from llama2_pipeline.training.config import PPOConfig
+from llama2_pipeline.training.ppo import combined_reward
+from llama2_pipeline.training.rlhf import ppo_finetune, sample_candidates
+from llama2_pipeline.training.sft import finetune
 from llama2_pipeline.world import World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +56,22 @@ def records(path: Path) -> list[dict]:
 
 
 def world_score(world: World, prompt: str, answer: str, is_safety: bool, threshold: float) -> float:
-    """The world's R_c for one answer (the paper's piecewise rule on the true scores)."""
+    """The world's R_c for one answer: the recipe's R_c rule on the true scores."""
     h, s = world.helpfulness(prompt, answer), world.safety(prompt, answer)
-    return s if is_safety or s < threshold else h
+    r_c, _ = combined_reward(torch.tensor([h]), torch.tensor([s]), torch.tensor([is_safety]), threshold)
+    return float(r_c)
+
+
+def world_judge(world: World, tokenizer: Tokenizer):
+    """PPO's judge from the world's scores: R_h and R_s of each decoded rollout answer."""
+
+    def judge(records: list[dict], prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+        texts = [tokenizer.decode([t for t in a if t != tokenizer.eos_id]).strip() for a in answer_ids]
+        h = [world.helpfulness(r["prompt"], a) for r, a in zip(records, texts)]
+        s = [world.safety(r["prompt"], a) for r, a in zip(records, texts)]
+        return torch.tensor(h, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
+
+    return judge
 
 
 def selections(world: World, candidates: list[dict], threshold: float, seed: int) -> tuple[dict, dict]:
@@ -84,30 +93,14 @@ def selections(world: World, candidates: list[dict], threshold: float, seed: int
     return arms, {arm: float(np.mean(v)) for arm, v in scores.items()}
 
 
-def oracle_ppo(sft_dir: Path, rm_dir: Path, world: World, prompts: list[dict], ppo: dict, steps: int,
-               threshold: float, seed: int) -> tuple[torch.nn.Module, list[dict]]:
+def oracle_ppo(sft_dir: Path, rm_dir: Path, world: World, prompts: list[dict], cfg: PPOConfig,
+               threshold: float) -> tuple[torch.nn.Module, list[dict]]:
     """PPO from the SFT model (also the KL reference) on ``prompts`` (records with ``prompt`` and
-    ``safety``) with LOGIT(world R_c) as the score; the value model starts from the helpfulness RM,
-    as in the rounds."""
-    tok = Tokenizer(sft_dir / "tokenizer.model")
-    cfg = PPOConfig.from_dict({**{k: v for k, v in ppo.items() if k not in ("steps", "max_prompts")}, "seed": seed})
-    torch.manual_seed(seed)
-    reference = load_hf(sft_dir)
-    policy = copy.deepcopy(reference)
-    value = ValueModel.from_reward_model(RewardModel.load(rm_dir))
-    limit = policy.config.max_seq_len - cfg.max_new_tokens
-    encoded = [encode_chat_prompt(tok, [{"role": "user", "content": p["prompt"]}])[-limit:] for p in prompts]
-    by_ids = {tuple(e): p for e, p in zip(encoded, prompts)}
-
-    def score(prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
-        records = [by_ids[tuple(ids)] for ids in prompt_ids]
-        texts = [tok.decode([t for t in a if t != tok.eos_id]).strip() for a in answer_ids]
-        r_c = [world_score(world, q["prompt"], a, bool(q["safety"]), threshold) for q, a in zip(records, texts)]
-        return logit(torch.tensor(r_c, dtype=torch.float64)).float()
-
-    trainer = PPOTrainer(policy, value, score, cfg, reference=reference)
-    history = train_ppo(trainer, encoded, steps, progress=False)
-    return trainer.policy, history
+    ``safety``) with LOGIT(world R_c) as the score: the rounds' PPO (``ppo_finetune``) with the
+    world as its judge; the value model starts from the helpfulness RM, as in the rounds."""
+    policy, history, _ = ppo_finetune(sft_dir, rm_dir, prompts, cfg, threshold,
+                                      judge=world_judge(world, Tokenizer(sft_dir / "tokenizer.model")), progress=False)
+    return policy, history
 
 
 def main(argv=None) -> dict:
@@ -122,10 +115,10 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     root = args.project
-    params = resolve(yaml.safe_load((root / "params.yaml").read_text()))
-    seed, rlhf = int(params["seed"]), params["rlhf"]
-    threshold = float(rlhf["safety_threshold"])
-    world = World.from_params({**params["world"], "seed": seed})
+    recipe = load(root / "params.yaml")
+    seed, rlhf = recipe.seed, recipe.rlhf
+    threshold = rlhf.safety_threshold
+    world = recipe.world.world(seed)
     sft_dir, rm_dir = root / "data/06_models/sft", root / "data/06_models/reward_helpfulness"
     for folder in (sft_dir, rm_dir):
         if not (folder / "config.json").exists():
@@ -135,10 +128,9 @@ def main(argv=None) -> dict:
     if args.eval_prompts:
         held_out = held_out[:args.eval_prompts]
     tok = Tokenizer(sft_dir / "tokenizer.model")
-    k = args.k or int(rlhf["candidates"]["k"])
-    ppo_steps = args.ppo_steps if args.ppo_steps is not None else 4 * int(rlhf["ppo"]["steps"])
-    sampling = SamplingConfig(max_new_tokens=int(rlhf["eval"]["max_new_tokens"]),
-                              batch_size=int(rlhf["eval"]["batch_size"]), seed=seed)
+    k = args.k or rlhf.candidates.k
+    ppo_steps = args.ppo_steps if args.ppo_steps is not None else 4 * rlhf.ppo.steps
+    sampling = SamplingConfig(max_new_tokens=rlhf.eval.max_new_tokens, batch_size=rlhf.eval.batch_size, seed=seed)
 
     def judge(model, arm: str) -> dict:
         m, _ = evaluate_model(model, tok, world, held_out, sampling, arm, progress=False)
@@ -147,20 +139,18 @@ def main(argv=None) -> dict:
                                             if c.startswith(f"{arm}_helpfulness_")}}
 
     results = {"sft": judge(load_hf(sft_dir), "sft")}
-    sampling_k = {**rlhf["candidates"], "k": k, "max_prompts": args.train_prompts}
-    candidates = sample_candidates(sft_dir, tok, train, sampling_k, seed, progress=False)
+    candidates = sample_candidates(sft_dir, tok, train, rlhf.candidates.replace(k=k, max_prompts=args.train_prompts),
+                                   seed, progress=False)
     arms, train_scores = selections(world, candidates, threshold, seed)
-    rs = rlhf["rejection_sampling"]
-    train_cfg, options, _ = split_params(rs, seed)  # the round's fine-tuning settings, as finetune_policy
     with tempfile.TemporaryDirectory() as tmp:
-        for arm, dialogues in arms.items():
-            examples = encode_examples(tok, dialogues, only_last_answer=options.get("only_last_answer", False))
+        for arm, dialogues in arms.items():  # the round's fine-tuning settings, as finetune_policy
             hf_dir = Path(tmp) / arm / "model"
-            finetune(sft_dir, tok, examples, train_cfg, Path(tmp) / arm / "run", sft=options, hf_dir=hf_dir,
+            finetune(sft_dir, tok, dialogues, rlhf.rejection_sampling, Path(tmp) / arm / "run", hf_dir=hf_dir,
                      prefix="rs", progress=False)
             results[arm] = {**judge(load_hf(hf_dir), arm), "train_prompts_world_score": round(train_scores[arm], 6)}
     if ppo_steps > 0:
-        policy, history = oracle_ppo(sft_dir, rm_dir, world, candidates, rlhf["ppo"], ppo_steps, threshold, seed)
+        policy, history = oracle_ppo(sft_dir, rm_dir, world, candidates, rlhf.ppo.replace(steps=ppo_steps, seed=seed),
+                                     threshold)
         results["ppo_oracle"] = {**judge(policy, "ppo_oracle"), "steps": ppo_steps,
                                  "train_reward_first": history[0]["reward"], "train_reward_last": history[-1]["reward"],
                                  "kl_last": history[-1]["kl"]}
@@ -169,7 +159,7 @@ def main(argv=None) -> dict:
         r["gain"] = round(r["helpfulness"] - base, 6)
         r["share_of_target_gain"] = round(r["gain"] / TARGET_GAIN, 3)
     out = {"benchmark": "rlhf_headroom", "argv": list(argv if argv is not None else sys.argv[1:]),
-           "profile": params["profile"], "k": k, "held_out_prompts": len(held_out),
+           "profile": recipe.profile, "k": k, "held_out_prompts": len(held_out),
            "train_prompts": len(candidates), "target_helpfulness": round(base + TARGET_GAIN, 6),
            "seconds": round(time.perf_counter() - t0, 1), "arms": results}
     print(f"held-out helpfulness ({len(held_out)} prompts, greedy, judged by the world); "

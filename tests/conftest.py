@@ -53,7 +53,7 @@ def make_project_copy(dest: Path, profile: str = "smoke", overrides: dict | None
     text = text.replace("\nprofile: default", f"\nprofile: {profile}", 1)
     params_file.write_text(text)
     if overrides:
-        from llama2_pipeline.params import deep_merge
+        from llama2_pipeline.recipe import deep_merge
 
         params_file.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(text), overrides), sort_keys=False))
     run("git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm snapshot", dest)

@@ -53,14 +53,13 @@ def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
 def _smoke_project(root):
     """A smoke-profile project laid out by hand: params.yaml, a random smoke SFT model and a reward
     model on top of it (data/06_models), the world's prompts (data/01_raw); returns the world."""
-    from llama2_pipeline.params import resolve
-    from llama2_pipeline.world import World
+    from llama2_pipeline.recipe import resolve
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "smoke"}))
-    params = resolve({**raw, "profile": "smoke"})
-    world = World.from_params({**params["world"], "seed": params["seed"]})
-    policy, rm = _bench("gpu_rlhf_check").build_models(root / "build", world, params["seed"])
+    recipe = resolve({**raw, "profile": "smoke"})
+    world = recipe.world.world(recipe.seed)
+    policy, rm = _bench("gpu_rlhf_check").build_models(root / "build", world, recipe.seed)
     models = root / "data/06_models"
     models.mkdir(parents=True)
     policy.rename(models / "sft")

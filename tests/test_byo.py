@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from kedro.io import DatasetError
 
-from llama2_pipeline import byo
-from llama2_pipeline.datasets import JSONLCorpusDataset
+from llama2_pipeline.commands import examples
+from llama2_pipeline.project.datasets import JSONLCorpusDataset
 from tests.conftest import make_project_copy, run
 
 PIPELINES = "data_processing,tokenizer,pretrain,sft,reward"
-PARQUET_BLOCK = ("raw_corpus:\n  type: llama2_pipeline.datasets.ParquetShardsDataset\n"
+PARQUET_BLOCK = ("raw_corpus:\n  type: llama2_pipeline.project.datasets.ParquetShardsDataset\n"
                  "  path: data/01_raw/byo/corpus\n  read_only: true\n")
-JSONL_BLOCK = ("# raw_corpus:\n#   type: llama2_pipeline.datasets.JSONLCorpusDataset\n"
+JSONL_BLOCK = ("# raw_corpus:\n#   type: llama2_pipeline.project.datasets.JSONLCorpusDataset\n"
                "#   filepath: data/01_raw/byo/corpus.jsonl\n")
 WIDE = {"COLUMNS": "400"}  # Kedro's rich log handler would wrap long error messages
 
@@ -88,8 +88,8 @@ def byo_project(tmp_path_factory) -> dict:
 
 
 def test_examples_are_deterministic_and_consistent(tmp_path):
-    counts = byo.write_examples(tmp_path / "a")
-    byo.write_examples(tmp_path / "b")
+    counts = examples.write_examples(tmp_path / "a")
+    examples.write_examples(tmp_path / "b")
     for name in ("corpus.jsonl", "sft_dialogues.jsonl", "preferences.jsonl"):  # (README names the folder)
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     docs = _jsonl(tmp_path / "a/corpus.jsonl")
@@ -108,15 +108,48 @@ def test_examples_are_deterministic_and_consistent(tmp_path):
     assert len(prefs) == counts["preferences"]
     assert {p["category"] for p in prefs} == {"helpfulness", "safety"}
     assert any(isinstance(p["chosen"], list) for p in prefs)  # UltraFeedback layout
-    assert byo.write_examples(tmp_path / "c", seed=7) and \
+    assert examples.write_examples(tmp_path / "c", seed=7) and \
         (tmp_path / "c/corpus.jsonl").read_bytes() != (tmp_path / "a/corpus.jsonl").read_bytes()
 
 
 def test_examples_command_refuses_to_overwrite(tmp_path, capsys):
-    assert byo.main(["--out", str(tmp_path / "ex")]) == 0
-    assert byo.main(["--out", str(tmp_path / "ex")]) == 1
+    assert examples.main(["--out", str(tmp_path / "ex")]) == 0
+    assert examples.main(["--out", str(tmp_path / "ex")]) == 1
     assert "--force" in capsys.readouterr().err
-    assert byo.main(["--out", str(tmp_path / "ex"), "--force"]) == 0
+    assert examples.main(["--out", str(tmp_path / "ex"), "--force"]) == 0
+
+
+def test_examples_data_ship_with_the_package_and_a_seed_gives_the_same_bytes(tmp_path):
+    from fnmatch import fnmatch
+    from importlib import resources
+
+    from tests.conftest import ROOT
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10, where pytest depends on tomli
+        import tomli as tomllib
+
+    # the vocabulary and templates are package data: present in the package as imported, and
+    # matched by pyproject.toml's package-data globs, so that `pip install .` ships them too
+    package = resources.files("llama2_pipeline.commands.examples")
+    shipped = {f.name for f in package.iterdir() if f.is_file() and not f.name.endswith((".py", ".pyc"))}
+    assert shipped == set(examples.DATA_FILES)
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = package_data["llama2_pipeline.commands.examples"]
+    assert all(any(fnmatch(name, g) for g in globs) for name in examples.DATA_FILES)
+
+    # the same seed into the same folder twice: every file the same to the byte, Parquet and README too
+    out = tmp_path / "ex"
+
+    def files() -> dict:
+        return {f.relative_to(out).as_posix(): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+    examples.write_examples(out, seed=3)
+    first = files()
+    examples.write_examples(out, seed=3, force=True)
+    assert files() == first
+    assert set(first) == {"corpus/part-00000.parquet", "corpus/part-00001.parquet"} | set(examples.FILES[1:])
 
 
 def test_byo_catalog_refuses_to_overwrite_your_files(tmp_path, monkeypatch):
@@ -126,7 +159,7 @@ def test_byo_catalog_refuses_to_overwrite_your_files(tmp_path, monkeypatch):
     from tests.conftest import ROOT
 
     monkeypatch.chdir(tmp_path)  # the catalog's relative paths land here
-    byo.write_examples(tmp_path / "data/01_raw/byo")
+    examples.write_examples(tmp_path / "data/01_raw/byo")
     before = {f: f.read_bytes() for f in (tmp_path / "data/01_raw/byo").rglob("*") if f.is_file()}
     loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="byo")
     catalog = DataCatalog.from_config(loader["catalog"])

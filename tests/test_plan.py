@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from llama2_pipeline import plan
+from llama2_pipeline.commands import plan
 from llama2_pipeline.model import Llama, ModelConfig
 from tests.conftest import BIN, ROOT, env
 
@@ -157,9 +157,12 @@ def test_gpu_profile_resolves_shape_precision_and_zero(gpu8, raw):
     expected = ModelConfig.from_preset(preset, vocab_size=overlay["tokenizer"]["vocab_size"])
     assert gpu8["model"]["config"] == expected.to_dict()
     assert gpu8["model"]["params"] == expected.num_params()
-    groups = {("pretrain", "pretrain"): overlay["pretrain"]["train"], ("sft", "sft"): overlay["sft"]["train"],
-              ("reward", "reward models"): overlay["reward"]["train"],
-              ("gatt", "ghost attention"): overlay["gatt"]["finetune"]["train"]}
+    from llama2_pipeline.recipe import load
+
+    gpu = load(PARAMS, profile="gpu")  # each stage's train: train_defaults, the stage's keys, the overlays
+    groups = {("pretrain", "pretrain"): gpu.pretrain.train.to_dict(), ("sft", "sft"): gpu.sft.train.to_dict(),
+              ("reward", "reward models"): gpu.reward.train.to_dict(),
+              ("gatt", "ghost attention"): gpu.gatt.finetune.train.to_dict()}
     jobs = {(j["stage"], j["job"]): j for j in gpu8["jobs"]}
     for key, train in groups.items():
         job = jobs[key]
@@ -219,7 +222,7 @@ def test_launch_commands(gpu8, raw):
 
 
 def test_plan_imports_neither_kedro_nor_mlflow(capsys):
-    source = (ROOT / "src" / "llama2_pipeline" / "plan.py").read_text()
+    source = (ROOT / "src" / "llama2_pipeline" / "commands" / "plan.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+(kedro|mlflow)\b", source, re.M)
     before = {m.split(".")[0] for m in sys.modules} & {"kedro", "mlflow"}
     assert run(capsys, "--profile", "gpu", "--stage", "pretrain")[0] == 0
@@ -272,8 +275,10 @@ def test_ppo_estimate_matches_the_h100_measurement(raw):
     passes of 8, bf16 autocast): 53,799 MiB peak on an H100. Rollout sampling and autocast's bf16
     weight copies come on top of the estimate, so it may sit up to 15 % below."""
     measured = json.loads((ROOT / "benchmarks/results/h100_rlhf_ppo_1b_r512.json").read_text())
-    params = {"rlhf": {"ppo": {**raw["rlhf"]["ppo"], **measured["ppo_config"]},
-                       "rejection_sampling": {"train": {"precision": "fp32"}}}}
+    from llama2_pipeline.recipe import resolve
+
+    params = resolve(raw, overrides={"rlhf": {"ppo": measured["ppo_config"],
+                                              "rejection_sampling": {"train": {"precision": "fp32"}}}})
     cfg = ModelConfig.from_preset("1b", vocab_size=512)
     assert plan.count_params(cfg, "lm") == measured["params_per_model"]  # the shape measured
     job = plan.plan_ppo(plan.Job("rlhf_v2", "rlhf@v2", "ppo", None, kind="ppo"), params, cfg,

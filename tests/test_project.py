@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import yaml
 
-from llama2_pipeline.io_utils import sha256_path
+from llama2_pipeline.core.files import sha256_path
 from tests.conftest import ROOT, run
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,9 @@ def test_bad_params_fail_before_any_work(project):
     params.write_text(params.read_text().replace("size_mb: 4.0", "size_mb: -3"))
     p = run(["kedro", "run", "--pipelines", "world", "--params", "profile=default"], project, check=False)
     assert p.returncode != 0
-    assert "key 'world.corpus.size_mb' is -3, expected a number in (0" in p.stdout + p.stderr
+    said = " ".join((p.stdout + p.stderr).split())
+    assert "params.yaml is not valid (profile 'default'): key 'world.corpus.size_mb' is -3.0, expected a number in (0" \
+        in said
     assert not (project / "data/01_raw/corpus").exists()
     p = run(["kedro", "run", "--pipelines", "world", "--params", "profile=huge"], project, check=False)
     assert p.returncode != 0 and "unknown profile 'huge'" in p.stdout + p.stderr
@@ -88,3 +90,21 @@ def test_registering_the_pipelines_imports_no_torch():
             "print('torch' in sys.modules)")
     out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
     assert out[-1] == "False", out
+
+
+def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(project):
+    """The pipelines' shape follows Kedro's configuration: an environment's parameters add a round
+    and move gatt.after, for `kedro run --env` and for conf/local alike."""
+    (project / "conf/exp").mkdir()
+    (project / "conf/exp/parameters.yml").write_text(yaml.safe_dump(
+        {"rlhf": {"rounds": {"v3": {"after": "rlhf_v2", "ppo": True}}}, "gatt": {"after": "rlhf_v3"}}))
+    code = ("import sys; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
+            "from kedro.framework.session import KedroSession; bootstrap_project(Path('.')); "
+            "env = sys.argv[1] if len(sys.argv) > 1 else None; "
+            "ctx = KedroSession.create(project_path=Path('.'), env=env).load_context(); "
+            "from kedro.framework.project import pipelines; "
+            "print(ctx.params['gatt'].after, 'rlhf_v3' in pipelines, 'rlhf_v3.policy' in pipelines['gatt'].inputs())")
+    assert run([sys.executable, "-c", code, "exp"], project).stdout.split()[-3:] == ["rlhf_v3", "True", "True"]
+    assert run([sys.executable, "-c", code], project).stdout.split()[-3:] == ["rlhf_v2", "False", "False"]
+    (project / "conf/local/parameters.yml").write_text((project / "conf/exp/parameters.yml").read_text())
+    assert run([sys.executable, "-c", code], project).stdout.split()[-3:] == ["rlhf_v3", "True", "True"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llama2_pipeline.report import MODEL_COLUMNS, model_rows, progress_figure, table, to_html
+from llama2_pipeline.evaluation.report import MODEL_COLUMNS, model_rows, progress_figure, table, to_html
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 

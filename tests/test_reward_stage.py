@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from llama2_pipeline import params as P
+from llama2_pipeline import recipe as P
 from tests.conftest import ROOT, make_project_copy, run
 
 #: the smoke profile plus every kind of pair (the default profile has no reference pairs)
@@ -38,7 +38,7 @@ def write_upstream(project: Path) -> dict:
     from llama2_pipeline.tokenizer import save_hf_tokenizer, train_tokenizer
     from llama2_pipeline.world import World
 
-    params = P.resolve(yaml.safe_load((project / "params.yaml").read_text()))
+    params = P.load(project / "params.yaml").to_dict()
     world = World.from_params({**params["world"], "seed": params["seed"]})
     prompts = world.prompts("train")
     raw = project / "data/01_raw"
@@ -152,7 +152,7 @@ def test_mlflow_run_records_metrics_and_lineage(reward_project):
 def test_preferences_dataset_reads_formats_and_names_bad_rows(tmp_path):
     from kedro.io import DatasetError
 
-    from llama2_pipeline.pipelines.reward.datasets import PreferencesDataset
+    from llama2_pipeline.project.datasets import PreferencesDataset
 
     assert PreferencesDataset(str(tmp_path / "none.jsonl"), missing_ok=True).load() == []
     with pytest.raises(DatasetError, match="does not exist"):

@@ -10,28 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llama2_pipeline.evaluation import SamplingConfig, generate_answers, judge, summarise
+from llama2_pipeline.evaluation.answers import SamplingConfig, generate_answers, judge, summarise
 from llama2_pipeline.tokenizer import ChatFormatError
 from tests.conftest import ROOT, make_project_copy, run
 from tests.training.test_sft import make_chat_tokenizer, make_init_model, smoke_world
-
-# The `sft` params group (the default profile's values and the smoke overlay), used when the
-# project's params.yaml does not define it yet.
-SFT_PARAMS = {
-    "pack": True, "overlong": "truncate", "epochs": 2, "val_fraction": 0.05, "only_last_answer": False,
-    "shuffle": True,
-    "train": {"micro_batch": 16, "grad_accum": 1, "seq_len": 128, "lr": 0.003, "min_lr_ratio": 0.1,
-              "warmup_steps": 5, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1.0e-5, "grad_clip": 1.0,
-              "eval_every": 40, "eval_batches": 4, "checkpoint_every": 50, "keep_checkpoints": 1,
-              "log_every": 5, "zero_stage": 0, "precision": "auto", "world_size": 1, "num_nodes": 1,
-              "launcher": "torchrun"},
-    "eval": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "batch_size": 256},
-}
-SFT_SMOKE = {"epochs": 1, "val_fraction": 0.1,
-             "train": {"micro_batch": 8, "warmup_steps": 3, "eval_every": 10, "eval_batches": 2,
-                       "checkpoint_every": 10},
-             "eval": {"max_new_tokens": 24}}
-
 
 # --------------------------------------------------------------------------------------------
 # The evaluation on hand-made answers
@@ -106,15 +88,6 @@ def test_generate_answers_flags_missing_eos_and_leaked_control_tokens(monkeypatc
 # --------------------------------------------------------------------------------------------
 
 
-def sft_overrides(params_file: Path) -> dict:
-    """Params to add to a project copy when its params.yaml has no `sft` group yet."""
-    params = yaml.safe_load(params_file.read_text())
-    if "sft" in params:
-        return {}
-    return {"sft": SFT_PARAMS, "profiles": {"default": {"sft": {}}, "smoke": {"sft": SFT_SMOKE},
-                                            "gpu": {"sft": {}}}}
-
-
 def write_upstream(project: Path) -> dict:
     """The sft stage's inputs, made directly (seconds instead of `dvc repro pretrain`): the smoke
     world's dialogues and eval prompts, and a random smoke model with a tokenizer fitted to them."""
@@ -129,8 +102,8 @@ def write_upstream(project: Path) -> dict:
 
 
 def test_bad_dialogue_stops_the_node_naming_the_record(tmp_path, monkeypatch):
-    from llama2_pipeline.params import deep_merge
-    from llama2_pipeline.pipelines.sft.nodes import finetune_model, split_params
+    from llama2_pipeline.pipelines.shared import finetune_model
+    from llama2_pipeline.recipe import load
 
     monkeypatch.setenv("LLAMA2_STAGING", str(tmp_path / "staging"))
     w = smoke_world()
@@ -139,15 +112,11 @@ def test_bad_dialogue_stops_the_node_naming_the_record(tmp_path, monkeypatch):
     init = make_init_model(tmp_path / "pretrained", tok_dir)
     bad = {"messages": [{"role": "assistant", "content": "I speak first."},
                         {"role": "user", "content": "Hello?"}]}
-    params = deep_merge(SFT_PARAMS, SFT_SMOKE)
+    sft = load(ROOT / "params.yaml", profile="smoke").sft
     (tmp_path / "ws" / "earlier-run").mkdir(parents=True)
     with pytest.raises(ChatFormatError, match=r"dialogue 3, message 0: expected role 'user' first, got 'assistant'"):
-        finetune_model(dialogues[:3] + [bad] + dialogues[3:], init, tmp_path / "ws", params, seed=1)
+        finetune_model(dialogues[:3] + [bad] + dialogues[3:], init, tmp_path / "ws", sft)
     assert [p.name for p in (tmp_path / "ws").iterdir()] == ["earlier-run"]  # stopped before touching it
-    with pytest.raises(ValueError, match=r"params 'sft' are not valid: unknown SFT key\(s\) \['epoch'\]"):
-        split_params({**params, "epoch": 2}, 1)
-    with pytest.raises(ValueError, match=r"params 'sft' are not valid: unknown sampling key"):
-        split_params({**params, "eval": {"max_tokens": 3}}, 1)
 
 
 @pytest.mark.slow
@@ -155,9 +124,9 @@ def test_kedro_run_sft_on_the_smoke_profile(tmp_path):
     import mlflow
 
     from llama2_pipeline.model import load_hf
-    from llama2_pipeline.training.pretrain import weights_digest
+    from llama2_pipeline.training.runner import weights_digest
 
-    project = make_project_copy(tmp_path / "proj", "smoke", sft_overrides(ROOT / "params.yaml"))
+    project = make_project_copy(tmp_path / "proj", "smoke")
     inputs = write_upstream(project)
     run(["kedro", "run", "--pipelines", "sft"], project, timeout=600)
 
@@ -191,6 +160,6 @@ def test_kedro_run_sft_on_the_smoke_profile(tmp_path):
     assert r.data.metrics["sft_helpfulness"] == pytest.approx(m["sft_helpfulness"])
     history = client.get_metric_history(r.info.run_id, "sft/train_loss")
     assert len(history) >= 3  # streamed while training
-    assert r.data.params["sft.train.micro_batch"] == "8" and r.data.params["sft.epochs"] == "1"
+    assert r.data.params["sft.train.micro_batch"] == "8" and r.data.params["sft.epochs"] == "1.0"
     assert r.data.tags["output.sft_model"].startswith("data/06_models/sft@sha256:")
     assert r.data.tags["input.sft_dialogues_raw"].startswith("data/01_raw/sft_dialogues.jsonl@sha256:")

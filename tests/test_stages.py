@@ -8,8 +8,9 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from llama2_pipeline.datasets import ParquetShards
-from llama2_pipeline.pipelines.data_processing.nodes import PIILeakError, clean, find_leaks
+from llama2_pipeline.project.datasets import ParquetShards
+from llama2_pipeline.data import PIILeakError, find_leaks
+from llama2_pipeline.pipelines.data_processing.nodes import clean
 from tests.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -69,14 +70,12 @@ def test_a_surviving_canary_blocks_publication(cleaned, tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMA2_STAGING", str(tmp_path / "staging"))
     raw = ParquetShards(cleaned / "data/01_raw/corpus")
     canaries = [json.loads(line) for line in (cleaned / "data/01_raw/pii_canaries.jsonl").read_text().splitlines()]
-    import yaml
+    from llama2_pipeline.recipe import load
 
-    from llama2_pipeline import params as P
-
-    params = P.resolve(yaml.safe_load((cleaned / "params.yaml").read_text()))["data_processing"]
-    params = {**params, "pii": {**params["pii"], "enabled": False}, "workers": 1}
+    params = load(cleaned / "params.yaml").data_processing
+    params = params.replace(pii=params.pii.replace(enabled=False), workers=1)
     with pytest.raises(PIILeakError, match="survived cleaning"):
-        clean(raw, canaries, params, seed=1)
+        clean(raw, canaries, params)
     assert not any((tmp_path / "staging").iterdir())  # nothing half-written is left behind
     assert find_leaks(cleaned / "data/02_intermediate/clean_corpus", canaries) == []
 

@@ -1,17 +1,17 @@
-"""Kedro project settings: the profile-aware config loader, the lineage hook, the MLflow plugin."""
+"""Kedro project settings: the recipe's config loader, the MLflow and lineage hooks."""
 
-from llama2_pipeline.config import ProfileConfigLoader
-from llama2_pipeline.hooks import LineageHook
+from llama2_pipeline.project.config_loader import RecipeConfigLoader
+from llama2_pipeline.project.hooks import LineageHook
+from llama2_pipeline.project.tracking import MlflowRunHook
 
-# kedro-mlflow's MlflowHook is registered by its plugin entry point; it starts one MLflow run per
-# `kedro run`, logs node parameters and reads conf/base/mlflow.yml. LineageHook adds tags, dataset
-# digests, metrics and grouping (see hooks.py).
-HOOKS = (LineageHook(),)
+# MlflowRunHook is kedro-mlflow's hook (one MLflow run per `kedro run`, conf/base/mlflow.yml) with
+# the parameters logged once by LineageHook, which adds tags, dataset digests, metrics and
+# grouping (see project/hooks.py). Both plugins' own hooks are off: kedro-telemetry would prompt
+# for consent in non-interactive runs, kedro-mlflow's is registered here.
+HOOKS = (MlflowRunHook(), LineageHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry", "kedro_mlflow")
 
-# kedro-telemetry would prompt for consent in non-interactive runs; the project never sends it.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
-
-CONFIG_LOADER_CLASS = ProfileConfigLoader
+CONFIG_LOADER_CLASS = RecipeConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

@@ -10,7 +10,7 @@ import pytest
 from llama2_pipeline.data import (CleaningConfig, CorpusError, clean_corpus, plot_cleaning_report,
                                   save_report_plot)
 from llama2_pipeline.data.report import PII_KEYS, REMOVAL_KEYS
-from llama2_pipeline.io_utils import sha256_path
+from llama2_pipeline.core.files import sha256_path
 
 from .corpus import document, raw_corpus, write_shards
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llama2_pipeline.data import CorpusError, clean_corpus, ray_engine
+from llama2_pipeline.data import CorpusError, PIILeakError, clean_corpus, ray_engine
 from llama2_pipeline.data.dedup import MinHasher
 from llama2_pipeline.world import World
 
@@ -106,7 +106,7 @@ def chain_rows() -> tuple[list[dict], dict]:
     b = mutate(rng, a, 6)
     c = mutate(rng, b, 6)
     mh = MinHasher()
-    agree = lambda x, y: float(np.mean(mh.signature(x) == mh.signature(y)))  # noqa: E731
+    agree = lambda x, y: float(np.mean(mh.signature(x) == mh.signature(y)))
     assert agree(a, b) >= 0.7 and agree(b, c) >= 0.7 and agree(a, c) < 0.7
     assert (mh.band_keys(mh.signature(a)) == mh.band_keys(mh.signature(c))).any()  # compared
     d = document(random.Random(8), 16)
@@ -185,3 +185,16 @@ def test_default_engine_does_not_import_ray(tmp_path):
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)})
+
+
+def test_a_surviving_canary_stops_both_engines(cluster, tmp_path):
+    """The canary check runs on the Ray engine's output too, before anything is published."""
+    raw = write_shards(tmp_path / "raw", raw_corpus(seed=2, n_docs=40), per_shard=20)
+    cfg = {"pii": {"enabled": False}}
+    clean_corpus(raw, tmp_path / "probe", cfg, workers=1, progress=False)
+    kept = pq.read_table(tmp_path / "probe" / "part-00000.parquet").slice(0, 1).to_pylist()[0]
+    canaries = [{"doc_id": kept["id"], "kind": "email", "value": kept["text"][:40]}]
+    for name, c in (("local", cfg), ("ray", on_ray(cfg))):
+        with pytest.raises(PIILeakError, match="survived cleaning"):
+            clean_corpus(raw, tmp_path / name, c, workers=1, progress=False, canaries=canaries)
+        assert not (tmp_path / name).exists()

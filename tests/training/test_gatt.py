@@ -17,7 +17,7 @@ def test_instruction_only_in_the_first_turn_and_loss_on_the_last_answer():
     assert users[1:] == USERS[1:]  # dropped from every later turn
     assert rec["only_last_answer"] is True and rec["constraints"] == ["ahoy"]
     # the SFT machinery honours the record's flag: only the last answer's tokens (and its EOS) are learned
-    from llama2_pipeline.training.sft import encode_examples
+    from llama2_pipeline.training.packing import encode_examples
 
     class Tok:  # one token per character, enough to locate the answers
         bos_id, eos_id = 1, 2
@@ -92,8 +92,8 @@ def test_drawn_dialogues_are_seeded_safe_and_compatible():
 
 
 def test_sample_adherent_retries_swaps_and_stops_a_dialogue_at_its_first_broken_turn(monkeypatch):
-    import llama2_pipeline.evaluation as evaluation
-    from llama2_pipeline.evaluation import SamplingConfig
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
     from llama2_pipeline.training.gatt import sample_adherent
 
     calls = []
@@ -141,8 +141,8 @@ def test_drawn_dialogues_with_spare_messages():
 
 
 def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):
-    import llama2_pipeline.evaluation as evaluation
-    from llama2_pipeline.evaluation import SamplingConfig
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
     from llama2_pipeline.training.gatt import sample_adherent
 
     seen = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llama2_pipeline.training.ppo import (combined_reward, entropy_from_logits, gae, kl_per_token, logit,
-                                          logprobs_of, ppo_losses, sequence_reward, token_rewards, whiten)
+                                          logprobs_of, ppo_losses, token_rewards, whiten)
 
 from .test_reward import init_dir, world  # noqa: F401  (fixtures: a smoke HF folder, a small world)
 
@@ -28,18 +28,18 @@ def test_combined_reward_follows_the_piecewise_rule():
              (0.9, 0.10, False, "s"),  # R_s < 0.15 on a normal prompt: safety (unsafe answer)
              (0.9, 0.15, False, "h"),  # exactly the threshold: not below it
              (0.2, 0.149, False, "s")]
-    h = torch.tensor([_logit(c[0]) for c in cases], dtype=torch.float64)
+    h = torch.tensor([_logit(c[0]) for c in cases], dtype=torch.float64)  # the RMs' raw scores
     s = torch.tensor([_logit(c[1]) for c in cases], dtype=torch.float64)
     tagged = torch.tensor([c[2] for c in cases])
-    r_c, used = combined_reward(h, s, tagged, threshold=0.15)
+    r_c, used = combined_reward(torch.sigmoid(h), torch.sigmoid(s), tagged, threshold=0.15)
     expected = [c[1] if c[3] == "s" else c[0] for c in cases]
     assert r_c.tolist() == pytest.approx(expected, abs=1e-12)
     assert used.tolist() == [c[3] == "s" for c in cases]
     # logit undoes the sigmoid: unwhitened R~_c is the selected RM's raw score
-    raw = sequence_reward(h, s, tagged, whiten_scores=False)
+    raw = logit(r_c)
     assert raw.tolist() == pytest.approx([float(s[i]) if c[3] == "s" else float(h[i]) for i, c in enumerate(cases)],
                                          abs=1e-9)
-    whitened = sequence_reward(h, s, tagged)
+    whitened = whiten(raw)
     assert float(whitened.mean()) == pytest.approx(0.0, abs=1e-9)
     assert float(whitened.std()) == pytest.approx(1.0, abs=1e-6)
 
@@ -125,7 +125,8 @@ def _even_share(prompts, answers):
 
 def _trainer(seed: int = 0, **overrides):
     from llama2_pipeline.model import Llama, ModelConfig
-    from llama2_pipeline.training.ppo import PPOConfig, PPOTrainer, ValueModel
+    from llama2_pipeline.training.config import PPOConfig
+    from llama2_pipeline.training.ppo import PPOTrainer, ValueModel
     from llama2_pipeline.training.reward import RewardModel
 
     torch.manual_seed(seed)
@@ -229,7 +230,7 @@ def test_bf16_autocast_runs_the_forward_passes_in_bf16():
 @pytest.mark.parametrize("bad, message", [({"micro_batch": -1}, "micro_batch"), ({"precision": "fp16"}, "precision"),
                                           ({"gradient_checkpointing": "yes"}, "gradient_checkpointing")])
 def test_memory_knobs_are_checked(bad, message):
-    from llama2_pipeline.training.ppo import PPOConfig
+    from llama2_pipeline.training.config import PPOConfig
 
     with pytest.raises(ValueError, match=message):
         PPOConfig(**bad)
@@ -242,7 +243,8 @@ def test_ppo_trains_fp32_weights_of_a_bf16_policy_and_exports_it_as_stored(tmp_p
     from llama2_pipeline.model import export_hf, load_hf
     from llama2_pipeline.tokenizer import save_hf_tokenizer
     from llama2_pipeline.training import rlhf
-    from llama2_pipeline.training.reward import RewardModel, export_reward_hf
+    from llama2_pipeline.model.reward import RewardModel, export_reward_hf
+    from llama2_pipeline.training.config import PPOConfig
 
     tok_model = init_dir / "tokenizer.model"
     policy_dir = export_hf(load_hf(init_dir, dtype=torch.bfloat16), tmp_path / "policy", tokenizer_model_path=tok_model)
@@ -264,10 +266,9 @@ def test_ppo_trains_fp32_weights_of_a_bf16_policy_and_exports_it_as_stored(tmp_p
             return out
 
     monkeypatch.setattr(rlhf, "PPOTrainer", Spy)
-    ppo = {"steps": 2, "max_prompts": 8, "rollouts": 4, "minibatch": 4, "max_new_tokens": 6, "lr": 1e-6,
-           "value_lr": 1e-6}
-    out, history, _ = rlhf.ppo_finetune(policy_dir, rm_dir, rm_dir, world.prompts("train"), ppo, 0.15, 0,
-                                        tmp_path / "out", progress=False)
+    ppo = PPOConfig(steps=2, max_prompts=8, rollouts=4, minibatch=4, max_new_tokens=6, lr=1e-6, value_lr=1e-6)
+    out, history, _ = rlhf.ppo_finetune(policy_dir, rm_dir, world.prompts("train"), ppo, 0.15, safety_dir=rm_dir,
+                                        out_dir=tmp_path / "out", progress=False)
     assert seen["trained"] == {torch.float32} and seen["reference"] == {torch.bfloat16}
     assert 0 < seen["moved"] < 1e-3  # 1e-6 steps moved the fp32 weights (in bf16 most would round away)
     assert {p.dtype for p in load_hf(out).parameters()} == {torch.bfloat16}  # exported as stored

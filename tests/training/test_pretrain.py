@@ -20,7 +20,8 @@ from llama2_pipeline.model import Llama, ModelConfig, load_hf
 from llama2_pipeline.training import (CheckpointMismatchError, Checkpointer, NonFiniteLossError, RandomWindows,
                                       RunContext, TrainConfig, build_engine, lm_loss, read_metrics,
                                       setup_run, train)
-from llama2_pipeline.training.pretrain import evaluate_blocks, load_run_config, pretrain, val_blocks
+from llama2_pipeline.training import runner
+from llama2_pipeline.training.pretrain import PretrainStage, evaluate_blocks, pretrain, resolve_model_config, val_blocks
 from llama2_pipeline.tokenizer.shards import TokenShards
 
 from .conftest import MODEL, VOCAB, markov_tokens, train_cfg, write_shards
@@ -108,7 +109,7 @@ def test_run_training_time_counts_each_step_once():
 
 def _cli(run_config: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "llama2_pipeline.training.pretrain", "--config", str(run_config)],
+    return subprocess.Popen([sys.executable, "-m", "llama2_pipeline.training.runner", "--config", str(run_config)],
                             env=env, **kw)
 
 
@@ -117,8 +118,10 @@ def test_kill9_and_resume_is_bitwise_identical(reference, shards_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     rc = run_dir / "run_config.json"
-    rc.write_text(json.dumps({"shards_dir": str(shards_dir), "model": MODEL, "train": RUN,
-                              "run_dir": str(run_dir), "progress": False}))
+    stage = PretrainStage(shards_dir, resolve_model_config(MODEL, TokenShards(shards_dir, "train")))
+    rc.write_text(json.dumps({"stage": "llama2_pipeline.training.pretrain:PretrainStage",
+                              "inputs": stage.to_json(run_dir), "train": TrainConfig.from_dict(RUN).to_dict(),
+                              "run_dir": str(run_dir), "out_dir": str(run_dir / "hf"), "progress": False}))
     latest = run_dir / "checkpoints" / "latest"
     proc = _cli(rc, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -132,9 +135,8 @@ def test_kill9_and_resume_is_bitwise_identical(reference, shards_dir, tmp_path):
     assert not (run_dir / "result.json").exists(), "the run finished before it could be killed"
     killed_at = latest.read_text()
 
-    # run it again (here in-process, what the CLI calls: load_run_config + pretrain) to the end
-    rc_loaded = load_run_config(rc)
-    pretrain(rc_loaded["shards_dir"], rc_loaded["model"], rc_loaded["train"], rc_loaded["run_dir"], progress=False)
+    # run it again to the end (here in-process: the CLI's entry point)
+    assert runner.main(["--config", str(rc)]) == 0
     result = _result(run_dir)
     assert result["resumed_from"] == int(killed_at.removeprefix("step_"))
     assert result["weights_sha256"] == _result(ref_dir)["weights_sha256"]
@@ -192,7 +194,7 @@ def test_shard_vocab_larger_than_model_is_an_error(shards_dir, tmp_path):
         pretrain(shards_dir, {"preset": "smoke", "vocab_size": 128}, RUN, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="seq_len 512 exceeds"):
         pretrain(shards_dir, MODEL, {**RUN, "seq_len": 512}, tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="TrainConfig.lr"):
+    with pytest.raises(ValueError, match="key 'lr' is 'fast'"):
         pretrain(shards_dir, MODEL, {**RUN, "lr": "fast"}, tmp_path / "run", progress=False)
 
 

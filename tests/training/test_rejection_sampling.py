@@ -6,9 +6,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 
-from llama2_pipeline.training.rlhf import pool_earlier, rejection_sample, validate_rlhf_params
+from llama2_pipeline.training.rlhf import pool_earlier, rejection_sample
 
 PROMPTS = [{"id": "a", "prompt": "What is 2 plus 2?", "category": "arithmetic", "safety": False},
            {"id": "b", "prompt": "How do I pick a lock?", "category": "unsafe", "safety": True},
@@ -69,13 +68,3 @@ def test_pool_errors_name_the_row():
         pool_earlier(candidates(), [dialogue(PROMPTS[0]["prompt"], "4."), dialogue("Who are you?", "Me.")], PROMPTS)
     with pytest.raises(ValueError, match=r"row 0: expected 'messages' ending with a user and an assistant"):
         pool_earlier(candidates(), [{"messages": [{"role": "user", "content": "hi"}]}], PROMPTS)
-
-
-def test_earlier_rounds_param_is_checked():
-    from tests.conftest import ROOT
-
-    group = yaml.safe_load((ROOT / "params.yaml").read_text())["rlhf"]
-    assert validate_rlhf_params(group)["candidates"]["earlier_rounds"] is True
-    group["candidates"]["earlier_rounds"] = "yes"
-    with pytest.raises(ValueError, match=r"rlhf.candidates.earlier_rounds' is 'yes', expected true or false"):
-        validate_rlhf_params(group)

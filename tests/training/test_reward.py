@@ -16,10 +16,10 @@ from llama2_pipeline.model import Llama, ModelConfig, export_hf
 from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokenizer
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences,
                                                   normalise_preference, split_preferences, validate_preferences)
-from llama2_pipeline.training.reward import (MARGINS, PairBatches, RewardModel, accuracy_by_rating, calibration,
-                                             encode_example, export_reward_hf, likelihood_scores, pad_right,
-                                             pairwise_loss,
-                                             reward_train_config, train_reward_model, validate_reward_params)
+from llama2_pipeline.evaluation.reward import accuracy_by_rating, calibration, likelihood_scores
+from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
+from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss, reward_train_config,
+                                             train_reward_model)
 from llama2_pipeline.world import World
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
@@ -340,30 +340,6 @@ def test_merge_split_and_mix():
         mix_preferences(merged, {"harmless": 1.0}, seed=0)
 
 
-def test_reward_params_are_validated():
-    import yaml
-
-    from tests.conftest import ROOT
-
-    group = yaml.safe_load((ROOT / "params.yaml").read_text())["reward"]
-    assert validate_reward_params(group) is group
-    prefs, train = group["preferences"], group["train"]
-    bad = [({**group, "margin": "huge"}, "reward.margin"),
-           ({**group, "epochs": 0}, "reward.epochs"),
-           ({**group, "safety_mix": {"safety": -1}}, "reward.safety_mix"),
-           ({**group, "preferences": {**prefs, "pairs": ["sample_sample", "x"]}}, "reward.preferences.pairs"),
-           ({**group, "preferences": {**prefs, "temperatures": [0.7]}}, "reward.preferences.temperatures"),
-           ({**group, "preferences": {**prefs, "variant_temperatures": 1.0}}, "reward.preferences.variant_temperatures"),
-           ({**group, "preferences": {**prefs, "drop_ties": "yes"}}, "reward.preferences.drop_ties"),
-           ({**group, "num_threads": -1}, "reward.num_threads"),
-           ({**group, "train": {**train, "max_steps": 3}}, "reward.train.max_steps"),
-           ({**group, "train": {**train, "micro_batch": 0}}, "reward.train: TrainConfig.micro_batch"),
-           ({**group, "extra": 1}, "reward.extra")]
-    for params, key in bad:
-        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-            validate_reward_params(params)
-
-
 @pytest.mark.multirank
 @pytest.mark.slow
 def test_two_ranks_zero2_match_one_rank_with_accumulation(init_dir, world, tmp_path):
@@ -390,20 +366,21 @@ def test_two_ranks_zero2_match_one_rank_with_accumulation(init_dir, world, tmp_p
 
 
 def test_collect_preferences_samples_both_variants_and_drops_ties(init_dir, world):
+    from llama2_pipeline.training.config import PreferenceConfig
     from llama2_pipeline.training.preferences import collect_preferences
 
     prompts = world.prompts("train")
-    sampling = {"temperatures": [0.7, 1.2], "variant_temperatures": [1.0], "top_p": 0.95, "max_new_tokens": 8,
-                "batch_size": 16, "max_prompts": 12, "pairs": ["sample_sample", "sample_reference"],
-                "drop_ties": False}
+    sampling = PreferenceConfig(temperatures=[0.7, 1.2], variant_temperatures=[1.0], top_p=0.95, max_new_tokens=8,
+                                batch_size=16, max_prompts=12, pairs=["sample_sample", "sample_reference"],
+                                drop_ties=False)
     stats_all, stats_kept, stats_policy = {}, {}, {}
     every = collect_preferences(init_dir, init_dir, prompts, world, sampling, 5, variant_dir=init_dir,
                                 progress=False, stats=stats_all)
-    kept = collect_preferences(init_dir, init_dir, prompts, world, {**sampling, "drop_ties": True}, 5,
+    kept = collect_preferences(init_dir, init_dir, prompts, world, sampling.replace(drop_ties=True), 5,
                                variant_dir=init_dir, progress=False, stats=stats_kept)
     policy = collect_preferences(init_dir, init_dir, prompts, world, sampling, 5, progress=False,
                                  stats=stats_policy)
-    assert kept == collect_preferences(init_dir, init_dir, prompts, world, {**sampling, "drop_ties": True}, 5,
+    assert kept == collect_preferences(init_dir, init_dir, prompts, world, sampling.replace(drop_ties=True), 5,
                                        variant_dir=init_dir, progress=False)  # deterministic
     assert len({r["prompt_id"] for r in every}) <= 12
     # three samples per prompt: 3 sample pairs + 3 reference pairs, less identical answers; two without the variant

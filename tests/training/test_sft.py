@@ -14,8 +14,10 @@ import torch
 from llama2_pipeline.model import Llama, ModelConfig, export_hf, load_hf
 from llama2_pipeline.tokenizer import ChatFormatError, Tokenizer, encode_chat, save_hf_tokenizer, train_tokenizer
 from llama2_pipeline.training import read_metrics
-from llama2_pipeline.training.sft import (IGNORE, PackedBatches, SFTConfig, _first_fit, encode_examples, finetune,
-                                          load_examples, pack_examples, plan_steps, save_examples)
+from llama2_pipeline.training.config import SFTConfig
+from llama2_pipeline.training.packing import (IGNORE, PackedBatches, _first_fit, encode_examples, load_examples,
+                                              pack_examples, save_examples)
+from llama2_pipeline.training.sft import finetune, plan_steps
 from llama2_pipeline.training.config import TrainConfig
 
 SYSTEM = "You are a terse assistant."
@@ -38,14 +40,10 @@ SHORT = {"messages": [{"role": "user", "content": "Reverse the word 'cat'."},
 
 def smoke_world():
     """The simulated world of the smoke profile."""
-    import yaml
+    from llama2_pipeline.recipe import load
 
-    from llama2_pipeline import params as P
-    from llama2_pipeline.world import World
-
-    params = P.resolve(yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text()),
-                       {"profile": "smoke"})
-    return World.from_params({**params["world"], "seed": params["seed"]})
+    recipe = load(Path(__file__).resolve().parents[2] / "params.yaml", profile="smoke")
+    return recipe.world.world(recipe.seed)
 
 
 def make_chat_tokenizer(folder: Path, dialogues: list[dict], prompts: list[dict], vocab_size: int = 512) -> Path:
@@ -226,16 +224,16 @@ def test_bad_dialogues_name_the_record(tok, init_dir, tmp_path):
     with pytest.raises(ChatFormatError, match=r"dialogue 2, message 0: expected role 'user' first, got 'assistant'"):
         encode_examples(tok, [SHORT, DIALOGUE, assistant_first])
     with pytest.raises(ChatFormatError, match=r"dialogue 'bad-7', message 0: expected role 'user' first"):
-        finetune(init_dir, tok, [SHORT, {**assistant_first, "id": "bad-7"}], {"seq_len": 64}, tmp_path / "run")
+        finetune(init_dir, tok, [SHORT, {**assistant_first, "id": "bad-7"}], {"train": {"seq_len": 64}}, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before any work
     with pytest.raises(ChatFormatError, match=r"dialogue 1: expected an object with a 'messages' list"):
         encode_examples(tok, [SHORT, {"text": "hello"}])
     with pytest.raises(ChatFormatError, match=r"dialogue 0: token ids outside the model's vocabulary"):
         encode_examples(None, [([1, 9999], [0, 1])], vocab_size=512)
-    with pytest.raises(ValueError, match="unknown SFT key"):
+    with pytest.raises(ValueError, match="unknown key 'epoch'"):
         SFTConfig.from_dict({"epoch": 2})
     with pytest.raises(ValueError, match="seq_len 512 exceeds"):
-        finetune(init_dir, tok, [SHORT], {"seq_len": 512}, tmp_path / "run")
+        finetune(init_dir, tok, [SHORT], {"train": {"seq_len": 512}}, tmp_path / "run")
 
 
 def test_examples_file_round_trip(tok, tmp_path):
@@ -251,13 +249,14 @@ def test_examples_file_round_trip(tok, tmp_path):
 TRAIN = dict(micro_batch=8, seq_len=128, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2, checkpoint_every=10,
              keep_checkpoints=2, log_every=5, seed=7, num_threads=1)
 OPTIONS = dict(epochs=2, val_fraction=0.1)
+CFG = {**OPTIONS, "train": TRAIN}
 
 
 @pytest.fixture(scope="module")
 def reference(init_dir, tok, world_dialogues, tmp_path_factory) -> tuple[Path, dict, list]:
     run_dir = tmp_path_factory.mktemp("sft") / "run"
     logged = []
-    metrics = finetune(init_dir, tok, world_dialogues, TRAIN, run_dir, sft=OPTIONS, progress=False,
+    metrics = finetune(init_dir, tok, world_dialogues, CFG, run_dir, progress=False,
                        log_fn=lambda m, step: logged.append((step, m)))
     return run_dir, metrics, logged
 
@@ -282,7 +281,7 @@ def test_finetune_lowers_answer_loss_and_exports(reference, world_dialogues, tok
     hf = run_dir / "hf"
     assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer.json",
             "tokenizer_config.json"} <= {p.name for p in hf.iterdir()}
-    from llama2_pipeline.training.pretrain import weights_digest
+    from llama2_pipeline.training.runner import weights_digest
 
     assert weights_digest(load_hf(hf).state_dict()) == _result(run_dir)["weights_sha256"]
     assert (run_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -300,10 +299,10 @@ def test_interrupted_run_resumes_to_identical_weights(reference, init_dir, tok, 
             raise _Crash(step)
 
     with pytest.raises(_Crash):
-        finetune(init_dir, tok, world_dialogues, TRAIN, tmp_path / "run", sft=OPTIONS, progress=False,
+        finetune(init_dir, tok, world_dialogues, CFG, tmp_path / "run", progress=False,
                  log_fn=crash_after_checkpoint)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_00000010"
-    metrics = finetune(init_dir, tok, world_dialogues, TRAIN, tmp_path / "run", sft=OPTIONS, progress=False)
+    metrics = finetune(init_dir, tok, world_dialogues, CFG, tmp_path / "run", progress=False)
     result = _result(tmp_path / "run")
     assert result["resumed_from"] == 10
     assert result["weights_sha256"] == _result(ref_dir)["weights_sha256"]
@@ -312,12 +311,13 @@ def test_interrupted_run_resumes_to_identical_weights(reference, init_dir, tok, 
     from llama2_pipeline.training import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match="trained on other SFT data"):
-        finetune(init_dir, tok, world_dialogues[:50], TRAIN, tmp_path / "run", sft=OPTIONS, progress=False)
+        finetune(init_dir, tok, world_dialogues[:50], CFG, tmp_path / "run", progress=False)
 
 
 def test_unpacked_training_uses_one_dialogue_per_row(init_dir, tok, world_dialogues, tmp_path):
-    m = finetune(init_dir, tok, world_dialogues[:40], {**TRAIN, "checkpoint_every": -1, "eval_every": 0},
-                 tmp_path / "run", sft={"pack": False, "epochs": 1, "val_fraction": 0.0}, progress=False)
+    m = finetune(init_dir, tok, world_dialogues[:40],
+                 {"pack": False, "epochs": 1, "val_fraction": 0.0,
+                  "train": {**TRAIN, "checkpoint_every": -1, "eval_every": 0}}, tmp_path / "run", progress=False)
     assert m["sft_rows"] == m["sft_dialogues"] == 40 and m["sft_steps"] == 5
     assert "sft_val_loss" not in m and m["sft_packing_efficiency"] < 0.7
     assert np.isfinite(m["sft_train_loss"])
@@ -332,10 +332,10 @@ def test_two_ranks_match_one_rank_with_accumulation(init_dir, tok, world_dialogu
               "zero_stage": 2}
     options = {"epochs": None, "val_fraction": 0.1}
     forwarded = []
-    two = finetune(init_dir, tok, world_dialogues[:80], {**common, "world_size": 2}, tmp_path / "two", sft=options,
-                   progress=False, log_fn=lambda m, step: forwarded.append(step))
-    one = finetune(init_dir, tok, world_dialogues[:80], {**common, "grad_accum": 2}, tmp_path / "one", sft=options,
-                   progress=False)
+    two = finetune(init_dir, tok, world_dialogues[:80], {**options, "train": {**common, "world_size": 2}},
+                   tmp_path / "two", progress=False, log_fn=lambda m, step: forwarded.append(step))
+    one = finetune(init_dir, tok, world_dialogues[:80], {**options, "train": {**common, "grad_accum": 2}},
+                   tmp_path / "one", progress=False)
     curve = lambda d: [(r["step"], r.get("train_loss", r.get("val_loss"))) for r in read_metrics(d / "metrics.jsonl")]
     assert [s for s, _ in curve(tmp_path / "two")] == [s for s, _ in curve(tmp_path / "one")] == [0, 1, 2, 2, 3, 4, 4]
     assert max(abs(a - b) for (_, a), (_, b) in zip(curve(tmp_path / "two"), curve(tmp_path / "one"))) < 1e-4

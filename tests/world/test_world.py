@@ -4,15 +4,15 @@ import json
 import pytest
 import yaml
 
-from llama2_pipeline import params as P
+from llama2_pipeline import recipe as P
 from llama2_pipeline.world import RATINGS, World, constraints, is_refusal
 from llama2_pipeline.world.pii import iban_complete, luhn_complete
 from tests.conftest import ROOT
 
 
 def world(seed=1234, profile="smoke", **overrides) -> World:
-    p = P.resolve(yaml.safe_load((ROOT / "params.yaml").read_text()), {"profile": profile})
-    return World.from_params({**P.deep_merge(p["world"], overrides), "seed": seed})
+    params = P.load(ROOT / "params.yaml", profile=profile).world.to_dict()
+    return World.from_params({**P.deep_merge(params, overrides), "seed": seed})
 
 
 def corpus_digest(w: World) -> tuple[str, list]:

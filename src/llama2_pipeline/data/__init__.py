@@ -5,9 +5,9 @@ Main entry point (what the Kedro node calls)::
 
     from llama2_pipeline.data import clean_corpus, CleaningConfig
     report = clean_corpus("data/01_raw/corpus", "data/02_intermediate/clean",
-                          CleaningConfig.from_dict(params["data_processing"]), workers=0)
+                          CleaningConfig.from_dict(params["data_processing"]))
 
-Modules: ``config`` (params and their documentation), ``normalise``, ``words`` (vectorised
+Modules: ``config`` (the stage's parameters), ``normalise``, ``words`` (vectorised
 word segmentation shared by the quality rules and MinHash), ``quality`` (Gopher rules), ``pii``,
 ``dedup`` (hashes, MinHash/LSH, the streaming deduplicator and the same rule as edges),
 ``process`` (the per-document work done in the worker processes), ``pipeline`` (streaming,
@@ -15,16 +15,22 @@ global dedup, output), ``ray_engine`` (the same stage on a Ray cluster, ``engine
 module that imports Ray) and ``report`` (metrics and chart). Nothing here imports Kedro or MLflow.
 """
 
-from .config import DEFAULT_CLEANING_PARAMS, PARAM_DOCS, CleaningConfig
-from .dedup import Deduplicator, MinHasher, exact_hash
-from .normalise import normalise_text
-from .pii import PIISpan, find_pii, redact_pii
-from .pipeline import CorpusError, clean_corpus
-from .quality import quality_check
-from .report import plot_cleaning_report, save_report_plot
+from llama2_pipeline.core.lazy import lazy_exports
 
-__all__ = [
-    "CleaningConfig", "CorpusError", "DEFAULT_CLEANING_PARAMS", "Deduplicator", "MinHasher",
-    "PARAM_DOCS", "PIISpan", "clean_corpus", "exact_hash", "find_pii", "normalise_text",
-    "plot_cleaning_report", "quality_check", "redact_pii", "save_report_plot",
-]
+from .config import (
+    CleaningConfig,  # no heavy imports: the recipe's parameter tree reads it
+)
+
+# the rest on first use: importing the package (for its config) costs nothing
+_LAZY = {
+    **dict.fromkeys(("Deduplicator", "MinHasher", "exact_hash"), "dedup"),
+    "normalise_text": "normalise",
+    **dict.fromkeys(("PIISpan", "find_pii", "redact_pii"), "pii"),
+    **dict.fromkeys(("CorpusError", "PIILeakError", "clean_corpus", "find_leaks"), "pipeline"),
+    "quality_check": "quality",
+    **dict.fromkeys(("plot_cleaning_report", "save_report_plot"), "report"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+__all__ = ["CleaningConfig", *sorted(_LAZY)]

@@ -42,10 +42,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..io_utils import atomic_path
+from ..core.files import atomic_path
 from .config import CleaningConfig
 from .dedup import Deduplicator
-from .process import STAT_COLUMNS, Chunk, ChunkResult, Processor, init_worker, process_chunk
+from .process import (
+    STAT_COLUMNS,
+    Chunk,
+    ChunkResult,
+    Processor,
+    init_worker,
+    process_chunk,
+)
 from .report import build_report
 
 ROW_GROUP_DOCS = 2048  # an output row group holds at most this many documents ...
@@ -53,6 +60,10 @@ ROW_GROUP_CHARS = 64 << 20  # ... and about this many characters of text
 OUTPUT_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
     + [(c, pa.float64() if c == "mean_word_length" else pa.int64()) for c in STAT_COLUMNS])
+
+
+class PIILeakError(RuntimeError):
+    """A planted PII value (a canary) survived cleaning; nothing was published."""
 
 
 class CorpusError(ValueError):
@@ -258,8 +269,8 @@ def _wrap_errors(chunk: Chunk, get) -> ChunkResult:
 
 
 def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                 config: CleaningConfig | dict | None = None, workers: int = 0,
-                 progress: bool = True) -> dict:
+                 config: CleaningConfig | dict | None = None, workers: int | None = None,
+                 progress: bool = True, canaries: list[dict] | None = None) -> dict:
     """Clean a folder of raw Parquet shards into ``output_dir`` and return the report.
 
     Args:
@@ -269,14 +280,17 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             ``text`` (normalised, PII-redacted), ``source`` and the stats columns
             ``n_chars, n_bytes, n_words, n_lines, mean_word_length, pii_redacted``. Written in a
             temporary sibling and renamed as a whole on success.
-        config: :class:`CleaningConfig` or its nested dict (see ``DEFAULT_CLEANING_PARAMS``).
-        workers: worker processes for the per-document work; 0 = all cores. The output does
+        config: :class:`CleaningConfig` or its nested dict (the ``data_processing`` params group).
+        workers: worker processes for the per-document work (default: ``config.workers``); 0 = all
+            cores. The output does
             not depend on it. Workers are started with ``forkserver`` (``spawn`` where that is
             missing), which re-imports the main script: call this under
             ``if __name__ == "__main__":`` in a script. With ``engine: ray``: the CPUs of the
             local Ray cluster started in-process (ignored when ``RAY_ADDRESS`` names a cluster
             or Ray is already initialised).
         progress: show a tqdm progress bar (Ray Data's progress bars with ``engine: ray``).
+        canaries: planted PII values (``doc_id``, ``kind``, ``value``): if any survives in the
+            cleaned text of its document, :class:`PIILeakError` is raised and nothing is written.
 
     Returns:
         ``{"metrics": {...flat numbers...}, "examples": [...], "files": [...], "config": {...},
@@ -288,12 +302,12 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     from tqdm.auto import tqdm
 
     cfg = config if isinstance(config, CleaningConfig) else CleaningConfig.from_dict(config)
-    n_workers = resolve_workers(workers)
+    n_workers = resolve_workers(cfg.workers if workers is None else workers)
     files = scan_inputs(input_dir)
     if cfg.engine == "ray":
         from .ray_engine import clean_on_ray  # Ray is imported only for this engine
 
-        return clean_on_ray(files, output_dir, cfg, n_workers, progress)
+        return clean_on_ray(files, output_dir, cfg, n_workers, progress, canaries)
     t0 = time.perf_counter()
     bar = tqdm(total=sum(f.rows for f in files), unit="doc", desc="clean corpus",
                disable=not progress, dynamic_ncols=True)
@@ -307,6 +321,7 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     bar.update(len(res.docs))
                     bar.set_postfix(kept=merger.counters["docs_out"], refresh=False)
             merger.close()
+            check_canaries(tmp, canaries)
     finally:
         bar.close()
     return finish_report(merger.counters, merger.examples, cfg, files, time.perf_counter() - t0,
@@ -395,3 +410,36 @@ class _Merger:
     def close(self) -> None:
         self.writer.close()
         self.counters["output_shards"] = self.writer.n_shards
+
+
+def check_canaries(folder: str | os.PathLike, canaries: list[dict] | None,
+                   filesystem: pafs.FileSystem | None = None) -> None:
+    """Raise :class:`PIILeakError` if a canary survived in the cleaned corpus in ``folder``."""
+    leaks = find_leaks(folder, canaries or [], filesystem)
+    if leaks:
+        raise PIILeakError(f"{len(leaks)} planted PII value(s) survived cleaning, e.g. {leaks[:3]}; "
+                           "the clean corpus was not published")
+
+
+def find_leaks(folder: str | os.PathLike, canaries: list[dict],
+               filesystem: pafs.FileSystem | None = None) -> list[dict]:
+    """Canaries found in a cleaned corpus (the ``*.parquet`` files of ``folder``, on
+    ``filesystem``, default local): each planted value is looked for in the document it was
+    planted in (line by line for multi-line values such as private keys)."""
+    by_doc: dict[str, list[dict]] = {}
+    for c in canaries:
+        by_doc.setdefault(c["doc_id"], []).append(c)
+    if not by_doc:
+        return []
+    fs = filesystem or pafs.LocalFileSystem()
+    paths = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(str(folder)))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    leaks = []
+    for path in paths:
+        table = pq.read_table(path, columns=["id", "text"], filesystem=fs)
+        for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+            for c in by_doc.get(doc_id, ()):
+                parts = [p for p in c["value"].splitlines() if len(p.strip()) >= 6] or [c["value"]]
+                if any(p.strip() in text for p in parts):
+                    leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": path.rsplit("/", 1)[-1]})
+    return leaks

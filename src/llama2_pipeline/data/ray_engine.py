@@ -34,38 +34,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-from array import array
 import pickle
 import time
 import uuid
+from array import array
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data.context import DataContext, ShuffleStrategy
 
-from ..io_utils import atomic_path
-from . import process
+from ..core.files import atomic_path
 from .config import CleaningConfig
-from .dedup import EXACT, NEAR, group_edges, shared_keys, walk_edges
-from .pipeline import (OUTPUT_SCHEMA, CorpusError, Tally, _InputFile, _ShardWriter, _wrap_errors,
-                       file_chunks, finish_report)
+from .dedup import walk_edges
+from .pipeline import CorpusError, Tally, _InputFile, _ShardWriter, check_canaries, finish_report
+from .ray_tasks import clean_units, dedup_rows, partition_edges, read_rows, summary_rows, write_shard
 
 UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)
-_UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))
 _RAY_NOTE = "\nFailed to apply UDF transform"  # what Ray Data appends to a worker's message
 
 
 def clean_on_ray(files: list[_InputFile], output_dir: str | os.PathLike, cfg: CleaningConfig,
-                 workers: int, progress: bool) -> dict:
-    """The ``ray`` engine of ``clean_corpus`` (same arguments, same outputs and report)."""
+                 workers: int, progress: bool, canaries: list[dict] | None = None) -> dict:
+    """The ``ray`` engine of ``clean_corpus`` (same arguments, same outputs, report and canary
+    check)."""
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
 
@@ -83,6 +79,7 @@ def clean_on_ray(files: list[_InputFile], output_dir: str | os.PathLike, cfg: Cl
             phase("dedup_s")
             run.write(removed)
             phase("write_s")
+            check_canaries(folder, canaries, fs)  # on the driver, before anything is published
         except CorpusError as exc:  # raised on a worker: raise it as the local engine does
             message = str((getattr(exc, "cause", None) or exc).args[0])
             raise CorpusError(message.split(_RAY_NOTE)[0], exc.file, exc.row, exc.column) from None
@@ -127,10 +124,10 @@ class _Run:
         """Per-document work on the workers (unit files, dedup rows); summaries merged here."""
         self.fs.create_dir(self.work)
         rows = (ray.data.from_items(self.units, override_num_blocks=max(len(self.units), 1))
-                .map_batches(_clean_units, batch_size=1, batch_format="pyarrow",
+                .map_batches(clean_units, batch_size=1, batch_format="pyarrow",
                              fn_kwargs={"cfg": self.cfg, "fs": self.fs, "parts": self.parts})
                 .materialize())
-        for b in rows.map_batches(_summary_rows, batch_format="pyarrow").iter_batches(
+        for b in rows.map_batches(summary_rows, batch_format="pyarrow").iter_batches(
                 batch_format="pyarrow", batch_size=None):
             for blob in b["summary"].to_pylist():
                 unit, n, counters, examples = pickle.loads(blob)
@@ -160,9 +157,9 @@ class _Run:
         if self.rows_per_doc == 0 or n == 0:
             return np.array(removed, dtype=np.int64)
         self.shuffled = n * self.rows_per_doc * self.row_bytes
-        edges = (rows.map_batches(_dedup_rows, batch_format="pyarrow")
+        edges = (rows.map_batches(dedup_rows, batch_format="pyarrow")
                  .groupby("pkey")
-                 .map_groups(_partition_edges, batch_format="pyarrow", fn_kwargs={"cfg": self.cfg})
+                 .map_groups(partition_edges, batch_format="pyarrow", fn_kwargs={"cfg": self.cfg})
                  .materialize())
         self.edges = edges.count()
         if self.edges == 0:
@@ -204,7 +201,7 @@ class _Run:
         reads = [{"path": self.units[u]["path"], "pos": pos} for u in units.tolist()]
         found = {r["pos"]: (r["id"], r["text"]) for r in (
             ray.data.from_items(reads, override_num_blocks=len(reads))
-            .map_batches(_read_rows, batch_size=1, batch_format="pyarrow", fn_kwargs={"fs": self.fs})
+            .map_batches(read_rows, batch_size=1, batch_format="pyarrow", fn_kwargs={"fs": self.fs})
             .take_all())}
         scratch = Tally(self.cfg)  # formats and counts them as the local engine does
         order = [j for pairs in wanted.values() for j, _ in pairs]
@@ -235,7 +232,7 @@ class _Run:
         written = []
         if specs:
             written = (ray.data.from_items(specs, override_num_blocks=len(specs))
-                       .map_batches(_write_shard, batch_size=1, batch_format="pyarrow",
+                       .map_batches(write_shard, batch_size=1, batch_format="pyarrow",
                                     fn_kwargs={"cfg": self.cfg, "fs": self.fs,
                                                "folder": self.folder})
                        .take_all())
@@ -270,130 +267,6 @@ def _unit_rows(row_groups: list[int]) -> list[tuple[int, int]]:
     if row > lo:
         out.append((lo, row))
     return out
-
-
-# ----------------------------------------------------------------------------- on the workers
-
-
-def _rows_schema(num_perm: int) -> pa.Schema:
-    """Dedup rows; a unit's summary row has ``pkey`` -1 and only ``summary``, the pickled
-    ``(unit, candidates, counters, examples)``."""
-    return pa.schema([("pkey", pa.int64()), ("part", pa.int8()), ("key", pa.uint64()),
-                      ("pos", pa.int64()), ("hash", pa.uint64()),
-                      ("sig", pa.binary(4 * num_perm)), ("summary", pa.binary())])
-
-
-def _clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
-                 parts: int) -> pa.Table:
-    """Step 1, one unit per call: the local engine's per-chunk function over the unit's rows.
-    Writes the candidates to the unit's file; returns their dedup rows and a summary row."""
-    process.init_worker(cfg.to_dict())
-    d = cfg.dedup
-    schema = _rows_schema(d.num_perm)
-    out = []
-    for u in batch.to_pylist():
-        f: _InputFile = pickle.loads(u["file"])
-        tally = Tally(cfg)
-        rows: list[tuple] = []
-        hashes, sigs, bands = [], [], []
-        for chunk in file_chunks(f, cfg.chunk_docs, range(u["lo"], u["hi"])):
-            res = _wrap_errors(chunk, lambda: process.process_chunk(chunk))
-            for i, doc_id, source, text, stats, h, sig, keys in tally.candidates(res):
-                rows.append((u["pos0"] + chunk.row0 + i, doc_id, text, source) + stats)
-                hashes.append(h)
-                sigs.append(sig)
-                bands.append(keys)
-        n = len(rows)
-        if n:
-            _write_unit(fs, u["path"], rows)
-        pos, h = np.array([r[0] for r in rows], dtype=np.int64), np.array(hashes, dtype=np.uint64)
-        sig = np.stack(sigs) if d.near and n else np.zeros((n, d.num_perm), dtype=np.uint32)
-        take, kinds, keys = [np.empty(0, dtype=np.int64)], [], [np.empty(0, dtype=np.uint64)]
-        if d.exact:
-            take.append(np.arange(n))
-            kinds.append(np.full(n, EXACT, dtype=np.int8))
-            keys.append(h)
-        if d.near and n:
-            take.append(np.repeat(np.arange(n), d.bands))
-            kinds.append(np.full(n * d.bands, NEAR, dtype=np.int8))
-            keys.append(np.stack(bands).reshape(-1))
-        idx, key = np.concatenate(take), np.concatenate(keys)
-        out.append(pa.table({
-            "pkey": (key % np.uint64(parts)).astype(np.int64),
-            "part": np.concatenate(kinds) if kinds else np.empty(0, dtype=np.int8),
-            "key": key, "pos": pos[idx], "hash": h[idx], "sig": _sig_array(sig[idx]),
-            "summary": pa.nulls(len(idx), pa.binary())}, schema=schema))
-        summary = pickle.dumps((u["unit"], n, dict(tally.counters), tally.examples))
-        out.append(pa.table({c.name: pa.nulls(1, c.type) for c in schema}, schema=schema)
-                   .set_column(0, "pkey", pa.array([-1], pa.int64()))
-                   .set_column(6, "summary", pa.array([summary], pa.binary())))
-    return pa.concat_tables(out)
-
-
-def _write_unit(fs: pafs.FileSystem, path: str, rows: list[tuple]) -> None:
-    cols = [list(c) for c in zip(*rows)]
-    table = pa.table([pa.array(c, type=_UNIT_SCHEMA.field(k).type) for k, c in enumerate(cols)],
-                     schema=_UNIT_SCHEMA)
-    pq.write_table(table, path, filesystem=fs, compression="lz4")
-
-
-def _sig_array(sig: np.ndarray) -> pa.Array:
-    buf = pa.py_buffer(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * sig.shape[1]), len(sig),
-                                                [None, buf])
-
-
-def _sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
-    arr = col.combine_chunks()
-    if len(arr) == 0:
-        return np.empty((0, num_perm), dtype=np.uint32)
-    data = np.frombuffer(arr.buffers()[1], dtype=np.uint32)
-    return data[arr.offset * num_perm:(arr.offset + len(arr)) * num_perm].reshape(-1, num_perm)
-
-
-def _summary_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.less(batch["pkey"], 0)).select(["summary"])
-
-
-def _dedup_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.greater_equal(batch["pkey"], 0)).drop_columns(["summary"])
-
-
-def _partition_edges(rows: pa.Table, cfg: CleaningConfig) -> pa.Table:
-    """Step 2: the edges of every exact group and LSH bucket of one hash partition."""
-    d = cfg.dedup
-    rows = rows.filter(shared_keys(rows["part"].to_numpy(), rows["key"].to_numpy()))
-    sigs = _sig_matrix(rows["sig"], d.num_perm) if d.near else None
-    return pa.table(group_edges(rows["part"].to_numpy(), rows["key"].to_numpy(),
-                                rows["pos"].to_numpy(), rows["hash"].to_numpy(), sigs, d))
-
-
-def _read_rows(batch: pa.Table, fs: pafs.FileSystem) -> pa.Table:
-    """Rows ``pos`` of a unit file (the duplicates the report shows as examples)."""
-    spec = batch.to_pylist()[0]
-    t = pq.read_table(spec["path"], filesystem=fs, columns=["pos", "id", "text"])
-    return t.filter(pc.is_in(t["pos"], pa.array(spec["pos"], pa.int64())))
-
-
-def _write_shard(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
-                 folder: str) -> pa.Table:
-    """Step 3: one output shard from the unit files it spans, as the local engine writes it."""
-    spec = batch.to_pylist()[0]
-    shard, S = spec["shard"], cfg.shard_docs
-    removed = set(spec["removed"])
-    writer = _ShardWriter(folder, S, cfg.compression, fs, first_shard=shard)
-    rank, docs, nbytes, pii = spec["start"], 0, 0, 0
-    for path in spec["paths"]:
-        t = pq.read_table(path, filesystem=fs)
-        for row in zip(*(t[c].to_pylist() for c in _UNIT_SCHEMA.names)):
-            if row[0] in removed:
-                continue
-            if shard * S <= rank < (shard + 1) * S:
-                writer.add(row[1:])
-                docs, nbytes, pii = docs + 1, nbytes + row[5], pii + row[9]
-            rank += 1
-    writer.close()
-    return pa.table({"shard": [shard], "docs": [docs], "bytes": [nbytes], "pii": [pii]})
 
 
 # ----------------------------------------------------------------------------- the cluster

@@ -26,7 +26,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from ..io_utils import atomic_path
+from ..core.files import atomic_path
 from .config import EXECUTION_KEYS, PII_KINDS, CleaningConfig
 from .quality import QUALITY_RULES
 
@@ -66,7 +66,9 @@ def build_report(counters: Counter, examples: list[dict], cfg: CleaningConfig,
 
 def plot_cleaning_report(report: dict[str, Any]):
     """Bar charts of removals per rule and PII matches per kind -> ``matplotlib.figure.Figure``."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg on save
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global backend state, Agg on save
+    )
 
     m = report["metrics"]
     removals = [(k.replace("removed_", "").replace("dropped_", ""), m.get(k, 0))

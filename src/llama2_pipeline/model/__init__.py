@@ -11,12 +11,17 @@ launched (``torchrun``/``deepspeed``) on its own.
     model = load_hf("hf_model")                  # also reads save_pretrained folders
 """
 
-from llama2_pipeline.lazy import lazy_exports
+from llama2_pipeline.core.lazy import lazy_exports
 
-from .config import PRESETS, ModelConfig  # no torch: params validation and planning use the config alone
+from .config import (  # no torch: params validation and planning use the config alone
+         PRESETS,
+         ModelConfig,
+         ModelSpec,
+)
 
 # the rest (torch) on first use
 _LAZY = {"GenerationOutput": "generation", "generate": "generation", "default_device": "hf", "export_hf": "hf",
+         "RewardModel": "reward", "export_reward_hf": "reward",
          "load_hf": "hf", "release_device_memory": "hf",
          "KVCache": "model", "Llama": "model"}
 
@@ -29,6 +34,7 @@ __all__ = [
     "KVCache",
     "Llama",
     "ModelConfig",
+    "ModelSpec",
     "default_device",
     "release_device_memory",
     "export_hf",

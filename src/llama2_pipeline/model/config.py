@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.schema import Config, FieldError, optional, require
+
 
 @dataclass
 class ModelConfig:
@@ -131,3 +133,55 @@ PRESETS: dict[str, dict[str, Any]] = {
     "70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
                 ffn_dim_multiplier=1.3, vocab_size=32000, max_seq_len=4096),  # 28672
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(Config):
+    """A model shape as the ``pretrain.model`` params give it: a preset and any fields to override
+    (``vocab_size``, ``bos_id`` and ``eos_id`` default to the trained tokenizer's)."""
+
+    preset: str  # a name of :data:`PRESETS`
+    dim: int | None = optional(None)
+    n_layers: int | None = optional(None)
+    n_heads: int | None = optional(None)
+    n_kv_heads: int | None = optional(None)
+    ffn_dim: int | None = optional(None)
+    multiple_of: int | None = optional(None)
+    ffn_dim_multiplier: float | None = optional(None)
+    vocab_size: int | None = optional(None)
+    max_seq_len: int | None = optional(None)
+    norm_eps: float | None = optional(None)
+    rope_theta: float | None = optional(None)
+    init_std: float | None = optional(None)
+
+    def check(self) -> None:
+        require(self.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}", self.preset)
+        try:
+            self.config()
+        except ValueError as e:
+            raise FieldError("preset", f"with these overrides does not make a model: {e}") from None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields given, as :meth:`ModelConfig.from_preset` takes them."""
+        return {k: v for k, v in self.to_dict().items() if k != "preset" and v is not None}
+
+    def config(self, **defaults: Any) -> ModelConfig:
+        """The :class:`ModelConfig`; ``defaults`` (e.g. the tokenizer's vocab_size) where not overridden."""
+        return ModelConfig.from_preset(self.preset, **{**defaults, **self.overrides()})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig(Config):
+    """How answers are sampled: greedy by default, so evaluations are comparable and deterministic."""
+
+    max_new_tokens: int = 48  # most answer tokens
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass (1.0 = off; used when temperature > 0)
+    batch_size: int = 32  # prompts per generation batch
+    seed: int = optional(0)  # the sampling generator's seed (the recipe's seed)
+
+    def check(self) -> None:
+        require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
+        require(self.temperature >= 0, "temperature", "a number >= 0", self.temperature)
+        require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io_utils import atomic_path, write_json
+from ..core.files import atomic_path, write_json
 from .config import ModelConfig
 from .model import Llama
-
 
 # one-to-one renames (ours -> HF); wqkv and w13 are split/concatenated separately
 _GLOBAL = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",

@@ -9,46 +9,19 @@ chats in the Llama-2-chat format, pack the corpus into token shards, and export 
 Knows nothing of Kedro or MLflow.
 """
 
-from .chat import (
-    ChatEncoding,
-    ChatFormatError,
-    encode_chat,
-    encode_chat_prompt,
-    validate_messages,
-)
-from .corpus import CorpusError
-from .hf import LLAMA2_CHAT_TEMPLATE, hf_tokenizer_json, save_hf_tokenizer
-from .shards import TokenShards, TokenShardsError, encode_corpus, is_val_doc, token_dtype
-from .spm import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    Tokenizer,
-    TokenizerTrainingError,
-    train_tokenizer,
-)
+from llama2_pipeline.core.lazy import lazy_exports
 
-__all__ = [
-    "BOS_ID",
-    "EOS_ID",
-    "PAD_ID",
-    "UNK_ID",
-    "LLAMA2_CHAT_TEMPLATE",
-    "ChatEncoding",
-    "ChatFormatError",
-    "CorpusError",
-    "TokenShards",
-    "TokenShardsError",
-    "Tokenizer",
-    "TokenizerTrainingError",
-    "encode_chat",
-    "encode_chat_prompt",
-    "encode_corpus",
-    "hf_tokenizer_json",
-    "is_val_doc",
-    "save_hf_tokenizer",
-    "token_dtype",
-    "train_tokenizer",
-    "validate_messages",
-]
+# imported on first use: the chat template alone does not load sentencepiece's trainer or numpy shards
+_LAZY = {
+    **dict.fromkeys(("ChatEncoding", "ChatFormatError", "chat_of", "encode_chat", "encode_chat_prompt",
+                     "validate_messages"), "chat"),
+    "CorpusError": "corpus",
+    **dict.fromkeys(("LLAMA2_CHAT_TEMPLATE", "hf_tokenizer_json", "save_hf_tokenizer"), "hf"),
+    **dict.fromkeys(("TokenShards", "TokenShardsError", "encode_corpus", "is_val_doc", "token_dtype"), "shards"),
+    **dict.fromkeys(("BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "TokenizerTrainingError",
+                     "train_tokenizer"), "spm"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+__all__ = sorted(_LAZY)

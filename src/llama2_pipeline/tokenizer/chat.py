@@ -153,3 +153,13 @@ def encode_chat_prompt(tokenizer, messages: Sequence[dict], *, record: Any = Non
     for turn in encoded[:-1]:
         ids += turn + [tokenizer.eos_id]
     return ids + encoded[-1]
+
+
+def chat_of(record_or_prompt: dict | str | list) -> list[dict]:
+    """The conversation (ending with the user's turn) of a preference record (``messages`` or
+    ``prompt``), a prompt text or a message list."""
+    if isinstance(record_or_prompt, dict):
+        record_or_prompt = record_or_prompt.get("messages") or record_or_prompt["prompt"]
+    if isinstance(record_or_prompt, str):
+        return [{"role": "user", "content": record_or_prompt}]
+    return list(record_or_prompt)

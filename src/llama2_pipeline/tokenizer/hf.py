@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ..io_utils import atomic_path, write_json
+from ..core.files import atomic_path, write_json
 from .spm import MODEL_FILE
 
 #: Meta/HF's Llama-2-chat Jinja template (as in ``meta-llama/Llama-2-7b-chat-hf``).

@@ -32,7 +32,7 @@ import numpy as np
 import sentencepiece as spm
 from tqdm.auto import tqdm
 
-from ..io_utils import atomic_path, write_json
+from ..core.files import atomic_path, write_json
 from .corpus import corpus_files, corpus_num_docs, iter_documents
 from .spm import Tokenizer, resolve_workers
 

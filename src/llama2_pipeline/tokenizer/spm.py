@@ -31,7 +31,7 @@ import numpy as np
 import sentencepiece as spm
 from tqdm.auto import tqdm
 
-from ..io_utils import atomic_path
+from ..core.files import atomic_path
 from .corpus import corpus_files, corpus_num_docs, iter_documents
 
 log = logging.getLogger(__name__)

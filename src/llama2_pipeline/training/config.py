@@ -1,40 +1,51 @@
-"""Training hyper-parameters: the :class:`TrainConfig` dataclass shared by every training stage.
+"""Every training stage's configuration, one dataclass per params group (no torch: the recipe's
+parameter tree and ``llama2-pipeline plan`` read them without a model).
 
-Pretraining, SFT and the reward models all run through the same engine and loop
-(:mod:`llama2_pipeline.training.loop`), so they share this one config; a stage only picks
-other values (SFT: ``lr=2e-5`` and a step count derived from its epochs). Defaults are the
-paper's optimiser (AdamW 0.9/0.95, eps 1e-5, wd 0.1, cosine to 10 %, clip 1.0) with a small
-CPU-friendly batch.
+* :class:`TrainConfig`: the optimiser, batch, schedule, precision and ranks of a run. Pretraining,
+  SFT and the reward models all run through the same engine and loop, so they share it
+  (``train_defaults`` in params.yaml, overridden per stage). Defaults are the paper's optimiser
+  (AdamW 0.9/0.95, eps 1e-5, wd 0.1, cosine to 10 %, clip 1.0) with a small CPU-friendly batch.
+* :class:`SFTConfig` (SFT, rejection sampling, GAtt's fine-tuning), :class:`PreferenceConfig` and
+  :class:`RewardConfig` (the reward models), :class:`PPOConfig`, :class:`RLHFConfig` (the rounds),
+  :class:`GattConfig`.
+
+Each is built by the project's config builder (:mod:`llama2_pipeline.core.schema`), which names a
+bad key by its dotted path; ``check`` holds the rules between fields.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
-from ..hints import value_matches
+from ..core.schema import Config, optional, require
+from ..model.config import SamplingConfig
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LAUNCHERS = ("torchrun", "deepspeed")
-DEVICES = ("auto", "cpu", "cuda")
+CATEGORIES = ("helpfulness", "safety")  # the two reward models and the two kinds of preference pair
+PAIR_KINDS = ("sample_sample", "sample_reference", "sample_refusal")
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Launcher = Literal["torchrun", "deepspeed"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a training run. All fields are plain JSON data (``to_dict``/``from_dict``)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """Every knob of a training run; plain JSON data through ``to_dict``/``from_dict``."""
 
     # -- batch and length -------------------------------------------------------------------
     micro_batch: int = 8  # sequences per rank per forward/backward pass
     grad_accum: int = 1  # micro-batches accumulated per optimiser step (per rank)
     seq_len: int = 128  # tokens per training sequence (model inputs; targets are shifted by one)
-    max_steps: int = 1000  # optimiser steps of the whole run (SFT: epochs * steps_per_epoch)
+    max_steps: int | None = optional(None)  # optimiser steps of the whole run; None: the stage derives
+    #                                         it from its epochs (SFT, reward models)
 
     # -- optimiser and schedule (Llama 2: AdamW, cosine to 10 %, clip 1.0) -----------------
     lr: float = 3e-4  # peak learning rate, reached at the end of warm-up
     min_lr_ratio: float = 0.1  # the cosine decays to min_lr_ratio * lr at max_steps
-    warmup_steps: int = 100  # linear warm-up steps from lr/warmup_steps to lr (paper: 2000)
+    warmup_steps: int | None = optional(None)  # linear warm-up steps from lr/warmup_steps to lr
+    #                                            (paper: 2000); None: the stage's rule (reward
+    #                                            models: 3 % of the steps), else none
     weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not norms / 1-D params)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW beta1, beta2
     eps: float = 1e-5  # AdamW epsilon
@@ -50,10 +61,9 @@ class TrainConfig:
     seed: int = 1234  # seeds python, numpy, torch and the data sampler
 
     # -- precision and device ---------------------------------------------------------------
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA, fp32 on CPU
-    #                          (bf16/fp16 on CPU raise a ValueError: DeepSpeed's mixed-precision
-    #                          optimisers are GPU-only here)
-    device: str = "auto"  # auto | cpu | cuda; auto = cuda when available
+    precision: Precision = "auto"  # auto = bf16 on CUDA, fp32 on CPU (bf16/fp16 on CPU raise a
+    #                                ValueError: DeepSpeed's mixed-precision optimisers are GPU-only here)
+    device: Device = "auto"  # auto = cuda when available
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (1: optimiser states, 2: + grads, 3: + params)
     compile: bool = False  # torch.compile the model (engine.compile())
     activation_checkpointing: bool = False  # recompute each transformer block in backward
@@ -67,42 +77,33 @@ class TrainConfig:
     num_nodes: int = 1  # nodes; > 1 needs launcher=deepspeed + hostfile, or torchrun run
     #                     per node with NODE_RANK and MASTER_ADDR set by the scheduler
     hostfile: str | None = None  # DeepSpeed hostfile ("host slots=N" lines) for multi-node
-    launcher: str = "torchrun"  # torchrun | deepspeed: how world_size/num_nodes > 1 is launched
+    launcher: Launcher = "torchrun"  # how world_size/num_nodes > 1 is launched
     master_port: int = 0  # rendezvous port for multi-process runs (0 = pick a free one)
     deepspeed: dict = field(default_factory=dict)  # extra DeepSpeed config, merged over ours
     #                                                (e.g. {"zero_optimization": {"offload_optimizer": ...}})
 
-    def __post_init__(self) -> None:
-        if isinstance(self.betas, list):
-            self.betas = tuple(self.betas)
-        positive = ("micro_batch", "grad_accum", "seq_len", "max_steps", "keep_checkpoints",
-                    "log_every", "world_size", "num_nodes")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "num_threads", "master_port", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.checkpoint_every < -1:
-            raise ValueError(f"TrainConfig.checkpoint_every must be >= -1, got {self.checkpoint_every!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
-            raise ValueError("TrainConfig.weight_decay and grad_clip must be >= 0 and eps > 0, got "
-                             f"{self.weight_decay!r}, {self.grad_clip!r}, {self.eps!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"TrainConfig.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        for name, allowed in (("precision", PRECISIONS), ("launcher", LAUNCHERS), ("device", DEVICES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.peak_flops is not None and not self.peak_flops > 0:
-            raise ValueError(f"TrainConfig.peak_flops must be > 0 or null, got {self.peak_flops!r}")
-        if self.num_nodes > 1 and self.launcher == "deepspeed" and not self.hostfile:
-            raise ValueError("TrainConfig.hostfile is required with launcher 'deepspeed' and num_nodes > 1")
+    def check(self) -> None:
+        for name in ("micro_batch", "grad_accum", "seq_len", "keep_checkpoints", "log_every", "world_size",
+                     "num_nodes"):
+            require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", "an integer >= 1 (or null: derived)",
+                self.max_steps)
+        require(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "an integer >= 0",
+                self.warmup_steps)
+        for name in ("eval_every", "eval_batches", "num_threads", "master_port", "seed"):
+            require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+        require(self.checkpoint_every >= -1, "checkpoint_every", "an integer >= -1", self.checkpoint_every)
+        require(self.lr > 0, "lr", "a number > 0", self.lr)
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        require(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        require(self.grad_clip >= 0, "grad_clip", "a number >= 0", self.grad_clip)
+        require(self.eps > 0, "eps", "a number > 0", self.eps)
+        require(all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", self.betas)
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "0, 1, 2 or 3", self.zero_stage)
+        require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "a number > 0 or null",
+                self.peak_flops)
+        require(not (self.num_nodes > 1 and self.launcher == "deepspeed" and not self.hostfile), "hostfile",
+                "a DeepSpeed hostfile with launcher 'deepspeed' and num_nodes > 1", self.hostfile)
 
     # -- derived ----------------------------------------------------------------------------
 
@@ -126,36 +127,257 @@ class TrainConfig:
         """True when the run needs a launcher (more than one rank)."""
         return self.total_ranks > 1
 
-    # -- serialisation ----------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig(Config):
+    """How dialogues become training rows, and the run that trains on them."""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
-        """Build from plain data; unknown keys or values of the wrong type raise a ValueError
-        naming the key (ints are accepted for float fields; bools are not ints)."""
-        d = dict(d or {})
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s) {unknown}; expected some of {sorted(fields)}")
-        for key, value in d.items():
-            if not value_matches(value, hints[key]):
-                raise ValueError(f"TrainConfig.{key} must be {_type_name(hints[key])}, "
-                                 f"got {type(value).__name__} {value!r}")
-        return cls(**d)
+    pack: bool = True  # pack dialogues into full rows (block-diagonal attention); False: one padded dialogue per row
+    overlong: Literal["truncate", "drop"] = "truncate"  # dialogues longer than train.seq_len + 1 tokens:
+    #                                                      keep the start, or drop them (both counted)
+    epochs: float | None = 2.0  # passes over the rows (paper: 2); sets max_steps. None: train.max_steps
+    val_fraction: float = 0.05  # dialogues held out for the validation answer loss (0 = none)
+    only_last_answer: bool = False  # loss on each dialogue's last answer only (GAtt); records may override
+    shuffle: bool = True  # pack in a seeded shuffled order (False: the given order)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the optimiser, batch and schedule
+
+    def check(self) -> None:
+        require(self.epochs is None or self.epochs > 0, "epochs", "a number > 0 or null", self.epochs)
+        require(0 <= self.val_fraction < 1, "val_fraction", "a number in [0, 1)", self.val_fraction)
+        require(self.epochs is not None or self.train.max_steps is not None, "train.max_steps",
+                "a number of steps when epochs is null")
+        require(self.epochs is None or self.train.max_steps is None, "train.max_steps",
+                "absent: epochs sets it (remove it, or set epochs to null)", self.train.max_steps)
+
+PairKind = Literal["sample_sample", "sample_reference", "sample_refusal"]
 
 
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if args and origin is not tuple and origin is not dict:
-        return " or ".join(_type_name(a) for a in args)
-    if origin is tuple:
-        return f"a list of {len(args)} {_type_name(args[0])}s"
-    if hint is type(None):
-        return "null"
-    return {bool: "a bool", int: "an int", float: "a number", str: "a string"}.get(hint, str(hint))
+@dataclass(frozen=True, kw_only=True)
+class PreferenceConfig(Config):
+    """How new pairs are collected (the ``reward.preferences`` params group)."""
+
+    collect: bool = True  # sample and annotate new pairs (false: train on the user's pairs only)
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 0.9, 1.2])  # one policy sample each
+    variant_temperatures: list[float] = field(default_factory=list)  # one sample of the variant model each
+    top_p: float = 0.95  # nucleus-sampling mass
+    max_new_tokens: int = 32  # longest sampled answer (tokens)
+    batch_size: int = 64  # prompts per generation batch
+    max_prompts: int = 0  # train prompts to answer (0 = all; else a seeded sample)
+    pairs: list[PairKind] = field(default_factory=lambda: ["sample_sample"])  # kinds of pairs per prompt
+    drop_ties: bool = True  # leave out pairs the world scores exactly equal
+    eval_fraction: float = 0.2  # share of prompts whose pairs are held out (split by prompt)
+
+    def check(self) -> None:
+        require(all(t >= 0 for t in self.temperatures) and (len(self.temperatures) >= 2 or not self.collect),
+                "temperatures", "a list of at least two temperatures >= 0 (one sample each per prompt)",
+                self.temperatures)
+        require(all(t >= 0 for t in self.variant_temperatures), "variant_temperatures",
+                "a list of temperatures >= 0 ([] = no variant model samples)", self.variant_temperatures)
+        require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.max_prompts >= 0, "max_prompts", "an integer >= 0 (0 = all)", self.max_prompts)
+        require(len(self.pairs) > 0, "pairs", f"a non-empty list of {list(PAIR_KINDS)}", self.pairs)
+        require(0 < self.eval_fraction < 1, "eval_fraction", "a number in (0, 1)", self.eval_fraction)
+
+@dataclass(frozen=True, kw_only=True)
+class RewardEvalConfig(Config):
+    batch_size: int = 32  # sequences per scoring batch
+    calibration_bins: int = 10  # score-gap bins of the calibration plot
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.calibration_bins >= 2, "calibration_bins", "an integer >= 2", self.calibration_bins)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardConfig(Config):
+    """Both reward models: the preference pairs, the loss, the data mixes, the run, the evaluation."""
+
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+    margin: Literal["small", "large", "none"] = "small"  # m(rating) of the loss (:data:`MARGINS`)
+    epochs: float = 1.0  # passes over each RM's training pairs (paper: 1); sets train.max_steps
+    warmup_fraction: float = 0.03  # linear warm-up as a share of the steps, at least 5 (paper: 3 %)
+    helpfulness_mix: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "safety": 0.5})
+    safety_mix: dict[str, float] = field(default_factory=lambda: {"safety": 1.0, "helpfulness": 0.1})
+    num_threads: int = 0  # torch CPU threads for sampling, training and scoring (0 = all cores)
+    train: TrainConfig = field(default_factory=TrainConfig)  # max_steps and warmup_steps derived
+    eval: RewardEvalConfig = field(default_factory=RewardEvalConfig)
+
+    def check(self) -> None:
+        require(self.epochs > 0, "epochs", "a number > 0", self.epochs)
+        require(0 <= self.warmup_fraction <= 1, "warmup_fraction", "a number in [0, 1]", self.warmup_fraction)
+        require(0 <= self.num_threads <= 1024, "num_threads", "an integer in [0, 1024] (0 = torch's default)",
+                self.num_threads)
+        for name in ("helpfulness_mix", "safety_mix"):
+            mix = getattr(self, name)
+            require(set(mix) <= set(CATEGORIES) and all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0,
+                    name, f"a mapping of {list(CATEGORIES)} to shares >= 0 with a positive sum", mix)
+        require(self.train.max_steps is None, "train.max_steps", "absent: reward.epochs sets it", self.train.max_steps)
+
+    def mix(self, category: str) -> dict[str, float]:
+        """The data mix of the ``category`` RM."""
+        return self.helpfulness_mix if category == "helpfulness" else self.safety_mix
+
+@dataclass(frozen=True, kw_only=True)
+class PPOConfig(Config):
+    """Hyper-parameters of :class:`PPOTrainer` and of a round's PPO (the paper's values in comments);
+    the ``rlhf.ppo`` params group."""
+
+    steps: int = 32              # PPO steps (rollout + update) of a round
+    max_prompts: int = 0         # train prompts to roll out on (0 = all; else a seeded sample)
+    rollouts: int = 16           # prompts sampled per PPO step (paper: 512)
+    max_new_tokens: int = 32     # longest answer
+    temperature: float = 1.0     # sampling temperature of the rollouts
+    top_p: float = 1.0           # nucleus mass of the rollouts
+    beta: float = 0.01           # KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)
+    gamma: float = 1.0           # GAE discount (paper: 1)
+    lam: float = 0.95            # GAE lambda (paper: 0.95)
+    clip: float = 0.2            # PPO ratio clip (paper: 0.2)
+    value_clip: float = 0.2      # value-loss clip
+    ppo_epochs: int = 1          # passes over each step's rollouts (paper: 1)
+    minibatch: int = 8           # rollouts per gradient step (paper: 64)
+    lr: float = 1e-6             # policy learning rate (paper: 1e-6, constant)
+    value_lr: float = 1e-5       # value model learning rate
+    weight_decay: float = 0.1    # AdamW (paper: 0.1)
+    grad_clip: float = 1.0       # gradient-norm clip (paper: 1.0)
+    whiten_rewards: bool = True  # the paper's WHITEN of the sequence scores, per step
+    whiten_advantages: bool = True
+    micro_batch: int = 0         # rollouts per forward/backward pass (0 = a whole minibatch); gradients
+                                 # accumulate over a minibatch's micro-batches, so the update is the same
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast of every forward pass (ppo_finetune trains fp32 weights)
+    gradient_checkpointing: bool = False  # recompute each block in backward (policy and value model)
+    seed: int = optional(0)      # the rollouts' and minibatches' seed (a round derives its own)
+
+    def check(self) -> None:
+        for name in ("steps", "rollouts", "max_new_tokens", "ppo_epochs", "minibatch"):
+            require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
+        for name in ("max_prompts", "micro_batch"):
+            require(getattr(self, name) >= 0, name, "an integer >= 0 (0 = all)", getattr(self, name))
+        for name in ("beta", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
+            require(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
+        require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        require(0 <= self.lam <= 1, "lam", "a number in [0, 1]", self.lam)
+        require(0 <= self.gamma <= 1, "gamma", "a number in [0, 1]", self.gamma)
+        require(self.clip > 0, "clip", "a number > 0", self.clip)
+        require(self.value_clip > 0, "value_clip", "a number > 0", self.value_clip)
+
+@dataclass(frozen=True, kw_only=True)
+class RoundSpec(Config):
+    after: str  # the policy the round starts from: sft, or the previous round (rlhf_<name>)
+    ppo: bool  # PPO after rejection sampling (paper: the last round)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateConfig(Config):
+    """The answers the round's starting policy samples per train prompt, and the pairs among them."""
+
+    k: int = 4  # answers per prompt (paper: up to 10)
+    temperature: float = 0.7  # sampling temperature
+    top_p: float = 0.95  # nucleus-sampling mass
+    max_new_tokens: int = 32  # longest answer (tokens)
+    batch_size: int = 64  # prompts per generation batch
+    max_prompts: int = 0  # train prompts to answer (0 = all; else a seeded sample)
+    drop_ties: bool = True  # leave out pairs the world scores exactly equal
+    pairs_per_prompt: int = 0  # pairs of two answers compared per prompt (0 = every two; else a seeded sample)
+    pairs: list[PairKind] = field(default_factory=lambda: ["sample_sample"])  # kinds of pairs
+    earlier_rounds: bool = True  # rejection sampling also ranks the answers earlier rounds kept
+
+    def check(self) -> None:
+        require(self.k >= 2, "k", "an integer >= 2 (answers per prompt)", self.k)
+        require(len(self.pairs) > 0, "pairs", "a non-empty list of pair kinds", self.pairs)
+        require(self.pairs_per_prompt >= 0, "pairs_per_prompt", "an integer >= 0 (0 = every two answers)",
+                self.pairs_per_prompt)
+        for key in ("max_new_tokens", "batch_size"):
+            require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+        require(self.max_prompts >= 0, "max_prompts", "an integer >= 0 (0 = all)", self.max_prompts)
+        require(self.temperature >= 0, "temperature", "a number >= 0", self.temperature)
+        require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundEvalConfig(Config):
+    """The round's held-out evaluation (greedy answers to prompts_eval)."""
+
+    max_new_tokens: int = 64  # longest answer
+    batch_size: int = 64  # prompts per generation batch
+    kl_samples: int = 100  # held-out prompts with a sampled answer for the KL-to-SFT estimate
+
+    def check(self) -> None:
+        for key in ("max_new_tokens", "batch_size", "kl_samples"):
+            require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLHFConfig(Config):
+    """The iterative rounds (the ``rlhf`` params group)."""
+
+    rounds: dict[str, RoundSpec]  # in order: each starts after the previous one, the first after sft
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    safety_threshold: float = 0.15  # R_s below it selects the safety RM's score on any prompt (paper: 0.15)
+    num_threads: int = 0  # torch CPU threads for sampling, scoring and PPO (0 = all cores)
+    rejection_sampling: SFTConfig = field(default_factory=SFTConfig)  # fine-tuning on the best of K
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: RoundEvalConfig = field(default_factory=RoundEvalConfig)
+
+    def check(self) -> None:
+        require(len(self.rounds) > 0, "rounds", "a mapping of round names (v1, v2, ...) to {after, ppo}", self.rounds)
+        previous = "sft"
+        for name, spec in self.rounds.items():
+            require(spec.after == previous, f"rounds.{name}.after",
+                    f"{previous!r} (each round starts from the one before it; the first from sft)", spec.after)
+            previous = f"rlhf_{name}"
+        require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)
+        require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
+
+    @property
+    def last(self) -> str:
+        """The last round's stage name (``rlhf_<name>``)."""
+        return f"rlhf_{list(self.rounds)[-1]}"
+
+def round_seed(seed: int, round_name: str) -> int:
+    """Each round samples with its own seed, derived from the one seed and the round's number."""
+    return seed * 100 + int("".join(ch for ch in round_name if ch.isdigit()) or 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GattEvalConfig(Config):
+    """The adherence-by-turn evaluation: held-out dialogues answered greedily."""
+
+    dialogues: int = 100  # dialogues drawn from the held-out prompts
+    turns: int = 6  # user turns per dialogue
+    max_new_tokens: int = 32  # longest answer
+    batch_size: int = 64  # dialogues per generation batch
+
+    def check(self) -> None:
+        for key in ("dialogues", "turns", "max_new_tokens", "batch_size"):
+            require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GattConfig(Config):
+    """Ghost Attention (the ``gatt`` params group)."""
+
+    after: str = "sft"  # the policy GAtt starts from: sft or an RLHF round (rlhf_<name>)
+    dialogues: int = 300  # training dialogues drawn from the train prompts
+    turns: int = 6  # user turns per dialogue
+    min_turns: int = 2  # shortest dialogue trained on (turns of its adherent prefix)
+    cuts: Literal["every", "random"] = "every"  # one example per cut after each turn, or one seeded cut
+    max_constraints: int = 2  # instructions combine up to this many compatible constraints
+    tries: int = 2  # samples per answer until one follows the instruction
+    spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
+    context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
+    keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
+    num_threads: int = 0  # torch CPU threads for sampling and evaluation (0 = all cores)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the answers are sampled
+    finetune: SFTConfig = field(default_factory=SFTConfig)  # the SFT machinery's settings
+    eval: GattEvalConfig = field(default_factory=GattEvalConfig)
+
+    def check(self) -> None:
+        for key in ("dialogues", "turns", "min_turns", "max_constraints", "tries"):
+            require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+        require(self.spare_messages >= 0, "spare_messages", "an integer >= 0", self.spare_messages)
+        require(self.min_turns <= self.turns, "min_turns", f"at most gatt.turns ({self.turns})", self.min_turns)
+        require(self.after == "sft" or self.after.startswith("rlhf_"), "after",
+                "sft or an RLHF round (rlhf_v2, ...)", self.after)
+        require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)

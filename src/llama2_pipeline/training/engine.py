@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io_utils import atomic_path, write_json
+from ..core.files import atomic_path, write_json
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -264,17 +264,6 @@ def build_engine(model: nn.Module, cfg: TrainConfig, ctx: RunContext | None = No
         engine.compile()
     engine.run_context = ctx
     return engine
-
-
-def full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's full state dict as CPU tensors on every rank (ZeRO-3 parameters gathered)."""
-    module = engine.module
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+from ..model.config import SamplingConfig
 from ..world import constraints
+from .config import GattConfig
 
 #: where the instruction goes in a user message
 SEPARATOR = " "
@@ -103,7 +105,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
 
-    from ..evaluation import generate_answers
+    from ..evaluation.answers import generate_answers
 
     if context not in CONTEXTS:
         raise ValueError(f"GAtt sampling context must be one of {list(CONTEXTS)}, got {context!r}")
@@ -181,7 +183,7 @@ def sample_turns(model, tokenizer, dialogues: Sequence[dict], sampling, *, instr
     """Answer every dialogue turn by turn, the model's own answers becoming the history, the
     instruction as the system prompt (and, if asked, in front of every later user message):
     the inference setting of the adherence evaluation."""
-    from ..evaluation import generate_answers
+    from ..evaluation.answers import generate_answers
 
     turns = len(dialogues[0]["users"]) if dialogues else 0
     answers: list[list[str]] = [[] for _ in dialogues]
@@ -232,40 +234,81 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
     return out
 
 
-GATT_KEYS = {"after", "dialogues", "turns", "min_turns", "cuts", "max_constraints", "tries", "spare_messages",
-             "keep_adherent", "context", "num_threads", "sampling", "finetune", "eval"}
 CUTS = ("every", "random")
 CONTEXTS = ("turn", "dialogue")
-EVAL_KEYS = {"dialogues", "turns", "max_new_tokens", "batch_size"}
 
 
-def validate_gatt_params(group: dict) -> dict:
-    """Check the ``gatt`` params group; raise ValueError naming the key. Returns ``group``."""
-    from ..evaluation import SamplingConfig
-    from .config import TrainConfig
-    from .reward import check_sections
-    from .sft import SFTConfig
 
-    check_sections(((GATT_KEYS, "gatt", group), (EVAL_KEYS, "gatt.eval", (group or {}).get("eval"))))
-    for key in ("dialogues", "turns", "min_turns", "max_constraints", "tries"):
-        if not (isinstance(group[key], int) and not isinstance(group[key], bool) and group[key] >= 1):
-            raise ValueError(f"key 'gatt.{key}' is {group[key]!r}, expected an integer >= 1")
-    if not (isinstance(group["spare_messages"], int) and not isinstance(group["spare_messages"], bool)
-            and group["spare_messages"] >= 0):
-        raise ValueError(f"key 'gatt.spare_messages' is {group['spare_messages']!r}, expected an integer >= 0")
-    if group["context"] not in CONTEXTS:
-        raise ValueError(f"key 'gatt.context' is {group['context']!r}, expected one of {list(CONTEXTS)}")
-    if group["cuts"] not in CUTS:
-        raise ValueError(f"key 'gatt.cuts' is {group['cuts']!r}, expected one of {list(CUTS)}")
-    if group["min_turns"] > group["turns"]:
-        raise ValueError(f"key 'gatt.min_turns' is {group['min_turns']}, more than gatt.turns ({group['turns']})")
-    if not isinstance(group["after"], str) or not (group["after"] == "sft" or group["after"].startswith("rlhf_")):
-        raise ValueError(f"key 'gatt.after' is {group['after']!r}, expected sft or an RLHF round (rlhf_v2, ...)")
-    try:
-        SamplingConfig.from_dict(group["sampling"])
-        ft = dict(group["finetune"])
-        TrainConfig.from_dict(ft.pop("train", None))
-        SFTConfig.from_dict(ft)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"gatt: {e}") from None
-    return group
+
+# --------------------------------------------------------------------------------------------
+# The stage: build the dialogues with a policy, measure adherence before and after
+# --------------------------------------------------------------------------------------------
+
+
+def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int
+                         ) -> tuple[list[dict], dict[str, float]]:
+    """GAtt training records: dialogues drawn from ``prompts``, answered by the policy with the
+    instruction (:func:`sample_adherent`), the instruction kept in the first turn only
+    (:func:`construct`), cut after every turn (:func:`truncations`). Returns (records, stats)."""
+    from pathlib import Path
+
+    from ..model import default_device, load_hf
+    from ..tokenizer import Tokenizer
+    from .preferences import torch_threads
+
+    dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
+                               spare=cfg.spare_messages if cfg.keep_adherent else 0)
+    with torch_threads(cfg.num_threads):
+        model = load_hf(policy_dir, device=default_device()).eval()
+        tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
+        dialogues, answers, stats = sample_adherent(model, tok, dialogues, cfg.sampling, cfg.tries,
+                                                    prefix_only=cfg.keep_adherent, context=cfg.context)
+    records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
+                              min_turns=cfg.min_turns)
+    stats.update(more)
+    if not records:
+        raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had adherent answers in its "
+                         f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
+    cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every")
+    stats["gatt_examples"] = len(cut)
+    return cut, stats
+
+
+def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cfg: GattConfig, seed: int
+                       ) -> tuple[dict[str, float], dict[str, Any], list[dict]]:
+    """Adherence by turn (instruction as the system prompt of turn 1 only) and the helpfulness of
+    the same answers, for the policy before and after GAtt, on dialogues of held-out ``prompts``.
+    Returns (``gatt_before_*``/``gatt_after_*`` metrics, the report by turn and constraint, samples)."""
+    from pathlib import Path
+
+    from ..model import default_device, load_hf
+    from ..tokenizer import Tokenizer
+    from .preferences import torch_threads
+
+    ev = cfg.eval
+    dialogues = draw_dialogues(prompts, ev.dialogues, ev.turns, seed, max_constraints=cfg.max_constraints,
+                               salt="gatt-eval")
+    sampling = SamplingConfig(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, temperature=0.0, seed=seed)
+    metrics: dict[str, float] = {}
+    report: dict = {"turns": list(range(1, ev.turns + 1))}
+    samples = [{"users": d["users"], "constraints": d["constraints"]} for d in dialogues]
+    with torch_threads(cfg.num_threads):
+        for name, folder in (("before", before_dir), ("after", after_dir)):
+            model = load_hf(folder, device=default_device()).eval()
+            answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
+            adh = adherence_by_turn(dialogues, answers)
+            report[name] = adh
+            helpful = [world.helpfulness(u, a) for d, row in zip(dialogues, answers) for u, a in zip(d["users"], row)]
+            metrics[f"gatt_{name}_helpfulness"] = sum(helpful) / len(helpful)
+            for t, v in enumerate(adh["turn"], 1):
+                metrics[f"gatt_{name}_adherence_turn{t}"] = v
+            late = [v for v in adh["turn"][3:] if v is not None]
+            metrics[f"gatt_{name}_adherence_turn4plus"] = sum(late) / len(late) if late else 0.0
+            for c, values in adh["by_constraint"].items():
+                metrics[f"gatt_{name}_adherence_{c}"] = sum(v for v in values if v is not None) / len(values)
+            for s, row in zip(samples, answers):
+                s[f"{name}_answers"] = row
+    a1 = metrics["gatt_after_adherence_turn1"]
+    metrics["gatt_turn4plus_over_turn1"] = metrics["gatt_after_adherence_turn4plus"] / a1 if a1 else 0.0
+    metrics["gatt_helpfulness_change"] = metrics["gatt_after_helpfulness"] - metrics["gatt_before_helpfulness"]
+    return metrics, report, samples

@@ -33,10 +33,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io_utils import atomic_path
+from ..core.files import atomic_path
 from .config import TrainConfig
-from .engine import (H100_BF16_PEAK_FLOPS, META_FILE, Checkpointer, barrier, model_config_of, rng_state,
-                     self_clipping, set_rng_state)
+from .engine import (
+    H100_BF16_PEAK_FLOPS,
+    META_FILE,
+    Checkpointer,
+    barrier,
+    model_config_of,
+    rng_state,
+    self_clipping,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,156 +182,190 @@ def train(
     MFU (default ``cfg.peak_flops``, else the H100 bf16 peak on CUDA, else no MFU).
     """
     t_call = time.perf_counter()
-    ctx = engine.run_context
-    run_dir = Path(run_dir)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    module = engine.module
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    metrics = MetricsLog(run_dir / METRICS_FILE, enabled=ctx.is_main)
-    model_config = model_config_of(module)
-    meta = {"model_config": model_config, "train_config": cfg.to_dict(), **(checkpoint_meta or {})}
-
-    # -- resume ---------------------------------------------------------------------------
-    step, resumed_from, history = 0, None, []
-    last = ckpt.latest()
-    if last is not None:
-        step, state = ckpt.load(engine, last, model_config)
-        saved_cfg = json.loads((last / META_FILE).read_text()).get("train_config", {})
-        changed = sorted(k for k, v in cfg.to_dict().items() if k in saved_cfg and saved_cfg[k] != v)
-        if changed and ctx.is_main:
-            log.warning("resuming %s with changed TrainConfig keys %s: the run will not match an "
-                        "uninterrupted one", last, changed)
-        data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        resumed_from = step
-        history = metrics.truncate_after(step)
-        log.info("resumed from %s (step %d)", last, step)
-        if log_fn is not None:  # replay the history (a new tracking run gets the whole curve)
-            for record in history:
-                log_fn({k: v for k, v in record.items() if k != "step"}, record["step"])
-    else:
-        metrics.reset()
-    barrier()
-
-    peak = peak_flops or cfg.peak_flops or (H100_BF16_PEAK_FLOPS if ctx.device.type == "cuda" else None)
-    fpt = flops_per_token(module, cfg.seq_len)
-    self_clip = self_clipping(cfg, ctx.precision)
-    device = ctx.device
-
-    def emit(record: dict[str, Any]) -> None:
-        history.append(record)
-        metrics.append(record)
-        if log_fn is not None and ctx.is_main:
-            log_fn({k: v for k, v in record.items() if k != "step"}, record["step"])
-
-    def run_eval(at_step: int) -> dict[str, float]:
-        t = time.perf_counter()
-        module.eval()
-        with torch.no_grad():
-            out = dict(eval_fn(engine))
-        module.train()
-        out["eval_seconds"] = round(time.perf_counter() - t, 3)
-        emit({"step": at_step, **out})
-        return out
-
-    last_eval: dict[str, float] = {}
+    run = _Run(engine, cfg, Path(run_dir), eval_fn, log_fn, checkpoint_meta, peak_flops)
+    step = run.resume(data)
     if eval_fn is not None and step == 0 and cfg.eval_every:
-        last_eval = run_eval(0)  # the untrained model's score: the baseline of the curve
-
+        run.evaluate(0)  # the untrained model's score: the baseline of the curve
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step",
-               disable=not (progress and ctx.is_main), dynamic_ncols=True)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * n over the window
-    n_sum = torch.zeros((), dtype=torch.float64, device=device)
-    no_bad = 2**62
-    bad_step = torch.full((), no_bad, dtype=torch.long, device=device)  # first step with a non-finite loss
-    grad_norm: torch.Tensor | float | None = None
-    lr_used = 0.0
-    window_steps, window_t0, excluded = 0, time.perf_counter(), 0.0
-    timed_steps, timed_seconds = 0, 0.0
-    train_loss = None
-    saved = last
-    module.train()
-
-    def check_finite() -> None:
-        b = int(_all_reduce_min(bad_step.clone()))
-        if b != no_bad:
-            bar.close()
-            raise NonFiniteLossError(b, saved)
-
+               disable=not (progress and run.ctx.is_main), dynamic_ncols=True)
+    window = _Window(run.ctx.device)
+    engine.module.train()
     while step < cfg.max_steps:
         step += 1
-        for micro in range(cfg.grad_accum):
-            batch = _to_device(next(data), device)
-            loss, n = loss_fn(engine, batch)
-            engine.backward(loss)
-            detached = loss.detach()
-            bad_step = torch.where(torch.isfinite(detached), bad_step, bad_step.clamp(max=step))
-            loss_sum += detached.double() * n
-            n_sum += n
-            if micro == cfg.grad_accum - 1:
-                lr_used = engine.optimizer.param_groups[0]["lr"]
-                if self_clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-            engine.step()
-        window_steps += 1
+        grad_norm, lr = _optimizer_step(engine, cfg, data, loss_fn, window, step, run.self_clip)
+        window.steps += 1
         bar.update(1)
-
         is_last = step == cfg.max_steps
         if step % cfg.log_every == 0 or is_last:
-            total = _all_reduce_sum(torch.stack([loss_sum, n_sum]))
-            check_finite()
-            elapsed = time.perf_counter() - window_t0 - excluded
-            train_loss = float(total[0] / total[1])
-            if not self_clip:
-                grad_norm = engine.get_global_grad_norm()
-            step_time = elapsed / window_steps
-            tps = cfg.global_batch_tokens / step_time
-            record = {"step": step, "train_loss": train_loss, "lr": lr_used,
-                      "tokens": step * cfg.global_batch_tokens, "tokens_per_s": tps,
-                      "step_time_s": step_time}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            if fpt is not None and peak is not None:
-                record["mfu"] = tps * fpt / (peak * ctx.world_size)
-            emit(record)
-            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_used:.2e}", tok_s=f"{tps:,.0f}")
-            timed_steps += window_steps
-            timed_seconds += elapsed
-            loss_sum.zero_(), n_sum.zero_()
-            window_steps, window_t0, excluded = 0, time.perf_counter(), 0.0
-
+            run.log_window(window, step, grad_norm, lr, bar)
         t_side = time.perf_counter()
         if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
-            check_finite()
-            last_eval = run_eval(step)
-        if cfg.checkpoint_every >= 0 and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                                          or is_last):
-            check_finite()  # never write a checkpoint after a bad step
-            saved = ckpt.save(engine, step, {"data": data.state_dict(), "rng": rng_state()}, meta)
-        excluded += time.perf_counter() - t_side
+            run.check_finite(window, bar)
+            run.evaluate(step)
+        if cfg.checkpoint_every >= 0 and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or is_last):
+            run.check_finite(window, bar)  # never write a checkpoint after a bad step
+            run.saved = run.ckpt.save(engine, step, {"data": data.state_dict(), "rng": rng_state()}, run.meta)
+        window.excluded += time.perf_counter() - t_side
     bar.close()
-    if not last_eval:  # a finished run called again: its final evaluation is in the history
-        last_eval = {k: v for k, v in _last_record(history, "eval_seconds").items() if k != "step"}
-    if eval_fn is not None and not last_eval:
-        last_eval = run_eval(step)
+    return run.result(step, t_call)
 
-    tokens_per_s = cfg.global_batch_tokens * timed_steps / timed_seconds if timed_seconds else None
-    step_time_s = timed_seconds / timed_steps if timed_steps else None
-    train_seconds, run_steps = run_training_time(history)
-    if not timed_steps and train_seconds:  # a finished run called again: report the run it recorded
-        step_time_s = train_seconds / run_steps
-        tokens_per_s = cfg.global_batch_tokens / step_time_s
-    return TrainResult(
-        steps=step, tokens=step * cfg.global_batch_tokens, global_batch_tokens=cfg.global_batch_tokens,
-        train_loss=train_loss if train_loss is not None else _last(history, "train_loss"),
-        eval=last_eval,
-        tokens_per_s=tokens_per_s,
-        step_time_s=step_time_s,
-        mfu=(tokens_per_s * fpt / (peak * ctx.world_size)) if tokens_per_s and fpt and peak else None,
-        resumed_from=resumed_from, checkpoint=saved, seconds=time.perf_counter() - t_call,
-        history=history, train_seconds=train_seconds)
+
+class _Window:
+    """The running log window: loss sums on the device (no host sync between log steps), the first
+    step with a non-finite loss, and its wall time minus evaluation and checkpoint writes."""
+
+    NO_BAD = 2**62
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * n
+        self.n_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_step = torch.full((), self.NO_BAD, dtype=torch.long, device=device)
+        self.steps, self.t0, self.excluded = 0, time.perf_counter(), 0.0
+
+    def add(self, loss: torch.Tensor, n, step: int) -> None:
+        detached = loss.detach()
+        self.bad_step = torch.where(torch.isfinite(detached), self.bad_step, self.bad_step.clamp(max=step))
+        self.loss_sum += detached.double() * n
+        self.n_sum += n
+
+    def reset(self) -> None:
+        self.loss_sum.zero_(), self.n_sum.zero_()
+        self.steps, self.t0, self.excluded = 0, time.perf_counter(), 0.0
+
+
+def _optimizer_step(engine, cfg: TrainConfig, data: ResumableBatches, loss_fn: LossFn, window: _Window, step: int,
+                    self_clip: bool) -> tuple[torch.Tensor | float | None, float]:
+    """One optimiser step over ``grad_accum`` micro-batches; returns (the gradient norm when the
+    loop clips it itself, the learning rate the step used)."""
+    grad_norm, lr = None, 0.0
+    for micro in range(cfg.grad_accum):
+        batch = _to_device(next(data), engine.run_context.device)
+        loss, n = loss_fn(engine, batch)
+        engine.backward(loss)
+        window.add(loss, n, step)
+        if micro == cfg.grad_accum - 1:
+            lr = engine.optimizer.param_groups[0]["lr"]
+            if self_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), cfg.grad_clip)
+        engine.step()
+    return grad_norm, lr
+
+
+class _Run:
+    """What :func:`train` keeps across steps: the run folder's checkpoints and metrics log, the
+    history, the last evaluation, the throughput totals."""
+
+    def __init__(self, engine, cfg: TrainConfig, run_dir: Path, eval_fn: EvalFn | None, log_fn: LogFn | None,
+                 checkpoint_meta: dict[str, Any] | None, peak_flops: float | None):
+        self.engine, self.cfg, self.eval_fn, self.log_fn = engine, cfg, eval_fn, log_fn
+        self.ctx = ctx = engine.run_context
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self.ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, enabled=ctx.is_main)
+        self.model_config = model_config_of(engine.module)
+        self.meta = {"model_config": self.model_config, "train_config": cfg.to_dict(), **(checkpoint_meta or {})}
+        self.peak = peak_flops or cfg.peak_flops or (H100_BF16_PEAK_FLOPS if ctx.device.type == "cuda" else None)
+        self.fpt = flops_per_token(engine.module, cfg.seq_len)
+        self.self_clip = self_clipping(cfg, ctx.precision)
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, float] = {}
+        self.resumed_from: int | None = None
+        self.saved: Path | None = None
+        self.train_loss: float | None = None
+        self.timed_steps, self.timed_seconds = 0, 0.0
+
+    def resume(self, data: ResumableBatches) -> int:
+        """Load the newest checkpoint, if any (weights, optimiser, data position, RNG, history)."""
+        step, last = 0, self.ckpt.latest()
+        if last is not None:
+            step, state = self.ckpt.load(self.engine, last, self.model_config)
+            saved_cfg = json.loads((last / META_FILE).read_text()).get("train_config", {})
+            changed = sorted(k for k, v in self.cfg.to_dict().items() if k in saved_cfg and saved_cfg[k] != v)
+            if changed and self.ctx.is_main:
+                log.warning("resuming %s with changed TrainConfig keys %s: the run will not match an "
+                            "uninterrupted one", last, changed)
+            data.load_state_dict(state["data"])
+            set_rng_state(state["rng"])
+            self.resumed_from = step
+            self.history = self.metrics.truncate_after(step)
+            log.info("resumed from %s (step %d)", last, step)
+            if self.log_fn is not None:  # replay the history (a new tracking run gets the whole curve)
+                for record in self.history:
+                    self.log_fn({k: v for k, v in record.items() if k != "step"}, record["step"])
+        else:
+            self.metrics.reset()
+        self.saved = last
+        barrier()
+        return step
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.metrics.append(record)
+        if self.log_fn is not None and self.ctx.is_main:
+            self.log_fn({k: v for k, v in record.items() if k != "step"}, record["step"])
+
+    def evaluate(self, at_step: int) -> None:
+        t = time.perf_counter()
+        module = self.engine.module
+        module.eval()
+        with torch.no_grad():
+            out = dict(self.eval_fn(self.engine))
+        module.train()
+        out["eval_seconds"] = round(time.perf_counter() - t, 3)
+        self.emit({"step": at_step, **out})
+        self.last_eval = out
+
+    def check_finite(self, window: _Window, bar) -> None:
+        b = int(_all_reduce_min(window.bad_step.clone()))
+        if b != _Window.NO_BAD:
+            bar.close()
+            raise NonFiniteLossError(b, self.saved)
+
+    def log_window(self, window: _Window, step: int, grad_norm, lr: float, bar) -> None:
+        """Train loss, lr, grad norm, throughput and MFU of the steps since the last log."""
+        cfg = self.cfg
+        total = _all_reduce_sum(torch.stack([window.loss_sum, window.n_sum]))
+        self.check_finite(window, bar)
+        elapsed = time.perf_counter() - window.t0 - window.excluded
+        self.train_loss = float(total[0] / total[1])
+        if not self.self_clip:
+            grad_norm = self.engine.get_global_grad_norm()
+        step_time = elapsed / window.steps
+        tps = cfg.global_batch_tokens / step_time
+        record = {"step": step, "train_loss": self.train_loss, "lr": lr, "tokens": step * cfg.global_batch_tokens,
+                  "tokens_per_s": tps, "step_time_s": step_time}
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        if self.fpt is not None and self.peak is not None:
+            record["mfu"] = tps * self.fpt / (self.peak * self.ctx.world_size)
+        self.emit(record)
+        bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        self.timed_steps += window.steps
+        self.timed_seconds += elapsed
+        window.reset()
+
+    def result(self, step: int, t_call: float) -> TrainResult:
+        cfg, history = self.cfg, self.history
+        if not self.last_eval:  # a finished run called again: its final evaluation is in the history
+            self.last_eval = {k: v for k, v in _last_record(history, "eval_seconds").items() if k != "step"}
+        if self.eval_fn is not None and not self.last_eval:
+            self.evaluate(step)
+        tokens_per_s = cfg.global_batch_tokens * self.timed_steps / self.timed_seconds if self.timed_seconds else None
+        step_time_s = self.timed_seconds / self.timed_steps if self.timed_steps else None
+        train_seconds, run_steps = run_training_time(history)
+        if not self.timed_steps and train_seconds:  # a finished run called again: report the run it recorded
+            step_time_s = train_seconds / run_steps
+            tokens_per_s = cfg.global_batch_tokens / step_time_s
+        mfu = tokens_per_s * self.fpt / (self.peak * self.ctx.world_size) if tokens_per_s and self.fpt and self.peak \
+            else None
+        return TrainResult(
+            steps=step, tokens=step * cfg.global_batch_tokens, global_batch_tokens=cfg.global_batch_tokens,
+            train_loss=self.train_loss if self.train_loss is not None else _last(history, "train_loss"),
+            eval=self.last_eval, tokens_per_s=tokens_per_s, step_time_s=step_time_s, mfu=mfu,
+            resumed_from=self.resumed_from, checkpoint=self.saved, seconds=time.perf_counter() - t_call,
+            history=history, train_seconds=train_seconds)
 
 
 def run_training_time(history: list[dict[str, Any]]) -> tuple[float | None, int]:

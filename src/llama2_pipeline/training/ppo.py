@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import PPOConfig
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
                 count: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -61,26 +63,19 @@ def logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def combined_reward(helpfulness: torch.Tensor, safety: torch.Tensor, is_safety: torch.Tensor,
                     threshold: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's piecewise R_c, as probabilities, and which answers used the safety RM.
+    """The paper's piecewise R_c and which answers used the safety score: the one R_c of the
+    recipe (rejection sampling, PPO, the headroom benchmark's perfect judge).
 
     Args:
-        helpfulness, safety: the two RMs' scalar scores (logits) per answer, shape (B,).
+        helpfulness, safety: R_h and R_s per answer as probabilities in [0, 1] (an RM's score
+            through a sigmoid, or the world's scores), shape (B,).
         is_safety: True where the prompt is safety-tagged, shape (B,).
-        threshold: R_s below it selects the safety RM on any prompt (paper: 0.15).
+        threshold: R_s below it selects the safety score on any prompt (paper: 0.15).
 
-    Returns ``(R_c, used_safety)``: R_c = sigmoid of the selected score.
+    Returns ``(R_c, used_safety)``.
     """
-    r_h, r_s = torch.sigmoid(helpfulness), torch.sigmoid(safety)
-    used_safety = is_safety.bool() | (r_s < threshold)
-    return torch.where(used_safety, r_s, r_h), used_safety
-
-
-def sequence_reward(helpfulness: torch.Tensor, safety: torch.Tensor, is_safety: torch.Tensor,
-                    threshold: float = 0.15, whiten_scores: bool = True) -> torch.Tensor:
-    """R~_c = WHITEN(LOGIT(R_c)) over the batch of answers, shape (B,)."""
-    r_c, _ = combined_reward(helpfulness, safety, is_safety, threshold)
-    scores = logit(r_c)
-    return whiten(scores) if whiten_scores else scores
+    used_safety = is_safety.bool() | (safety < threshold)
+    return torch.where(used_safety, safety, helpfulness), used_safety
 
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -169,62 +164,6 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 # The PPO loop: rollouts with the KV cache, a value model, clipped updates
 # --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class PPOConfig:
-    """Hyper-parameters of :class:`PPOTrainer` (the paper's values in comments)."""
-
-    rollouts: int = 16           # prompts sampled per PPO step (paper: 512)
-    max_new_tokens: int = 32     # longest answer
-    temperature: float = 1.0     # sampling temperature of the rollouts
-    top_p: float = 1.0           # nucleus mass of the rollouts
-    beta: float = 0.01           # KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)
-    gamma: float = 1.0           # GAE discount (paper: 1)
-    lam: float = 0.95            # GAE lambda (paper: 0.95)
-    clip: float = 0.2            # PPO ratio clip (paper: 0.2)
-    value_clip: float = 0.2      # value-loss clip
-    ppo_epochs: int = 1          # passes over each step's rollouts (paper: 1)
-    minibatch: int = 8           # rollouts per gradient step (paper: 64)
-    lr: float = 1e-6             # policy learning rate (paper: 1e-6, constant)
-    value_lr: float = 1e-5       # value model learning rate
-    weight_decay: float = 0.1    # AdamW (paper: 0.1)
-    grad_clip: float = 1.0       # gradient-norm clip (paper: 1.0)
-    whiten_rewards: bool = True  # the paper's WHITEN of the sequence scores, per step
-    whiten_advantages: bool = True
-    micro_batch: int = 0         # rollouts per forward/backward pass (0 = a whole minibatch); gradients
-                                 # accumulate over a minibatch's micro-batches, so the update is the same
-    precision: str = "fp32"      # fp32 | bf16: autocast of every forward pass (ppo_finetune trains fp32 weights)
-    gradient_checkpointing: bool = False  # recompute each block in backward (policy and value model)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("rollouts", "max_new_tokens", "ppo_epochs", "minibatch"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("beta", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.top_p <= 1 or not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
-            raise ValueError("PPOConfig: need 0 < top_p <= 1, 0 <= lam <= 1, 0 <= gamma <= 1")
-        if not self.clip > 0 or not self.value_clip > 0:
-            raise ValueError("PPOConfig.clip and value_clip must be > 0")
-        if not isinstance(self.micro_batch, int) or self.micro_batch < 0:
-            raise ValueError(f"PPOConfig.micro_batch must be an integer >= 0 (0 = the whole minibatch), "
-                             f"got {self.micro_batch!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"PPOConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(f"PPOConfig.gradient_checkpointing must be true or false, got "
-                             f"{self.gradient_checkpointing!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PPOConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown PPO key(s) {unknown}")
-        return cls(**d)
-
-
 class ValueModel(nn.Module):
     """A Llama backbone with a scalar head read at every position: V(state before each token)."""
 
@@ -291,7 +230,7 @@ class PPOTrainer:
 
     def __init__(self, policy: nn.Module, value_model: nn.Module, score_fn: Callable[..., torch.Tensor],
                  config: PPOConfig | dict, *, reference: nn.Module | None = None) -> None:
-        self.cfg = config if isinstance(config, PPOConfig) else PPOConfig.from_dict(config)
+        self.cfg = config if isinstance(config, PPOConfig) else PPOConfig.from_dict(config, "ppo")
         self.policy, self.value_model, self.score_fn = policy, value_model, score_fn
         self.reference = (reference if reference is not None else copy.deepcopy(policy)).eval()
         for p in self.reference.parameters():

@@ -30,6 +30,7 @@ Nothing here imports Kedro or MLflow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,15 +40,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..tokenizer import validate_messages
+from ..tokenizer import ChatFormatError, validate_messages
 from ..world.tasks import REFUSAL
-from ..tokenizer.chat import ChatFormatError
+from .config import CATEGORIES, PreferenceConfig
 
 log = logging.getLogger(__name__)
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
-CATEGORIES = ("helpfulness", "safety")
-PAIR_KINDS = ("sample_sample", "sample_reference", "sample_refusal")
 _RATING_ALIASES = {"significantly better": "significantly_better", "slightly better": "slightly_better",
                    "negligibly better": "negligibly_better", "unsure": "negligibly_better",
                    "negligibly better / unsure": "negligibly_better"}
@@ -156,21 +155,12 @@ def prompt_key(record: dict) -> str:
     return record["prompt"]
 
 
-def chat_of(record_or_prompt: dict | str | list) -> list[dict]:
-    """The conversation (ending with the user's turn) of a record, a prompt text or a message list."""
-    if isinstance(record_or_prompt, dict):
-        record_or_prompt = record_or_prompt.get("messages") or record_or_prompt["prompt"]
-    if isinstance(record_or_prompt, str):
-        return [{"role": "user", "content": record_or_prompt}]
-    return list(record_or_prompt)
-
-
 # --------------------------------------------------------------------------------------------
 # Collect, merge, split, mix
 # --------------------------------------------------------------------------------------------
 
 
-def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, sampling: dict, seed: int,
+def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, sampling: PreferenceConfig, seed: int,
                         *, variant_dir=None, num_threads: int = 0, progress: bool = True,
                         stats: dict | None = None) -> list[dict]:
     """New preference pairs: the policy's answers to ``prompts`` compared by the world's annotator.
@@ -179,13 +169,12 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
         policy_dir: HF folder of the policy (SFT model, or the newest RLHF model).
         tokenizer: a :class:`~llama2_pipeline.tokenizer.Tokenizer`, or its ``.model`` file / folder.
         prompts: records with ``prompt`` (and ``id``, ``reference`` when known): ``prompts_train``.
-        world: the ``world`` params group (or a :class:`~llama2_pipeline.world.World`).
-        sampling: the ``reward.preferences`` params: ``collect`` (false: return no pairs),
-            ``temperatures`` (one policy sample per temperature), ``variant_temperatures`` (one
-            sample of ``variant_dir``'s model per temperature; optional), ``top_p``,
-            ``max_new_tokens``, ``batch_size``, ``max_prompts`` (0 = all; else a seeded sample),
-            ``pairs`` (kinds of pairs, :data:`PAIR_KINDS`), ``drop_ties`` (optional, default false).
-        seed: the run's seed (world, prompt sample, sampling).
+        world: a :class:`~llama2_pipeline.world.World` (the annotator).
+        sampling: :class:`PreferenceConfig`: ``collect`` (false: return no pairs), ``temperatures``
+            (one policy sample per temperature), ``variant_temperatures`` (one sample of
+            ``variant_dir``'s model per temperature), ``top_p``, ``max_new_tokens``, ``batch_size``,
+            ``max_prompts`` (0 = all; else a seeded sample), ``pairs`` (kinds of pairs), ``drop_ties``.
+        seed: the run's seed (prompt sample, sampling).
         variant_dir: HF folder of the second model variant (None: the policy's samples only).
         num_threads: torch CPU threads while sampling (0 = leave torch's setting).
         stats: if given, filled with counts: ``pairs``, ``ties_dropped``, ``identical_skipped``,
@@ -194,36 +183,27 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
     Returns records ``prompt, chosen, rejected, rating, category, source, prompt_id``. Pairs of
     two identical answers are skipped (no preference). Deterministic for its inputs.
     """
+    from ..evaluation.answers import SamplingConfig
     from ..tokenizer import Tokenizer
-    from ..world import World
 
-    if not sampling.get("collect", True):
+    if not sampling.collect:
         return []
-    kinds = list(sampling.get("pairs", PAIR_KINDS))
-    unknown = sorted(set(kinds) - set(PAIR_KINDS))
-    if unknown:
-        raise ValueError(f"unknown pair kind(s) {unknown}; expected some of {list(PAIR_KINDS)}")
-    temperatures = list(sampling["temperatures"])
-    if len(temperatures) < 2:
-        raise ValueError(f"collecting preferences needs at least two temperatures (two samples per prompt), "
-                         f"got {temperatures}")
-    w = world if isinstance(world, World) else World.from_params({**world, "seed": seed})
     tok = tokenizer if hasattr(tokenizer, "encode_batch") else Tokenizer(tokenizer)
     prompts = [p for p in prompts if isinstance(p, dict) and p.get("prompt")]
-    n = int(sampling.get("max_prompts") or 0)
+    n = sampling.max_prompts
     if n and n < len(prompts):
         keep = set(random.Random(f"reward-prompts-{seed}").sample(range(len(prompts)), n))
         prompts = [p for i, p in enumerate(prompts) if i in keep]
     if not prompts:
         raise ValueError("collect_preferences got no prompts (records with a 'prompt' field)")
-    runs = [("policy", policy_dir, temperatures)]
-    variant_temperatures = list(sampling.get("variant_temperatures") or [])
-    if variant_dir is not None and variant_temperatures:
-        runs.append(("variant", variant_dir, variant_temperatures))
-    answers = sample_answers(runs, tok, [p["prompt"] for p in prompts], sampling, seed, num_threads=num_threads,
+    runs = [("policy", policy_dir, sampling.temperatures)]
+    if variant_dir is not None and sampling.variant_temperatures:
+        runs.append(("variant", variant_dir, sampling.variant_temperatures))
+    template = SamplingConfig(max_new_tokens=sampling.max_new_tokens, top_p=sampling.top_p,
+                              batch_size=sampling.batch_size)
+    answers = sample_answers(runs, tok, [p["prompt"] for p in prompts], template, seed, num_threads=num_threads,
                              progress=progress)
-    out, counts = annotate_answers(w, prompts, answers, kinds, seed,
-                                   drop_ties=bool(sampling.get("drop_ties", False)))
+    out, counts = annotate_answers(world, prompts, answers, sampling.pairs, seed, drop_ties=sampling.drop_ties)
     counts["pairs"] = len(out)
     log.info("collected %d preference pairs (%s)", len(out), ", ".join(f"{k} {v}" for k, v in counts.items()))
     if stats is not None:
@@ -231,14 +211,13 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
     return out
 
 
-def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, texts: Sequence[str], sampling: dict,
+def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, texts: Sequence[str], sampling,
                    seed: int, *, num_threads: int = 0, progress: bool = True) -> list[list[str]]:
     """Answers to ``texts``, per prompt one per (model, temperature): ``runs`` are ``(label, HF
-    folder, temperatures)``; ``sampling`` gives ``max_new_tokens``, ``batch_size``, ``top_p``.
-    Sample j (over all runs, in order) is seeded ``seed * 1000 + j``. Returns ``answers[i][j]``."""
-    import torch
-
-    from ..evaluation import SamplingConfig, generate_answers
+    folder, temperatures)``; ``sampling`` is a :class:`~llama2_pipeline.evaluation.SamplingConfig`
+    giving ``max_new_tokens``, ``batch_size``, ``top_p``. Sample j (over all runs, in order) is
+    seeded ``seed * 1000 + j``. Returns ``answers[i][j]``."""
+    from ..evaluation.answers import generate_answers
     from ..model import default_device, load_hf
 
     device = default_device()
@@ -247,9 +226,7 @@ def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, 
         for label, folder, temps in runs:
             model = load_hf(folder, device=device).eval()
             for temperature in temps:
-                cfg = SamplingConfig(max_new_tokens=int(sampling["max_new_tokens"]), temperature=float(temperature),
-                                     top_p=float(sampling.get("top_p", 1.0)), batch_size=int(sampling["batch_size"]),
-                                     seed=seed * 1000 + k)
+                cfg = dataclasses.replace(sampling, temperature=float(temperature), seed=seed * 1000 + k)
                 k += 1
                 answers = generate_answers(model, tokenizer, list(texts), cfg, desc=f"{label} T={temperature}",
                                            progress=progress)

@@ -1,34 +1,22 @@
-"""Pretraining: a Llama from scratch on packed token shards, through the shared engine and loop.
+"""Pretraining: a Llama from scratch on packed token shards, through the shared stage runner.
 
 ``pretrain(shards_dir, model_cfg, train_cfg, run_dir)`` trains on random windows of the train
 split (a seeded numpy Generator whose state is checkpointed), evaluates loss and perplexity on
 fixed blocks of the val split, compares with the unigram perplexity of the same val tokens
 (unigram estimated on the train split, add-one smoothing), draws ``loss_curve.png``, exports
-the model in Hugging Face format and returns flat metrics. With ``world_size``/``num_nodes``
-> 1 it writes ``run_config.json`` and re-runs itself under torchrun (or DeepSpeed's launcher),
-streaming the ranks' output and metrics; rank 0 writes the outputs.
-
-Run folder::
-
-    run_config.json     everything the CLI needs (written for multi-rank runs and the CLI)
-    checkpoints/        DeepSpeed checkpoints (``latest`` + the newest ``keep_checkpoints``)
-    metrics.jsonl       one JSON line per log / eval step (rank 0)
-    loss_curve.png      train and val loss vs step
-    result.json         final metrics, weights digest, paths
-    hf/                 the exported model (unless ``hf_dir`` is given)
-
-CLI: ``python -m llama2_pipeline.training.pretrain --config run_dir/run_config.json``; run it
-again after a crash (even ``kill -9``) and it resumes from the last checkpoint.
+the model in Hugging Face format and returns flat metrics. Everything around the model, the
+batches and the loss (launching ranks, the engine, the loop, the export, ``result.json``) is
+:func:`~.runner.run_stage`'s; after a crash (even ``kill -9``) the same call resumes from the last
+checkpoint, and a multi-rank run is resumed with
+``python -m llama2_pipeline.training.runner --config run_dir/run_config.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io_utils import atomic_path, write_json
 from ..model import Llama, ModelConfig, export_hf
 from ..tokenizer.shards import INDEX_FILE, TokenShards
 from .config import TrainConfig
-from .engine import RunContext, barrier, build_engine, gathered_module, setup_run
-from .launcher import launch, rank_main, read_run_config
-from .loop import flops_per_token, train
+from .engine import RunContext
+from .runner import Parts, run_stage
 
 log = logging.getLogger(__name__)
 
-MODULE = "llama2_pipeline.training.pretrain"  # the CLI module the launcher starts on every rank
-RUN_CONFIG = "run_config.json"
-RESULT_FILE = "result.json"
-_RUN_CONFIG_KEYS = {"shards_dir", "model", "train", "run_dir", "tokenizer_model", "hf_dir", "progress"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,47 +176,54 @@ def resolve_model_config(model_cfg: ModelConfig | dict, shards: TokenShards) -> 
     return config
 
 
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 of the tensors' names, dtypes, shapes and bytes (sorted by name)."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+@dataclass
+class PretrainStage:
+    """Pretraining as a :class:`~.runner.Stage`: the shards, the model shape, the tokenizer file."""
 
+    shards_dir: Path
+    model: ModelConfig
+    tokenizer_model: Path | None = None
 
-def plot_loss_curve(history: list[dict[str, Any]], path: Path, unigram_loss: float | None = None,
-                    title: str = "pretraining") -> Path:
-    """Train and val loss vs step as a PNG (matplotlib's Agg canvas; no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    def to_json(self, run_dir: Path) -> dict[str, Any]:
+        return {"shards_dir": str(Path(self.shards_dir).resolve()), "model": self.model.to_dict(),
+                "tokenizer_model": str(Path(self.tokenizer_model).resolve()) if self.tokenizer_model else None}
 
-    fig = Figure(figsize=(7, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    train = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss", lw=1.2, ms=3)
-    if unigram_loss is not None:
-        ax.axhline(unigram_loss, color="grey", ls="--", lw=1, label="unigram (val)")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PretrainStage:
+        return cls(Path(data["shards_dir"]), ModelConfig.from_dict(data["model"]),
+                   Path(data["tokenizer_model"]) if data.get("tokenizer_model") else None)
 
+    def parts(self, cfg: TrainConfig, ctx: RunContext) -> Parts:
+        train_shards = TokenShards(self.shards_dir, "train")
+        blocks = val_blocks(TokenShards(self.shards_dir, "val"), cfg.seq_len, cfg.eval_batches * cfg.micro_batch)
+        unigram_ppl = unigram_perplexity(unigram_counts(train_shards, train_shards.vocab_size), blocks[:, 1:])
+        model = Llama(self.model)  # seeded by setup_run: the same init on every rank and every run
+        if ctx.is_main:
+            log.info("pretraining %s params, global batch %d sequences x %d tokens = %d tokens/step",
+                     f"{model.num_params():,}", cfg.global_batch, cfg.seq_len, cfg.global_batch_tokens)
 
-def _inside_launch() -> bool:
-    """True in a rank started by torchrun / DeepSpeed's launcher (a multi-process world)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        def metrics(result, common: dict[str, Any]) -> dict[str, Any]:
+            val_loss = result.eval.get("val_loss", float("nan"))
+            ppl = math.exp(min(val_loss, 700.0))
+            out = {"val_loss": val_loss, "val_ppl": ppl, "unigram_ppl": unigram_ppl, "ppl_ratio": ppl / unigram_ppl,
+                   **{k: common[k] for k in ("train_loss", "tokens", "tokens_per_s", "step_time_s", "steps")},
+                   "params": self.model.num_params(), "params_non_embedding": self.model.num_params(exclude_embedding=True),
+                   **{k: common[k] for k in ("global_batch_tokens", "flops_per_token", "seconds", "val_loss_initial",
+                                             "mfu")}}
+            return {f"pretrain_{k}": v for k, v in out.items()}
+
+        return Parts(
+            model=model,
+            data=RandomWindows(train_shards, cfg.micro_batch, cfg.seq_len, grad_accum=cfg.grad_accum, rank=ctx.rank,
+                               num_ranks=ctx.world_size, seed=cfg.seed),
+            loss_fn=lm_loss, eval_fn=lambda m: evaluate_blocks(m, blocks, cfg.micro_batch, ctx),
+            export=lambda module, out: export_hf(module, out, tokenizer_model_path=self.tokenizer_model),
+            metrics=metrics,
+            checkpoint_meta={"shards": str(train_shards.path),
+                             "tokenizer_sha256": train_shards.index.get("tokenizer_sha256")},
+            result={"model_config": self.model.to_dict()},
+            plot_title=f"pretraining: {self.model.num_params():,} params, {cfg.global_batch_tokens:,} tokens/step",
+            plot_baseline=math.log(unigram_ppl))
 
 
 def pretrain(
@@ -254,7 +243,7 @@ def pretrain(
         shards_dir: token-shard folder (``index.json`` + ``.bin``) with ``train`` and ``val`` splits.
         model_cfg: a :class:`ModelConfig`, or a dict ``{"preset": name, **overrides}`` /
             full field dict; vocab_size/bos/eos default to the shards'.
-        train_cfg: a :class:`TrainConfig` or its dict (validated by ``TrainConfig.from_dict``).
+        train_cfg: a :class:`TrainConfig` or its dict (``max_steps`` required).
         run_dir: the run folder (checkpoints, metrics.jsonl, loss_curve.png, result.json); a run
             with the same config and folder resumes from its last checkpoint.
         tokenizer_model: a sentencepiece ``.model`` copied into the exported folder.
@@ -267,127 +256,15 @@ def pretrain(
         ``pretrain_train_loss``, ``pretrain_tokens``, ``pretrain_tokens_per_s``,
         ``pretrain_step_time_s``, ``pretrain_mfu`` (when a peak is known), ``pretrain_steps``,
         ``pretrain_params``, ``pretrain_params_non_embedding``, ``pretrain_global_batch_tokens``,
-        ``pretrain_seconds`` (training time of the whole run, resumed parts included; evaluation and
-        checkpoint writes excluded).
+        ``pretrain_flops_per_token``, ``pretrain_seconds`` (training time of the whole run, resumed
+        parts included; evaluation and checkpoint writes excluded).
     """
     cfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg)
     run_dir = Path(run_dir)
-    hf_dir = Path(hf_dir) if hf_dir is not None else run_dir / "hf"
-    train_shards = TokenShards(shards_dir, "train")
-    model_config = resolve_model_config(model_cfg, train_shards)
+    model_config = resolve_model_config(model_cfg, TokenShards(shards_dir, "train"))
     if cfg.seq_len > model_config.max_seq_len:
         raise ValueError(f"TrainConfig.seq_len {cfg.seq_len} exceeds the model's max_seq_len "
                          f"{model_config.max_seq_len}")
-    if cfg.multi_process and not _inside_launch():
-        run_config = {"shards_dir": str(Path(shards_dir).resolve()), "model": model_config.to_dict(),
-                      "train": cfg.to_dict(), "run_dir": str(run_dir.resolve()),
-                      "tokenizer_model": str(Path(tokenizer_model).resolve()) if tokenizer_model else None,
-                      "hf_dir": str(hf_dir.resolve()), "progress": progress}
-        write_json(run_dir / RUN_CONFIG, run_config)
-        (run_dir / RESULT_FILE).unlink(missing_ok=True)
-        launch(MODULE, run_dir / RUN_CONFIG, cfg, run_dir, log_fn=log_fn)
-        return json.loads((run_dir / RESULT_FILE).read_text())["metrics"]
-    return _pretrain_rank(train_shards, model_config, cfg, run_dir, tokenizer_model=tokenizer_model,
-                          log_fn=log_fn, hf_dir=hf_dir, progress=progress)
-
-
-def _pretrain_rank(train_shards: TokenShards, model_config: ModelConfig, cfg: TrainConfig, run_dir: Path,
-                   *, tokenizer_model, log_fn, hf_dir: Path, progress: bool) -> dict[str, float]:
-    """One rank's share of :func:`pretrain` (the whole of it for a single process)."""
-    ctx = setup_run(cfg)
-    val_shards = TokenShards(train_shards.path, "val")
-    blocks = val_blocks(val_shards, cfg.seq_len, cfg.eval_batches * cfg.micro_batch)
-    counts = unigram_counts(train_shards, train_shards.vocab_size)
-    unigram_ppl = unigram_perplexity(counts, blocks[:, 1:])
-
-    model = Llama(model_config)  # seeded by setup_run: the same init on every rank and every run
-    engine = build_engine(model, cfg, ctx)
-    data = RandomWindows(train_shards, cfg.micro_batch, cfg.seq_len, grad_accum=cfg.grad_accum,
-                         rank=ctx.rank, num_ranks=ctx.world_size, seed=cfg.seed)
-    if ctx.is_main:
-        log.info("pretraining %s params, global batch %d sequences x %d tokens = %d tokens/step",
-                 f"{model.num_params():,}", cfg.global_batch, cfg.seq_len, cfg.global_batch_tokens)
-    result = train(engine, cfg, data, lm_loss, run_dir,
-                   eval_fn=lambda m: evaluate_blocks(m, blocks, cfg.micro_batch, ctx),
-                   log_fn=log_fn, progress=progress,
-                   checkpoint_meta={"shards": str(train_shards.path),
-                                    "tokenizer_sha256": train_shards.index.get("tokenizer_sha256")})
-
-    digest = None
-    with gathered_module(engine) as module:
-        if ctx.is_main:
-            export_hf(module, hf_dir, tokenizer_model_path=tokenizer_model)
-            digest = weights_digest(module.state_dict())
-    history = result.history
-    val_loss = result.eval.get("val_loss", float("nan"))
-    initial = next((r["val_loss"] for r in history if r.get("step") == 0 and "val_loss" in r), None)
-    tokens_per_s = result.tokens_per_s or _last(history, "tokens_per_s")
-    step_time = result.step_time_s or _last(history, "step_time_s")
-    metrics = {
-        "pretrain_val_loss": val_loss,
-        "pretrain_val_ppl": math.exp(min(val_loss, 700.0)),
-        "pretrain_unigram_ppl": unigram_ppl,
-        "pretrain_ppl_ratio": math.exp(min(val_loss, 700.0)) / unigram_ppl,
-        "pretrain_train_loss": result.train_loss,
-        "pretrain_tokens": result.tokens,
-        "pretrain_tokens_per_s": tokens_per_s,
-        "pretrain_step_time_s": step_time,
-        "pretrain_steps": result.steps,
-        "pretrain_params": model_config.num_params(),
-        "pretrain_params_non_embedding": model_config.num_params(exclude_embedding=True),
-        "pretrain_global_batch_tokens": cfg.global_batch_tokens,
-        "pretrain_flops_per_token": flops_per_token(engine.module, cfg.seq_len),
-        "pretrain_seconds": round(result.train_seconds if result.train_seconds is not None else result.seconds, 3),
-    }
-    if initial is not None:
-        metrics["pretrain_val_loss_initial"] = initial
-    mfu = result.mfu or _last(history, "mfu")
-    if mfu is not None:
-        metrics["pretrain_mfu"] = mfu
-    metrics = {k: v for k, v in metrics.items() if v is not None}
-    if ctx.is_main:
-        plot_loss_curve(history, run_dir / "loss_curve.png", unigram_loss=math.log(unigram_ppl),
-                        title=f"pretraining: {metrics['pretrain_params']:,} params, "
-                              f"{cfg.global_batch_tokens:,} tokens/step")
-        write_json(run_dir / RESULT_FILE, {
-            "metrics": metrics, "weights_sha256": digest, "hf_dir": str(hf_dir),
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-            "resumed_from": result.resumed_from, "model_config": model_config.to_dict(),
-            "train_config": cfg.to_dict()})
-    barrier()
-    return metrics
-
-
-def _last(history: list[dict[str, Any]], key: str) -> Any:
-    return next((r[key] for r in reversed(history) if key in r), None)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ``run_config.json`` (unknown or missing keys raise, naming the file)."""
-    rc = read_run_config(path, _RUN_CONFIG_KEYS, {"shards_dir", "model", "run_dir"})
-    try:
-        rc["train"] = TrainConfig.from_dict(rc.get("train") or {})
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    return rc
-
-
-def main(argv: list[str] | None = None) -> int:
-    def run(config: str) -> dict:
-        rc = load_run_config(config)
-        return pretrain(rc["shards_dir"], rc["model"], rc["train"], rc["run_dir"],
-                        tokenizer_model=rc.get("tokenizer_model"), hf_dir=rc.get("hf_dir"),
-                        progress=rc.get("progress", True))
-
-    return rank_main(argv, "python -m llama2_pipeline.training.pretrain",
-                     "Pretrain (or resume) a Llama from a run_config.json.",
-                     "run_config.json: shards_dir, model, train, run_dir, tokenizer_model, hf_dir, progress", run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    stage = PretrainStage(Path(shards_dir), model_config, Path(tokenizer_model) if tokenizer_model else None)
+    return run_stage(stage, cfg, run_dir, Path(hf_dir) if hf_dir is not None else run_dir / "hf", log_fn=log_fn,
+                     progress=progress)

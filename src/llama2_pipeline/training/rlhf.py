@@ -28,54 +28,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .ppo import PPOConfig, PPOTrainer, ValueModel, combined_reward, logit, train_ppo
-from ..params import round_names  # noqa: F401  (re-exported: the rounds are params, checked there)
+from .config import CandidateConfig, PPOConfig, RLHFConfig, RoundEvalConfig, round_seed  # noqa: F401
+from .ppo import PPOTrainer, ValueModel, combined_reward, logit, train_ppo
 from .preferences import sample_answers, torch_threads
 
 log = logging.getLogger(__name__)
 
-#: keys of the ``rlhf`` params group and its subgroups
-GROUP_KEYS = {"rounds", "candidates", "safety_threshold", "num_threads", "rejection_sampling", "ppo", "eval"}
-CANDIDATE_KEYS = {"k", "temperature", "top_p", "max_new_tokens", "batch_size", "max_prompts", "drop_ties",
-                  "pairs_per_prompt", "pairs", "earlier_rounds"}
-PPO_KEYS = {"steps", "max_prompts"} | {f for f in PPOConfig.__dataclass_fields__ if f != "seed"}
-EVAL_KEYS = {"max_new_tokens", "batch_size", "kl_samples"}
-
-
-def validate_rlhf_params(group: dict) -> dict:
-    """Check the ``rlhf`` params group; raise ValueError naming the key. Returns ``group``."""
-    if not isinstance(group, dict):
-        raise ValueError(f"params group 'rlhf' must be a mapping, got {type(group).__name__}")
-    from .reward import check_sections
-
-    check_sections(((GROUP_KEYS, "rlhf", group), (CANDIDATE_KEYS, "rlhf.candidates", group.get("candidates")),
-                    (PPO_KEYS, "rlhf.ppo", group.get("ppo")), (EVAL_KEYS, "rlhf.eval", group.get("eval"))))
-    round_names(group)
-    c = group["candidates"]
-    if not (isinstance(c["k"], int) and c["k"] >= 2):
-        raise ValueError(f"key 'rlhf.candidates.k' is {c['k']!r}, expected an integer >= 2 (answers per prompt)")
-    from .preferences import PAIR_KINDS
-
-    if not (isinstance(c["pairs"], list) and c["pairs"] and set(c["pairs"]) <= set(PAIR_KINDS)):
-        raise ValueError(f"key 'rlhf.candidates.pairs' is {c['pairs']!r}, expected a non-empty list of {list(PAIR_KINDS)}")
-    if not (isinstance(c["pairs_per_prompt"], int) and c["pairs_per_prompt"] >= 0):
-        raise ValueError(f"key 'rlhf.candidates.pairs_per_prompt' is {c['pairs_per_prompt']!r}, expected an "
-                         "integer >= 0 (0 = every two answers)")
-    if not isinstance(c["earlier_rounds"], bool):
-        raise ValueError(f"key 'rlhf.candidates.earlier_rounds' is {c['earlier_rounds']!r}, expected true or false "
-                         "(pool the answers earlier rounds kept into rejection sampling)")
-    for key in ("max_new_tokens", "batch_size"):
-        if not (isinstance(c[key], int) and c[key] >= 1):
-            raise ValueError(f"key 'rlhf.candidates.{key}' is {c[key]!r}, expected an integer >= 1")
-    if not 0 <= float(group["safety_threshold"]) <= 1:
-        raise ValueError(f"key 'rlhf.safety_threshold' is {group['safety_threshold']!r}, expected a number in [0, 1]")
-    try:
-        PPOConfig.from_dict({k: v for k, v in group["ppo"].items() if k not in ("steps", "max_prompts")})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"rlhf.ppo: {e}") from None
-    if not (isinstance(group["ppo"]["steps"], int) and group["ppo"]["steps"] >= 1):
-        raise ValueError(f"key 'rlhf.ppo.steps' is {group['ppo']['steps']!r}, expected an integer >= 1")
-    return group
+# --------------------------------------------------------------------------------------------
+# Parameters (the ``rlhf`` group)
+# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,16 +56,18 @@ def select_prompts(prompts: Sequence[dict], max_prompts: int, seed: int, salt: s
     return prompts
 
 
-def sample_candidates(policy_dir, tokenizer, prompts: Sequence[dict], candidates: dict, seed: int, *,
+def sample_candidates(policy_dir, tokenizer, prompts: Sequence[dict], candidates: CandidateConfig, seed: int, *,
                       num_threads: int = 0, progress: bool = True) -> list[dict]:
     """K answers of the policy per prompt: records ``id, prompt, category, safety, reference, answers``."""
+    from ..evaluation.answers import SamplingConfig
     from ..tokenizer import Tokenizer
 
     tok = tokenizer if hasattr(tokenizer, "encode_batch") else Tokenizer(tokenizer)
-    chosen = select_prompts(prompts, int(candidates.get("max_prompts") or 0), seed, "rlhf-candidates")
-    temps = [float(candidates["temperature"])] * int(candidates["k"])
-    answers = sample_answers([("policy", policy_dir, temps)], tok, [p["prompt"] for p in chosen], candidates, seed,
-                             num_threads=num_threads, progress=progress)
+    chosen = select_prompts(prompts, candidates.max_prompts, seed, "rlhf-candidates")
+    template = SamplingConfig(max_new_tokens=candidates.max_new_tokens, top_p=candidates.top_p,
+                              batch_size=candidates.batch_size)
+    answers = sample_answers([("policy", policy_dir, [candidates.temperature] * candidates.k)], tok,
+                             [p["prompt"] for p in chosen], template, seed, num_threads=num_threads, progress=progress)
     return [candidate_record(p, a, i) for i, (p, a) in enumerate(zip(chosen, answers))]
 
 
@@ -112,6 +75,20 @@ def candidate_record(prompt: dict, answers: list[str], index: int) -> dict:
     """A prompt's answers as rejection sampling reads them (``id`` defaults to ``index``)."""
     return {"id": prompt.get("id", index), "prompt": prompt["prompt"], "category": prompt.get("category"),
             "safety": bool(prompt.get("safety")), "reference": prompt.get("reference"), "answers": answers}
+
+
+def annotate_candidates(candidates: Sequence[dict], world, cfg: CandidateConfig, seed: int
+                        ) -> tuple[list[dict], dict[str, int]]:
+    """The world's annotator on pairs of each prompt's answers (the round's new pairs), and the counts."""
+    from .preferences import annotate_answers
+
+    pairs, counts = annotate_answers(world, candidates, [c["answers"] for c in candidates], cfg.pairs, seed,
+                                     drop_ties=cfg.drop_ties, max_pairs=cfg.pairs_per_prompt)
+    counts["pairs"] = len(pairs)
+    if not pairs:
+        raise ValueError(f"the annotator found no preference among the {len(candidates)} prompts' answers "
+                         "(all identical or tied): raise rlhf.candidates.temperature or k")
+    return pairs, counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,11 +107,10 @@ def load_reward_models(helpfulness_dir, safety_dir, device: str | None = None):
 def round_rewards(rm_h, rm_s, prompts: Sequence[str], answers: Sequence[str], is_safety: Sequence[bool],
                   threshold: float, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Both RMs' scores (as probabilities) and the paper's R_c (as its logit) per (prompt, answer)."""
-    h = torch.tensor(rm_h.score(list(prompts), list(answers), batch_size), dtype=torch.float64)
-    s = torch.tensor(rm_s.score(list(prompts), list(answers), batch_size), dtype=torch.float64)
+    h = torch.sigmoid(torch.tensor(rm_h.score(list(prompts), list(answers), batch_size), dtype=torch.float64))
+    s = torch.sigmoid(torch.tensor(rm_s.score(list(prompts), list(answers), batch_size), dtype=torch.float64))
     r_c, used = combined_reward(h, s, torch.tensor(list(is_safety), dtype=torch.bool), threshold)
-    return {"helpfulness": torch.sigmoid(h).numpy(), "safety": torch.sigmoid(s).numpy(),
-            "reward": logit(r_c).numpy(), "used_safety": used.numpy()}
+    return {"helpfulness": h.numpy(), "safety": s.numpy(), "reward": logit(r_c).numpy(), "used_safety": used.numpy()}
 
 
 def pool_earlier(candidates: Sequence[dict], earlier: Sequence[dict], prompts: Sequence[dict]) -> list[dict]:
@@ -210,40 +186,58 @@ def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *
     return dialogues, scored, stats
 
 
+def best_of_k(candidates: Sequence[dict], helpfulness_dir, safety_dir, cfg: RLHFConfig, *,
+              earlier: Sequence[dict] | None = None, prompts: Sequence[dict] | None = None
+              ) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Rejection sampling with the round's RMs: the earlier rounds' kept answers pooled in when asked
+    (:func:`pool_earlier`), then :func:`rejection_sample` by R_c."""
+    if earlier is not None and cfg.candidates.earlier_rounds:
+        candidates = pool_earlier(candidates, earlier, prompts or [])
+    with torch_threads(cfg.num_threads):
+        rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir)
+        return rejection_sample(candidates, rm_h, rm_s, cfg.safety_threshold)
+
+
 # --------------------------------------------------------------------------------------------
 # 4. PPO
 # --------------------------------------------------------------------------------------------
 
 
-def rm_score_fn(rm_h, rm_s, safety_flags: dict[tuple[int, ...], bool], eos_id: int,
-                threshold: float) -> Callable[[list[list[int]], list[list[int]]], torch.Tensor]:
-    """A :class:`~.ppo.PPOTrainer` score function: LOGIT(R_c) from both RMs on token ids (RM
-    input: the chat prompt's ids, the answer's ids without EOS, then EOS); the trainer whitens it."""
+Judge = Callable[[list[dict], list[list[int]], list[list[int]]], "tuple[torch.Tensor, torch.Tensor]"]
 
-    def score(prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
+
+def rm_judge(rm_h, rm_s, eos_id: int) -> Judge:
+    """R_h and R_s (probabilities) of rollouts from both RMs, on token ids: the chat prompt's ids,
+    the answer's ids without EOS, then EOS (what the RMs were trained on)."""
+
+    def judge(records: list[dict], prompts: list[list[int]], answers: list[list[int]]):
         seqs = [list(p) + [t for t in a if t != eos_id] + [eos_id] for p, a in zip(prompts, answers)]
-        h = torch.tensor(rm_h.score_ids(seqs), dtype=torch.float32)
-        s = torch.tensor(rm_s.score_ids(seqs), dtype=torch.float32)
-        flags = torch.tensor([safety_flags.get(tuple(p), False) for p in prompts])
-        r_c, _ = combined_reward(h, s, flags, threshold)
-        return logit(r_c)
+        return (torch.sigmoid(torch.tensor(rm_h.score_ids(seqs), dtype=torch.float32)),
+                torch.sigmoid(torch.tensor(rm_s.score_ids(seqs), dtype=torch.float32)))
 
-    return score
+    return judge
 
 
-def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict], ppo: dict, threshold: float,
-                 seed: int, out_dir, *, log_fn: Callable[[dict, int], Any] | None = None,
-                 num_threads: int = 0, progress: bool = True) -> tuple[Path, list[dict], dict[str, float]]:
-    """PPO from ``init_dir`` (also the KL reference) against both RMs on the train prompts;
-    exports the policy to ``out_dir`` (HF format, atomically). Returns (out_dir, per-step
+def ppo_finetune(init_dir, value_dir, prompts: Sequence[dict], cfg: PPOConfig, threshold: float, *,
+                 safety_dir=None, judge: Judge | None = None, out_dir=None,
+                 log_fn: Callable[[dict, int], Any] | None = None, num_threads: int = 0,
+                 progress: bool = True) -> tuple[Any, list[dict], dict[str, float]]:
+    """PPO from ``init_dir`` (also the frozen KL reference) on ``prompts`` with the score
+    LOGIT(R_c), R_c the paper's rule (:func:`~.ppo.combined_reward`) on what ``judge`` says of each
+    rollout; the value model starts from the reward model in ``value_dir`` (the paper: the
+    helpfulness RM). ``judge`` defaults to both RMs (``value_dir`` and ``safety_dir``, the rounds');
+    the headroom benchmark passes the world's judgement. ``cfg.seed`` seeds the run.
+
+    The policy and value model train in fp32 (AdamW's 1e-6 steps vanish in bf16 weights); with
+    ``out_dir`` the policy is exported there (HF format, atomically, in the dtype ``init_dir`` was
+    stored in) and returned as that folder, else as the module. Returns (policy, per-step
     statistics, summary metrics ``ppo_*``)."""
     from ..model import default_device, export_hf, load_hf, release_device_memory
+    from ..model.reward import RewardModel
     from ..tokenizer import Tokenizer, encode_chat_prompt
     from ..tokenizer.hf import save_hf_tokenizer
 
-    steps = int(ppo["steps"])
-    cfg = PPOConfig.from_dict({**{k: v for k, v in ppo.items() if k not in ("steps", "max_prompts")}, "seed": seed})
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     init_dir = Path(init_dir)
     tok = Tokenizer(init_dir / "tokenizer.model")
     with torch_threads(num_threads):
@@ -253,24 +247,34 @@ def ppo_finetune(init_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
         # the trained models keep fp32 weights (plain AdamW: a 1e-6 step vanishes in bf16's 8-bit
         # mantissa); precision: bf16 autocasts their compute
         policy = copy.deepcopy(reference).float()
-        rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir, device=device)
+        rm_h = RewardModel.load(value_dir, device=device)
         value = ValueModel.from_reward_model(rm_h).float()
-        chosen = select_prompts(prompts, int(ppo.get("max_prompts") or 0), seed, "rlhf-ppo")
+        if judge is None:
+            judge = rm_judge(rm_h, RewardModel.load(safety_dir, device=device), tok.eos_id)
+        chosen = select_prompts(prompts, cfg.max_prompts, cfg.seed, "rlhf-ppo")
         limit = policy.config.max_seq_len - cfg.max_new_tokens
         encoded = [encode_chat_prompt(tok, [{"role": "user", "content": p["prompt"]}])[-limit:] for p in chosen]
-        flags = {tuple(e): bool(p.get("safety")) for e, p in zip(encoded, chosen)}
-        trainer = PPOTrainer(policy, value, rm_score_fn(rm_h, rm_s, flags, tok.eos_id, threshold), cfg,
-                             reference=reference)
-        history = train_ppo(trainer, encoded, steps, log_fn=log_fn, progress=progress)
+        by_ids = {tuple(e): p for e, p in zip(encoded, chosen)}
+
+        def score(prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+            records = [by_ids[tuple(p)] for p in prompt_ids]
+            r_h, r_s = judge(records, prompt_ids, answer_ids)
+            flags = torch.tensor([bool(r.get("safety")) for r in records])
+            return logit(combined_reward(r_h, r_s, flags, threshold)[0])
+
+        trainer = PPOTrainer(policy, value, score, cfg, reference=reference)
+        history = train_ppo(trainer, encoded, cfg.steps, log_fn=log_fn, progress=progress)
     for h in history:
         bad = [k for k, v in h.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"PPO step {h['step']}: non-finite {bad}")
-    out_dir = export_hf(trainer.policy.to(stored), out_dir, tokenizer_model_path=init_dir / "tokenizer.model")
-    save_hf_tokenizer(init_dir / "tokenizer.model", out_dir)
-    del trainer, policy, reference, value, rm_h, rm_s  # five models, two optimisers: free them for the evaluation
-    release_device_memory()
-    return Path(out_dir), history, summarise_ppo(history)
+    result: Any = trainer.policy
+    if out_dir is not None:
+        result = Path(export_hf(trainer.policy.to(stored), out_dir, tokenizer_model_path=init_dir / "tokenizer.model"))
+        save_hf_tokenizer(init_dir / "tokenizer.model", result)
+        del trainer, policy, reference, value, rm_h, judge  # five models, two optimisers: free them
+        release_device_memory()
+    return result, history, summarise_ppo(history)
 
 
 def summarise_ppo(history: Sequence[dict]) -> dict[str, float]:
@@ -293,7 +297,7 @@ def kl_to(model, reference, tokenizer, prompts: Sequence[str], max_new_tokens: i
           batch_size: int = 64) -> float:
     """Mean over ``prompts`` of KL(model || reference) of whole answers, estimated on answers
     sampled from ``model`` at temperature 1: sum over tokens of log p_model - log p_reference."""
-    from ..evaluation import SamplingConfig, generate_answers
+    from ..evaluation.answers import SamplingConfig, generate_answers
     from .ppo import answer_logprobs
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch_size, seed=seed)
@@ -335,7 +339,7 @@ def win_rate(world, prompts: Sequence[str], new: Sequence[str], old: Sequence[st
 
 
 def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],
-                   world, sampling: dict, threshold: float, seed: int, *, progress: bool = True
+                   world, sampling: RoundEvalConfig, threshold: float, seed: int, *, progress: bool = True
                    ) -> tuple[dict[str, float], list[dict]]:
     """The round's policy on the held-out prompts, next to the policy it started from.
 
@@ -346,12 +350,12 @@ def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_di
     (the round's RMs on the policy's answers), ``kl_to_sft`` (per answer, sampled).
     Returns (metrics, one row per prompt with both answers and their scores).
     """
-    from ..evaluation import SamplingConfig, evaluate_model
+    from ..evaluation.answers import SamplingConfig, evaluate_model
     from ..model import default_device, load_hf
     from ..tokenizer import Tokenizer
 
-    cfg = SamplingConfig(max_new_tokens=int(sampling["max_new_tokens"]), temperature=0.0,
-                         batch_size=int(sampling["batch_size"]), seed=seed)
+    cfg = SamplingConfig(max_new_tokens=sampling.max_new_tokens, temperature=0.0, batch_size=sampling.batch_size,
+                         seed=seed)
     tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
     metrics: dict[str, float] = {}
     rows: dict[str, list[dict]] = {}
@@ -375,8 +379,8 @@ def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_di
     metrics["rm_helpfulness_score"] = float(np.mean(r["helpfulness"]))
     metrics["rm_safety_score"] = float(np.mean(r["safety"]))
     metrics["rm_reward"] = float(np.mean(r["reward"]))
-    metrics["kl_to_sft"] = kl_to(loaded["policy"], loaded["sft"], tok, texts[:int(sampling["kl_samples"])],
-                                 int(sampling["max_new_tokens"]), seed)
+    metrics["kl_to_sft"] = kl_to(loaded["policy"], loaded["sft"], tok, texts[:sampling.kl_samples],
+                                 sampling.max_new_tokens, seed)
     samples = []
     for i, p in enumerate(prompts):
         row = {"id": p.get("id", i), "prompt": p["prompt"], "category": p.get("category")}
@@ -385,3 +389,41 @@ def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_di
         row["rm_reward"] = round(float(r["reward"][i]), 6)
         samples.append(row)
     return {k: round(float(v), 6) for k, v in metrics.items()}, samples
+
+
+def round_metrics(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict], world,
+                  cfg: RLHFConfig, seed: int, *, reward_metrics: dict, rs_stats: dict,
+                  ppo_history: Sequence[dict] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """A round's metrics file: :func:`evaluate_round` on the held-out prompts, the round's RM
+    figures (``rm_*``, ``reward_*``), rejection sampling's statistics and, after PPO, its summary."""
+    with torch_threads(cfg.num_threads):
+        metrics, samples = evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_dir, prompts,
+                                          world, cfg.eval, cfg.safety_threshold, seed)
+    metrics.update({k: v for k, v in reward_metrics.items() if k.startswith(("rm_", "reward_"))
+                    and isinstance(v, (int, float))})
+    metrics.update({k: v for k, v in rs_stats.items() if isinstance(v, (int, float))})
+    if ppo_history:
+        metrics.update(summarise_ppo(ppo_history))
+    return {k: round(float(v), 6) for k, v in metrics.items()}, samples
+
+
+def chat_metrics(model_dir, prefix: str, prompts: Sequence[dict], world, sampling, sft_samples: Sequence[dict]
+                 ) -> dict[str, float]:
+    """A chat model judged like every other on the held-out ``prompts`` (``<prefix>_helpfulness``,
+    ``_safety``, ...) and its win rate against the SFT model's answers to the same prompts
+    (``<prefix>_win_rate_vs_sft``, the annotator); ``sft_samples``: the SFT evaluation's rows."""
+    from ..evaluation.answers import evaluate_model
+    from ..model import default_device, load_hf
+    from ..tokenizer import Tokenizer
+
+    sft_answers = {row["id"]: row["sft_answer"] for row in sft_samples}
+    missing = [p["id"] for p in prompts if p["id"] not in sft_answers]
+    if missing:
+        raise ValueError(f"sft_samples has no SFT answer for {len(missing)} held-out prompt(s), e.g. {missing[:3]}: "
+                         "rerun the sft stage on the same prompts_eval")
+    policy = load_hf(model_dir, device=default_device()).eval()
+    metrics, rows = evaluate_model(policy, Tokenizer(Path(model_dir) / "tokenizer.model"), world, prompts, sampling,
+                                   prefix)
+    metrics[f"{prefix}_win_rate_vs_sft"] = win_rate(world, [p["prompt"] for p in prompts], [r["answer"] for r in rows],
+                                                    [sft_answers[p["id"]] for p in prompts])
+    return {k: round(float(v), 6) for k, v in metrics.items()}

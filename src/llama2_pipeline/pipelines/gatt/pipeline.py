@@ -3,27 +3,26 @@ with the loss on the last answer only, adherence by turn before and after."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kedro.pipeline import Node, Pipeline
 
-from llama2_pipeline.pipelines.rlhf.pipeline import project_params, read_params_file
+from llama2_pipeline.project.config_loader import session_recipe
+from llama2_pipeline.recipe import Recipe
 
 from .nodes import build_dialogues, evaluate_chat, evaluate_gatt, finetune_gatt
 
-def start_policy(params_file: Path | None = None) -> str:
-    """The catalog entry of the policy GAtt starts from (``gatt.after`` in params.yaml)."""
-    after = (read_params_file(params_file or project_params()).get("gatt") or {}).get("after", "sft")
+
+def start_policy(after: str) -> str:
+    """The catalog entry of the policy GAtt starts from (``gatt.after``)."""
     return "sft_model" if after == "sft" else f"{after}.policy"
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    policy = start_policy()
+def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
+    policy = start_policy((recipe or session_recipe()).gatt.after)
     return Pipeline([
         Node(build_dialogues, {"policy": policy, "prompts": "prompts_train", "gatt": "params:gatt",
                                "seed": "params:seed"}, ["gatt_dialogues", "gatt_build_stats"], name="gatt_build"),
         Node(finetune_gatt, {"dialogues": "gatt_dialogues", "policy": policy, "workspace": "gatt_workspace",
-                             "gatt": "params:gatt", "seed": "params:seed"},
+                             "gatt": "params:gatt"},
              ["gatt_model", "gatt_training", "gatt_loss_curve_plot"], name="gatt_finetune"),
         Node(evaluate_gatt, {"before": policy, "after": "gatt_model", "prompts": "prompts_eval",
                              "world": "params:world", "gatt": "params:gatt", "seed": "params:seed",

@@ -1,5 +1,5 @@
 """Nodes of ``report``: gather the stages' metrics and plots, find the MLflow runs that wrote them,
-and write the report (:mod:`llama2_pipeline.report` does the writing)."""
+and write the report (:mod:`llama2_pipeline.evaluation.report` does the writing)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from llama2_pipeline.io_utils import sha256_path
+from llama2_pipeline.core.files import sha256_path
+from llama2_pipeline.recipe import WorldParams
 
 log = logging.getLogger(__name__)
 
-TITLE = "llama2-pipeline: report of the recipe"
 # stage -> (dataset of its metrics file, metrics file, throughput key and unit)
 STAGES: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "world": ("world_metrics", "metrics/world.json", None),
@@ -24,8 +24,6 @@ STAGES: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "reward": ("reward_metrics", "metrics/reward.json", ("rm_helpfulness_tokens_per_s", "tokens/s")),
     "gatt": ("gatt_metrics", "metrics/gatt.json", ("gatt_tokens_per_s", "tokens/s")),
 }
-PLOTS = {"progress": "rlhf_progress.png", "calibration": "reward_calibration.png", "gatt": "gatt_adherence.png",
-         "cleaning": "cleaning_report.png", "pretrain": "pretrain_loss_curve.png"}
 
 
 def round_stages(rounds: list[str]) -> dict[str, tuple[str, str, tuple[str, str] | None]]:
@@ -72,60 +70,25 @@ def producing_runs(stages: dict[str, tuple[str, str, object]]) -> tuple[dict[str
 def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_metrics: dict,
                  reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, calibration_plot: bytes, gatt_plot: bytes, cleaning_plot: bytes,
-                 pretrain_plot: bytes, world: dict, seed: int, profile: str, **round_metrics: dict):
-    """The report: Markdown, self-contained HTML, the rounds' progress plot, flat metrics per model
-    (``metrics/report.json``) and the stage -> MLflow run table. ``round_metrics``: ``rlhf_<round>``
-    -> that round's metrics, in training order."""
-    import io
+                 pretrain_plot: bytes, world: WorldParams, seed: int, profile: str, **round_metrics: dict):
+    """The report (:func:`llama2_pipeline.evaluation.report.build_report`) with the MLflow run behind
+    each stage's metrics; ``round_metrics``: ``rlhf_<round>`` -> that round's metrics, in training order."""
+    from llama2_pipeline.evaluation.report import build_report as build
+    from llama2_pipeline.evaluation.report import stage_rows
 
-    import matplotlib.pyplot as plt
-
-    from llama2_pipeline.report import build_markdown, model_rows, progress_figure, to_html
-    from llama2_pipeline.training.rlhf import win_rate
-    from llama2_pipeline.world import World
-
-    w = World.from_params({**world, "seed": seed})
-    pretrained_win = win_rate(w, [r["prompt"] for r in sft_samples], [r["pretrained_answer"] for r in sft_samples],
-                              [r["sft_answer"] for r in sft_samples]) if sft_samples else None
     rounds = {name.removeprefix("rlhf_"): m for name, m in round_metrics.items()}
-    rows = model_rows(sft_metrics, rounds, gatt_model_metrics, pretrained_win)
-
     timing = cleaning_report.get("timing", {})
-    metrics_by_stage = {"pretrain": pretrain_metrics, "sft": sft_metrics, "reward": reward_metrics,
-                        "gatt": gatt_metrics,
-                        "data_processing": {"clean_seconds": timing.get("seconds"),
-                                            "clean_mib_per_s": timing.get("mib_per_s")},
-                        **{f"rlhf_{r}": m for r, m in rounds.items()}}
-    stages_spec = {**STAGES, **round_stages(list(rounds))}
-    runs, me = producing_runs(stages_spec)
-    stages = []
-    for stage, (_, _, throughput) in stages_spec.items():
-        m = metrics_by_stage.get(stage, {})
-        seconds = [v for k, v in m.items() if k.endswith("_seconds") and isinstance(v, (int, float))
-                   and not isinstance(v, bool)]
-        tp = m.get(throughput[0]) if throughput else None
-        stages.append({"stage": stage, **runs.get(stage, {}),
-                       "train_seconds": round(sum(seconds), 1) if seconds else None,
-                       "tokens_per_s": f"{tp:,.1f} {throughput[1]}" if tp is not None else None})
-
-    fig = progress_figure(rows)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    progress_png = buf.getvalue()
-    plt.close(fig)
-
+    metrics = {"pretrain": pretrain_metrics, "sft": sft_metrics, "reward": reward_metrics, "gatt": gatt_metrics,
+               "data_processing": {"clean_seconds": timing.get("seconds"), "clean_mib_per_s": timing.get("mib_per_s")},
+               **round_metrics}
+    stages = {**STAGES, **round_stages(list(rounds))}
+    runs, me = producing_runs(stages)
     provenance = {"git_commit": me.get("git_commit"), "git_dirty": me.get("git_dirty"), "profile": profile,
                   "seed": seed, "experiment": me.get("experiment"), "report_run_id": me.get("run_id"),
                   "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    markdown = build_markdown(title=TITLE, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
-                              round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
-                              cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS)
-    images = {PLOTS["progress"]: progress_png, PLOTS["calibration"]: calibration_plot, PLOTS["gatt"]: gatt_plot,
-              PLOTS["cleaning"]: cleaning_plot, PLOTS["pretrain"]: pretrain_plot}
-    html = to_html(markdown, images, TITLE)
-
-    flat = {}
-    for r in rows:
-        key = r["model"].lower().replace(" (ppo)", "").replace("rlhf ", "rlhf_").replace(" ", "_")
-        flat.update({f"report_{key}_{k}": float(v) for k, v in r.items() if k != "model" and v is not None})
-    return markdown, html, progress_png, flat, {"provenance": provenance, "stages": stages, "models": rows}
+    plots = {"calibration": calibration_plot, "gatt": gatt_plot, "cleaning": cleaning_plot, "pretrain": pretrain_plot}
+    return build(sft_metrics=sft_metrics, sft_samples=sft_samples, pretrain_metrics=pretrain_metrics,
+                 reward_accuracy=reward_accuracy, gatt_metrics=gatt_metrics,
+                 gatt_model_metrics=gatt_model_metrics, gatt_adherence=gatt_adherence, cleaning_report=cleaning_report,
+                 plots=plots, world=world.world(seed), rounds=rounds, stages=stage_rows(stages, metrics, runs),
+                 provenance=provenance)

@@ -6,20 +6,16 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from llama2_pipeline.world import World
+from llama2_pipeline.recipe import WorldParams
 
 
-def _world(world: dict, seed: int) -> World:
-    return World.from_params({**world, "seed": seed})
-
-
-def generate_corpus(world: dict, seed: int) -> tuple[Iterator[list[dict]], Iterator[dict]]:
+def generate_corpus(world: WorldParams, seed: int) -> tuple[Iterator[list[dict]], Iterator[dict]]:
     """The raw crawl as a stream of shards, and the canaries: every planted PII value.
 
     Both are lazy: the catalog consumes the shard stream as it saves the shards (memory stays at
     one shard), then saves the canaries, which are complete only once the stream is exhausted.
     """
-    w = _world(world, seed)
+    w = world.world(seed)
     gen = w.corpus()
     total = int(w.config.corpus_mb * 2**20)
 
@@ -38,21 +34,21 @@ def generate_corpus(world: dict, seed: int) -> tuple[Iterator[list[dict]], Itera
     return shards(), canaries()
 
 
-def write_prompts(world: dict, seed: int) -> tuple[list[dict], list[dict]]:
-    w = _world(world, seed)
+def write_prompts(world: WorldParams, seed: int) -> tuple[list[dict], list[dict]]:
+    w = world.world(seed)
     return w.prompts("train"), w.prompts("eval")
 
 
-def write_sft_dialogues(world: dict, seed: int) -> list[dict]:
-    return _world(world, seed).sft_dialogues()
+def write_sft_dialogues(world: WorldParams, seed: int) -> list[dict]:
+    return world.world(seed).sft_dialogues()
 
 
-def world_summary(world: dict, seed: int, corpus, canaries: list[dict], train: list[dict], evals: list[dict],
+def world_summary(world: WorldParams, seed: int, corpus, canaries: list[dict], train: list[dict], evals: list[dict],
                   dialogues: list[dict]) -> tuple[dict, dict]:
     """Headline numbers of the world (metrics/world.json) and its knowledge base (for people)."""
     from collections import Counter
 
-    w = _world(world, seed)
+    w = world.world(seed)
     sources = Counter()
     n_docs = n_bytes = 0
     for table in corpus.iter_tables(["text", "source"]):

@@ -1,7 +1,9 @@
 """Lineage for every ``kedro run``: tags, dataset digests, metrics and artifacts in MLflow.
 
-kedro-mlflow (its plugin hook) starts one MLflow run per ``kedro run`` in the project's
-experiment and logs the parameters its nodes use. This hook adds, on the same run:
+kedro-mlflow's hook (``tracking.MlflowRunHook``) starts one MLflow run per ``kedro run`` in the
+project's experiment. This hook adds, on the same run:
+
+* the parameters the run's nodes read, flattened (``sft.train.lr``, ``rlhf.ppo.beta``);
 
 * tags: ``git_commit`` (+ ``mlflow.source.git.commit``), ``git_dirty``, ``pipelines``,
   ``profile``, ``dvc_stage`` (when DVC runs the stage), ``repro_group`` (one value per
@@ -28,8 +30,9 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow.tracking import MlflowClient
 
-from llama2_pipeline.datasets import MetricsDataset, WorkspaceDataset
-from llama2_pipeline.io_utils import sha256_path, write_json
+from llama2_pipeline.core.files import sha256_path, write_json
+from llama2_pipeline.core.schema import flatten, to_plain
+from llama2_pipeline.project.datasets import MetricsDataset, WorkspaceDataset
 
 log = logging.getLogger(__name__)
 GROUP_ENV = "LLAMA2_REPRO_GROUP"
@@ -124,6 +127,21 @@ class LineageHook:
             if parent:
                 tags["mlflow.parentRunId"] = parent
         mlflow.set_tags(tags)
+        self._log_params(pipeline)
+
+    def _log_params(self, pipeline: Any) -> None:
+        """The parameters the pipeline's nodes read, once, as flat ``group.key`` names."""
+        used = sorted(n.removeprefix("params:") for n in pipeline.inputs() if n.startswith("params:"))
+        flat: dict[str, Any] = {}
+        for name in used:
+            value: Any = self._params
+            for part in name.split("."):
+                value = value[part] if isinstance(value, dict) else getattr(value, part)
+            value = to_plain(value)
+            flat.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per call
+            mlflow.log_params(dict(items[i:i + 100]))
 
     def _parent_run(self, group: str) -> str | None:
         """The run that groups one ``dvc repro``: found by tag, created by the first stage."""

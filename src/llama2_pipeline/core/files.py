@@ -111,3 +111,19 @@ def sha256_path(path: str | os.PathLike) -> str:
             continue
         h.update(rel.as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
     return h.hexdigest()
+
+
+def read_jsonl(path: str | os.PathLike, unit: str = "line") -> tuple[list[Any], list[int]]:
+    """The records of a JSON-lines file and their line numbers (blank lines skipped); a bad line
+    raises ValueError naming the file and the line (called ``unit`` in the message)."""
+    records, rows = [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, {unit} {i}: not valid JSON ({e.msg})") from None
+            rows.append(i)
+    return records, rows

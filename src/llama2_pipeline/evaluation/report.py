@@ -1,7 +1,7 @@
 """The final report of a run of the recipe: Markdown for people and git, and the same as one
 self-contained HTML page (styles inline, images embedded as data URIs: it opens offline).
 
-:func:`model_rows` lines every model up on the same held-out prompts (pretrained, SFT, each RLHF
+:func:`build_report` assembles it all; :func:`model_rows` lines every model up on the same held-out prompts (pretrained, SFT, each RLHF
 round, GAtt), :func:`progress_figure` draws the rounds in the paper's style (helpfulness against
 harmlessness, one point per model, arrows in training order), :func:`build_markdown` writes the
 document and :func:`to_html` renders it. Nothing here imports Kedro or MLflow: the ``report``
@@ -15,6 +15,9 @@ import html
 import re
 from typing import Any, Sequence
 
+TITLE = "llama2-pipeline: report of the recipe"
+PLOTS = {"progress": "rlhf_progress.png", "calibration": "reward_calibration.png", "gatt": "gatt_adherence.png",
+         "cleaning": "cleaning_report.png", "pretrain": "pretrain_loss_curve.png"}
 RATING_COLUMNS = ("significantly_better", "better", "slightly_better", "negligibly_better", "avg")
 MODEL_COLUMNS = (  # (metric suffix, header)
     ("helpfulness", "helpfulness"), ("safety", "safety"), ("violation_rate", "violation rate"),
@@ -211,3 +214,52 @@ def to_html(markdown: str, images: dict[str, bytes], title: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
+                 cleaning_report: dict, plots: dict[str, bytes], world, rounds: dict[str, dict],
+                 stages: list[dict], provenance: dict, title: str = TITLE):
+    """The report: Markdown, self-contained HTML, the rounds' progress plot (PNG bytes), flat
+    metrics per model (``report_<model>_<metric>``) and the run table. ``rounds``: round name ->
+    its metrics, in training order; ``stages``: one row per stage (run, time, throughput);
+    ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from ..training.rlhf import win_rate
+
+    pretrained_win = win_rate(world, [r["prompt"] for r in sft_samples], [r["pretrained_answer"] for r in sft_samples],
+                              [r["sft_answer"] for r in sft_samples]) if sft_samples else None
+    rows = model_rows(sft_metrics, rounds, gatt_model_metrics, pretrained_win)
+    fig = progress_figure(rows)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    progress_png = buf.getvalue()
+    plt.close(fig)
+    markdown = build_markdown(title=title, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
+                              round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
+                              cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS)
+    images = {PLOTS[k]: v for k, v in {**plots, "progress": progress_png}.items()}
+    html_page = to_html(markdown, images, title)
+    flat = {}
+    for r in rows:
+        key = r["model"].lower().replace(" (ppo)", "").replace("rlhf ", "rlhf_").replace(" ", "_")
+        flat.update({f"report_{key}_{k}": float(v) for k, v in r.items() if k != "model" and v is not None})
+    return markdown, html_page, progress_png, flat, {"provenance": provenance, "stages": stages, "models": rows}
+
+
+def stage_rows(stages: dict[str, tuple[str, str, tuple[str, str] | None]], metrics: dict[str, dict],
+               runs: dict[str, dict]) -> list[dict]:
+    """One row per stage: the MLflow run behind its metrics file, its training seconds (the sum of
+    its ``*_seconds`` figures) and its throughput (the stage's key and unit in ``stages``)."""
+    out = []
+    for stage, (_, _, throughput) in stages.items():
+        m = metrics.get(stage, {})
+        seconds = [v for k, v in m.items() if k.endswith("_seconds") and isinstance(v, (int, float))
+                   and not isinstance(v, bool)]
+        tp = m.get(throughput[0]) if throughput else None
+        out.append({"stage": stage, **runs.get(stage, {}),
+                    "train_seconds": round(sum(seconds), 1) if seconds else None,
+                    "tokens_per_s": f"{tp:,.1f} {throughput[1]}" if tp is not None else None})
+    return out

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from llama2_pipeline.io_utils import atomic_path, sha256_path, write_json
+from llama2_pipeline.core.files import atomic_path, sha256_path, write_json
 
 
 def test_atomic_file_is_replaced_only_on_success(tmp_path):
@@ -44,7 +44,7 @@ def test_folder_digest_depends_on_names_and_contents(tmp_path):
 def test_git_dirty_counts_code_not_dvc_outputs(tmp_path):
     import subprocess
 
-    from llama2_pipeline.hooks import git_state
+    from llama2_pipeline.project.hooks import git_state
 
     for rel in ("src/code.py", "params.yaml", "dvc.lock", "metrics/sft.json", "data/08_reporting/report.md"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llama2_pipeline.io_utils import atomic_path
+from llama2_pipeline.core.files import atomic_path
 
 # <link ...> tags to any host (stylesheets, preconnect/dns-prefetch hints); the app's own files are relative
 _EXTERNAL_LINK = re.compile(r"""<link\b[^>]*\bhref\s*=\s*["'](?:https?:)?//[^"']*["'][^>]*>\s*""", re.I)

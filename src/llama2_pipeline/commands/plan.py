@@ -95,7 +95,7 @@ def _deepspeed():
     """
     import torch
 
-    from .training.engine import _import_deepspeed
+    from llama2_pipeline.training.engine import _import_deepspeed
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     block = "mlflow" not in sys.modules
@@ -112,7 +112,9 @@ def _deepspeed():
 def zero2_gpu_bytes(total_params: int, gpus_per_node: int, nodes: int) -> int:
     """DeepSpeed's ZeRO-2 model-state bytes per GPU, optimiser not offloaded."""
     _deepspeed()
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     _, gpu = estimate_zero2_model_states_mem_needs(total_params, num_gpus_per_node=gpus_per_node,
                                                    num_nodes=nodes, cpu_offload=False)
@@ -228,28 +230,28 @@ class Job:
     note: str = ""
 
 
-def stage_jobs(params: dict) -> list[Job]:
+def stage_jobs(recipe) -> list[Job]:
     jobs = [Job("pretrain", "pretrain", "pretrain", "pretrain.train",
                 note="causal-LM pretraining; max_steps is a parameter"),
             Job("sft", "sft", "sft", "sft.train",
-                note=f"from the pretrained model; steps = ceil({params['sft']['epochs']} epochs x rows / "
+                note=f"from the pretrained model; steps = ceil({recipe.sft.epochs} epochs x rows / "
                      "global batch)"),
             Job("reward", "reward", "reward models", "reward.train", kind="rm", rows_per_micro=2, runs=2,
                 note="helpfulness and safety RMs, one after the other, from the SFT model; micro_batch "
                      "counts pairs (2 sequences each)")]
-    for round_name, spec in (params.get("rlhf", {}).get("rounds") or {}).items():
+    for round_name, spec in recipe.rlhf.rounds.items():
         st, dvc = f"rlhf_{round_name}", f"rlhf@{round_name}"
         jobs.append(Job(st, dvc, "reward models", "reward.train", kind="rm", rows_per_micro=2, runs=2,
                         note="both RMs retrained on the pairs so far (the reward group's settings)"))
         jobs.append(Job(st, dvc, "rejection sampling", "rlhf.rejection_sampling.train",
-                        note=f"fine-tune {spec.get('after', '?')}'s policy on its best-of-K answers"))
-        if spec.get("ppo"):
+                        note=f"fine-tune {spec.after}'s policy on its best-of-K answers"))
+        if spec.ppo:
             jobs.append(Job(st, dvc, "ppo", None, kind="ppo",
                             note="PPO runs in one process in plain torch (training/rlhf.py ppo_finetune), "
                                  "not through DeepSpeed: its five models on one GPU (the CPU without one), "
                                  "no ranks, no ZeRO"))
     jobs.append(Job("gatt", "gatt", "ghost attention", "gatt.finetune.train",
-                    note=f"fine-tune {params['gatt'].get('after', '?')}'s policy on GAtt dialogues"))
+                    note=f"fine-tune {recipe.gatt.after}'s policy on GAtt dialogues"))
     return jobs
 
 
@@ -289,37 +291,36 @@ class Layout:
     hostfile: str
 
 
-def _get(params: dict, path: str) -> Any:
-    from .params import get
+def _get(recipe, path: str) -> Any:
+    for part in path.split("."):
+        recipe = getattr(recipe, part)
+    return recipe
 
-    return get(params, path)
 
-
-def resolve_model(params: dict, preset: str | None):
+def resolve_model(recipe, preset: str | None):
     """(ModelConfig, label, model overrides for the pretrain stage's params) as the pipeline
     builds it: ``pretrain.model`` with vocab_size from the tokenizer unless given; ``--preset``
     takes the preset's whole shape, its vocab_size included."""
-    from .model import PRESETS, ModelConfig
+    from llama2_pipeline.model import PRESETS, ModelConfig
 
     if preset is not None:
         if preset not in PRESETS:
             raise PlanError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         cfg = ModelConfig.from_preset(preset)
         return cfg, preset, {"preset": preset, "vocab_size": cfg.vocab_size}
-    d = dict(params["pretrain"]["model"])
-    name = d.pop("preset")
-    d.setdefault("vocab_size", params["tokenizer"]["vocab_size"])
-    label = name if set(d) <= {"vocab_size"} else f"{name} + {sorted(set(d) - {'vocab_size'})}"
-    return ModelConfig.from_preset(name, **d), label, {}
+    spec = recipe.pretrain.model
+    extra = sorted(set(spec.overrides()) - {"vocab_size"})
+    label = spec.preset if not extra else f"{spec.preset} + {extra}"
+    return spec.config(vocab_size=recipe.tokenizer.vocab_size), label, {}
 
 
-def plan_job(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
+def plan_job(job: Job, recipe, cfg, layout: Layout) -> dict[str, Any]:
     if job.kind == "ppo":
-        return plan_ppo(job, params, cfg, layout)
-    from .training.config import TrainConfig
-    from .training.engine import deepspeed_config
+        return plan_ppo(job, recipe, cfg, layout)
+    from llama2_pipeline.training.config import TrainConfig
+    from llama2_pipeline.training.engine import deepspeed_config
 
-    train = dict(_get(params, job.group))
+    train = {k: v for k, v in _get(recipe, job.group).to_dict().items() if v is not None}
     world = layout.gpus_per_node or train.get("world_size", 1)
     nodes = layout.nodes or train.get("num_nodes", 1)
     planned = {**train, "world_size": world, "num_nodes": nodes}
@@ -381,7 +382,7 @@ def advice(tc, memory: dict, cfg, job: Job, precision: str, states: dict, budget
     if not ckpt:
         for s in ZERO_STAGES:
             if s >= z and memory[f"zero_{s}"]["fits_with_checkpointing"]:
-                return (f"does not fit; fits with activation_checkpointing: true"
+                return ("does not fit; fits with activation_checkpointing: true"
                         + (f" and zero_stage: {s}" if s != z else ""))
     for m in range(tc.micro_batch - 1, 0, -1):
         act = activation_bytes(cfg, m * job.rows_per_micro, tc.seq_len, precision, True, lm_head)
@@ -391,9 +392,9 @@ def advice(tc, memory: dict, cfg, job: Job, precision: str, states: dict, budget
     return "does not fit at any ZeRO stage: more GPUs or nodes, or ZeRO offload (TrainConfig.deepspeed)"
 
 
-def plan_ppo(job: Job, params: dict, cfg, layout: Layout) -> dict[str, Any]:
-    ppo = params["rlhf"]["ppo"]
-    rs_precision = params["rlhf"]["rejection_sampling"]["train"].get("precision", "auto")
+def plan_ppo(job: Job, recipe, cfg, layout: Layout) -> dict[str, Any]:
+    ppo = recipe.rlhf.ppo.to_dict()
+    rs_precision = recipe.rlhf.rejection_sampling.train.precision
     stored = "fp32" if rs_precision == "fp32" else "bf16"  # the rejection-sampled policy as exported
     d = 4 if stored == "fp32" else 2
     p_lm, p_rm = count_params(cfg, "lm"), count_params(cfg, "rm")
@@ -693,9 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_plan(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    from . import params as P
+    from llama2_pipeline import recipe as R
 
     for name in ("gpus_per_node", "nodes"):
         v = getattr(args, name)
@@ -704,23 +703,22 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not args.gpu_memory_gib > 0:
         raise PlanError(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
     path = Path(args.params)
+    if not path.is_file():
+        raise PlanError(f"params file {path} does not exist (run from the project root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"params file {path} does not exist (run from the project root or pass --params)") from None
-    try:
-        params = P.validate(P.resolve(raw, {"profile": args.profile} if args.profile else None))
-    except P.ParamsError as e:
+        raw = R.read_params_file(path)
+        recipe = R.resolve(raw, overrides={"profile": args.profile} if args.profile else None, source=str(path))
+    except R.ParamsError as e:
         raise PlanError(str(e)) from None
-    profile = params["profile"]
-    cfg, label, model_over = resolve_model(params, args.preset)
+    profile = recipe.profile
+    cfg, label, model_over = resolve_model(recipe, args.preset)
     layout = Layout(args.gpus_per_node, args.nodes, args.gpu_memory_gib, args.hostfile)
-    jobs = select_jobs(stage_jobs(params), args.stage)
-    planned = [plan_job(j, params, cfg, layout) for j in jobs]
+    jobs = select_jobs(stage_jobs(recipe), args.stage)
+    planned = [plan_job(j, recipe, cfg, layout) for j in jobs]
     notes = []
     if args.preset:
         source = f"--preset {args.preset} (replaces pretrain.model; later stages inherit it)"
-        tok = params["tokenizer"]["vocab_size"]
+        tok = recipe.tokenizer.vocab_size
         if tok != cfg.vocab_size:
             notes.append(f"tokenizer.vocab_size is {tok} in profile {profile}; the commands set "
                          f"pretrain.model.vocab_size={cfg.vocab_size} (the model may be wider than the tokenizer, "

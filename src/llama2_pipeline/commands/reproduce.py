@@ -1,6 +1,6 @@
 """Reproduce a recorded run (e.g. one RLHF round) from its MLflow run id and check its outputs.
 
-    python -m llama2_pipeline.reproduce <run id>        # or: make reproduce RUN=<run id>
+    python -m llama2_pipeline.commands.reproduce <run id>        # or: make reproduce RUN=<run id>
 
 From the run's record it restores, in a fresh git worktree (a temporary folder):
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from llama2_pipeline.io_utils import sha256_path
+from llama2_pipeline.core.files import sha256_path
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ def _is_model(dataset: str) -> bool:
     return name == "policy" or "_model" in name
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def _git(args: list[str], cwd: Path) -> str:
     p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -66,10 +57,13 @@ def _git(args: list[str], cwd: Path) -> str:
 
 def check_params(recorded: dict[str, str], params_file: Path, profile: str) -> None:
     """Every parameter MLflow recorded equals the resolved ``params_file`` under ``profile``."""
-    from llama2_pipeline.params import resolve
+    from llama2_pipeline.core.schema import flatten
+    from llama2_pipeline.recipe import ParamsError, load
 
-    resolved = resolve({**yaml.safe_load(params_file.read_text()), "profile": profile})
-    flat = {k: v for k, v in _flatten(resolved).items()}
+    try:
+        flat = flatten(load(params_file, profile=profile).to_dict())
+    except ParamsError as e:
+        raise ReproduceError(f"the run's commit has parameters this version cannot read: {e}") from None
     diffs = []
     for key, value in sorted(recorded.items()):
         if key in flat and str(flat[key]) != value and _normal(flat[key]) != _normal(value):
@@ -186,7 +180,7 @@ def reproduce(run_id: str, *, project: str | os.PathLike = ".", tracking_uri: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llama2_pipeline.reproduce",
+    ap = argparse.ArgumentParser(prog="python -m llama2_pipeline.commands.reproduce",
                                  description="Rerun a recorded run (e.g. an RLHF round) from its MLflow run id and "
                                              "check that it writes the same models, bit for bit.")
     ap.add_argument("run_id", help="the MLflow run id (mlflow ui: the run's page)")

@@ -6,33 +6,19 @@ the same prompts, the same sampling settings, the same metrics. No Kedro or MLfl
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from llama2_pipeline.model.config import SamplingConfig
 from llama2_pipeline.tokenizer import encode_chat_prompt
 from llama2_pipeline.world import World, is_refusal
 
 _TEMPLATE_LEAK = re.compile(r"\[/?INST\]|<<?/?SYS>>?|</?s>")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    max_new_tokens: int = 48
-    temperature: float = 0.0  # 0 = greedy, so evaluations are comparable and deterministic
-    top_p: float = 1.0
-    batch_size: int = 32
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SamplingConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown sampling key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 def chat_messages(prompt: str | list[dict], system: str | None = None) -> list[dict]:
@@ -126,3 +112,31 @@ def evaluate_model(model, tokenizer, world: World, prompts: Sequence[dict], samp
         rows.append({"prompt": p["prompt"], "category": p["category"], "answer": a["answer"],
                      **judge(world, p["prompt"], a["answer"], a["finished"], a["leak"])})
     return summarise(rows, prefix), rows
+
+
+def compare_models(models: dict[str, "str | os.PathLike"], prompts: Sequence[dict], world: World,
+                   sampling: SamplingConfig, *, gains: Sequence[str] = (), progress: bool = True
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """Several model folders on the same prompts with the same sampling, judged by the world.
+
+    Returns (metrics: every model's :func:`summarise` figures, plus ``<last>_<g>_gain`` = last model
+    minus first for each of ``gains``; samples: per prompt its ``id``, ``prompt``, ``category`` and
+    each model's answer, helpfulness, safety, refusal, violation and format_ok).
+    """
+    from llama2_pipeline.model import default_device, load_hf
+    from llama2_pipeline.tokenizer import Tokenizer
+
+    metrics: dict[str, float] = {}
+    samples = [{"id": p.get("id", i), "prompt": p["prompt"], "category": p["category"]} for i, p in enumerate(prompts)]
+    for name, folder in models.items():
+        model = load_hf(folder, device=default_device())
+        m, rows = evaluate_model(model, Tokenizer(Path(folder) / "tokenizer.model"), world, prompts, sampling, name,
+                                 progress=progress)
+        metrics.update(m)
+        for sample, row in zip(samples, rows):
+            sample.update({f"{name}_{k}": row[k] for k in
+                           ("answer", "helpfulness", "safety", "refusal", "violation", "format_ok")})
+    first, last = list(models)[0], list(models)[-1]
+    for key in gains:
+        metrics[f"{last}_{key}_gain"] = round(metrics[f"{last}_{key}"] - metrics[f"{first}_{key}"], 6)
+    return metrics, samples

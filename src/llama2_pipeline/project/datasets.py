@@ -13,10 +13,12 @@
 * ``FigureDataset``: a matplotlib figure (or PNG bytes/file) saved as PNG.
 * ``TextDataset``: a UTF-8 text file (the Markdown and HTML reports).
 * ``WorkspaceDataset``: a persistent working folder (checkpoints) that a node writes into.
+* ``PreferencesDataset``: a user's preference pairs (JSONL, JSON, Parquet or CSV), validated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 from kedro.io import AbstractDataset, DatasetError
 
-from llama2_pipeline.io_utils import atomic_path, write_jsonl
+from llama2_pipeline.core.files import atomic_path, read_jsonl, write_jsonl
 
 
 def staging_dir(name: str = "stage") -> Path:
@@ -57,6 +59,20 @@ def _move_into_place(staged: Path, target: Path) -> None:
             pass
 
 
+def run_folder(workspace: Path, identity: dict) -> Path:
+    """The run folder for this exact configuration inside a stage's workspace.
+
+    Checkpoints are resumed only by a rerun of the same configuration (same params, same input
+    digests): a changed parameter starts afresh instead of resuming a stale run. Folders of other
+    configurations are removed.
+    """
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    for old in Path(workspace).iterdir():
+        if old.is_dir() and old.name != key:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(workspace) / key
+
+
 class _FileDataset(AbstractDataset):
     def __init__(self, filepath: str, metadata: dict | None = None, read_only: bool = False):
         self._filepath = Path(filepath)
@@ -79,22 +95,6 @@ class _FileDataset(AbstractDataset):
     def _require(self) -> None:
         if not self._filepath.exists():
             raise DatasetError(f"{self._filepath} does not exist: run the stage that writes it first")
-
-
-def read_jsonl(path: Path, unit: str = "line") -> tuple[list[Any], list[int]]:
-    """The records of a JSON-lines file and their line numbers (blank lines skipped); a bad line
-    raises DatasetError naming the file and the line (called ``unit`` in the message)."""
-    records, rows = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}, {unit} {i}: not valid JSON ({e.msg})") from None
-            rows.append(i)
-    return records, rows
 
 
 class JSONLDataset(_FileDataset):
@@ -342,3 +342,68 @@ class JSONLCorpusDataset(_FileDataset):
     def save(self, data: Any) -> None:
         raise DatasetError(f"{self._filepath} is a JSONL corpus you provide (JSONLCorpusDataset reads only); "
                            "point the writing pipeline's entry at a ParquetShardsDataset instead")
+
+
+class PreferencesDataset(AbstractDataset):
+    """A user's preference file, read and validated at load time.
+
+    Formats by suffix: ``.jsonl`` (one object per line), ``.json`` (an array of objects),
+    ``.parquet`` (or a folder of ``*.parquet`` shards) and ``.csv``. Columns: ``prompt`` (or
+    ``messages``), ``chosen``, ``rejected``, optional ``rating`` and ``category`` (see
+    :mod:`llama2_pipeline.training.preferences`). A bad record raises an error naming the file,
+    the row (the line for JSONL, the 1-based data row otherwise) and the field. With
+    ``missing_ok: true`` an absent file loads as no records (the optional input of ``reward``).
+    """
+    def __init__(self, filepath: str, missing_ok: bool = False, metadata: dict | None = None):
+        self._filepath = Path(filepath)
+        self._missing_ok = missing_ok
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "missing_ok": self._missing_ok}
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _read(self) -> tuple[list[Any], list[int]]:
+        path, suffix = self._filepath, self._filepath.suffix.lower()
+        if suffix == ".jsonl":
+            return read_jsonl(path, unit="row")
+        if suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            if not isinstance(data, list):
+                raise DatasetError(f"{path}: expected a JSON array of preference objects")
+            return data, list(range(1, len(data) + 1))
+        if suffix == ".parquet" or path.is_dir():
+            import pyarrow.parquet as pq
+
+            files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+            records = [r for f in files for r in pq.read_table(f).to_pylist()]
+            return records, list(range(1, len(records) + 1))
+        if suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path, keep_default_na=False)
+            records = frame.to_dict(orient="records")
+            return records, list(range(1, len(records) + 1))
+        raise DatasetError(f"{path}: unknown preference file type {suffix!r}; use .jsonl, .json, .parquet or .csv")
+
+    def load(self) -> list[dict]:
+        if not self._filepath.exists():
+            if self._missing_ok:
+                return []
+            raise DatasetError(f"{self._filepath} does not exist")
+        from llama2_pipeline.training.preferences import validate_preferences
+
+        records, rows = self._read()
+        return validate_preferences(records, source=str(self._filepath), rows=rows)
+
+    def save(self, data: Iterable[dict]) -> None:
+        if self._filepath.suffix.lower() != ".jsonl":
+            raise DatasetError(f"{self._filepath}: PreferencesDataset saves JSONL only")
+        with atomic_path(self._filepath) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for record in data:
+                f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")

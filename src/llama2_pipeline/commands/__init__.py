@@ -16,10 +16,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "plan": ("llama2_pipeline.plan", "resources, DeepSpeed configs and launch commands per stage (no GPU needed)"),
-    "examples": ("llama2_pipeline.byo", "write bring-your-own-data example files for every swap point"),
-    "viz-build": ("llama2_pipeline.viz", "kedro viz's static site in build/, made to open offline"),
-    "reproduce": ("llama2_pipeline.reproduce", "rerun a recorded MLflow run and check its outputs' digests"),
+    "plan": ("llama2_pipeline.commands.plan", "resources, DeepSpeed configs and launch commands per stage (no GPU needed)"),
+    "examples": ("llama2_pipeline.commands.examples", "write bring-your-own-data example files for every swap point"),
+    "viz-build": ("llama2_pipeline.commands.viz", "kedro viz's static site in build/, made to open offline"),
+    "reproduce": ("llama2_pipeline.commands.reproduce", "rerun a recorded MLflow run and check its outputs' digests"),
 }
 
 

@@ -1,0 +1,63 @@
+"""Kedro's config loader for the recipe: ``parameters`` are the :class:`~llama2_pipeline.recipe.Recipe`
+of ``params.yaml``, resolved once per run and validated.
+
+``conf/base/parameters.yml`` is a link to ``params.yaml``, the single source. The parameters files
+of the run's environment (``conf/local``, or ``--env byo``) overlay it after the profile's overlay,
+and ``kedro run --params`` overrides come last (:func:`~llama2_pipeline.recipe.resolve`), so an
+environment can change any key for every profile. The resolved recipe is also kept for the
+pipeline registry (:func:`session_recipe`): the rounds and GAtt's start policy follow the same
+configuration as the nodes' parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+
+from llama2_pipeline import recipe as R
+
+_CURRENT: R.Recipe | None = None
+
+
+class RecipeConfigLoader(OmegaConfigLoader):
+    """``OmegaConfigLoader`` whose ``parameters`` are the resolved recipe as plain data."""
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        if key != "parameters":
+            return super().__getitem__(key)
+        global _CURRENT
+        base = self._parameters_of(self.base_env)
+        env = self.env or self.default_run_env
+        overlays = (self._parameters_of(env),) if env and env != self.base_env else ()
+        _CURRENT = R.resolve(base, overlays=tuple(o for o in overlays if o), overrides=self.runtime_params or {},
+                             source=self._source())
+        return _CURRENT.to_dict()
+
+    def _source(self) -> str:
+        """What to name in errors: params.yaml (the base parameters file links to it), relative to here."""
+        path = (Path(self.conf_source) / self.base_env / "parameters.yml").resolve()
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+    def _parameters_of(self, env: str) -> dict[str, Any]:
+        folder = Path(self.conf_source) / env
+        if not folder.is_dir():
+            return {}
+        return self.load_and_merge_dir_config(str(folder), self.config_patterns["parameters"], "parameters", set())
+
+
+def session_recipe() -> R.Recipe:
+    """The recipe of this process's Kedro run: the last one the config loader resolved, else
+    ``params.yaml`` with the ``KEDRO_ENV`` environment's parameters (as ``kedro viz`` sees them)."""
+    if _CURRENT is not None:
+        return _CURRENT
+    from kedro.framework.project import settings
+
+    conf = Path.cwd() / settings.CONF_SOURCE
+    if not (conf / "base").is_dir():  # imported outside a project folder (e.g. by a test)
+        return R.load(Path(__file__).resolve().parents[3] / R.PARAMS_FILE)
+    loader = RecipeConfigLoader(str(conf), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS)
+    loader["parameters"]
+    return _CURRENT

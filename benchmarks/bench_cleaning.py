@@ -19,7 +19,10 @@ Usage::
     python benchmarks/bench_cleaning.py --docs 5000
     python benchmarks/bench_cleaning.py --input data/01_raw/corpus
     python benchmarks/bench_cleaning.py --mb 20 --skip-datatrove --json out.json
-    python benchmarks/bench_cleaning.py --engine ray --mb 100 200 --repeat 3 --json benchmarks/results/cpu_cleaning_ray.json
+    python benchmarks/bench_cleaning.py --engine ray --world --mb 100 200 --repeat 3 --json benchmarks/results/cpu_cleaning_ray.json
+
+``--world`` synthesises the project's own simulated crawl (``params.yaml``'s ``world``, the
+corpus the ``data_processing`` stage cleans) at ``--mb`` MiB instead of the web-like corpus.
 
 datatrove is optional (``pip install datatrove spacy 'xxhash<4'``); without it only our numbers
 are printed. The synthetic corpus is web-like: Markov-chain prose trained on the CPython docs
@@ -151,6 +154,21 @@ def synth_docs(n_docs: int | None, target_mb: float | None, seed: int = 0):
         i += 1
 
 
+def world_docs(mb: float):
+    """``(id, text, source)`` of the project's simulated crawl (``params.yaml``'s ``world`` and
+    ``seed``) at about ``mb`` MiB: what the pipeline's ``data_processing`` stage cleans."""
+    import yaml
+
+    from llama2_pipeline.world import World
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    world = World.from_params({**params["world"], "seed": params["seed"],
+                               "corpus": {**params["world"]["corpus"], "size_mb": mb}})
+    for shard in world.corpus_shards():
+        for d in shard:
+            yield d["id"], d["text"], d["source"]
+
+
 def write_corpus(out_dir: Path, docs, shard_docs: int = 2000) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -268,8 +286,8 @@ def _child_clean(input_dir: str, workers: int, q, engine: str = "local", runs: i
 
 def _timed_clean(input_dir: str, workers: int, engine: str) -> dict:
     """One run: time, peak memory (driver, largest worker, all processes), output digest."""
+    from llama2_pipeline.core.files import sha256_path
     from llama2_pipeline.data import clean_corpus
-    from llama2_pipeline.io_utils import sha256_path
 
     out = Path(tempfile.mkdtemp(prefix="bench-clean-")) / "out"
     sampler = _TreeRss(worker_prefix="ray::" if engine == "ray" else None)
@@ -301,7 +319,53 @@ def run_ours(input_dir: Path, workers: int, engine: str = "local", runs: int = 1
         except queue.Empty:
             if not p.is_alive():
                 raise RuntimeError(f"the {engine} benchmark run ({workers} workers) died: "
-                                   f"exit code {p.exitcode}")
+                                   f"exit code {p.exitcode}") from None
+    p.join()
+    return res
+
+
+def _child_datatrove(input_dir: str, q) -> None:
+    import logging
+
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.formatters import PIIFormatter
+    from loguru import logger
+
+    logger.remove()
+    logging.disable(logging.WARNING)
+    texts = read_texts(Path(input_dir))
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    docs = lambda: (Document(text=t, id=str(i)) for i, t in enumerate(texts))  # noqa: E731
+    out: dict = {"bytes": nbytes, "docs": len(texts)}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t0
+
+    timed("gopher_quality", lambda: sum(1 for _ in GopherQualityFilter().run(docs())))
+    timed("gopher_repetition", lambda: sum(1 for _ in GopherRepetitionFilter().run(docs())))
+    timed("pii_formatter", lambda: sum(1 for _ in PIIFormatter().run(docs())))
+    tmp = tempfile.mkdtemp(prefix="bench-dt-")
+    try:
+        sig = MinhashDedupSignature(output_folder=tmp, config=MinhashConfig())
+        timed("minhash_signature", lambda: sig.run(docs(), rank=0, world_size=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put(out)
+
+
+def run_datatrove(input_dir: Path) -> dict | None:
+    if importlib.util.find_spec("datatrove") is None:
+        return None
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_datatrove, args=(str(input_dir), q))
+    p.start()
+    res = q.get()
     p.join()
     return res
 
@@ -386,10 +450,13 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--docs", type=int, help="synthesise this many documents")
     g.add_argument("--mb", type=float, nargs="+",
                    help="synthesise about this many MiB of text (default 20; several with --engine ray)")
-    g.add_argument("--input", type=Path, help="folder of raw *.parquet shards to read instead")
+    g.add_argument("--input", type=Path, nargs="+",
+                   help="folder of raw *.parquet shards to read instead (several with --engine ray)")
     ap.add_argument("--workers", type=int, default=0, help="'all workers' run (0 = all cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--world", action="store_true",
+                    help="with --mb: the project's simulated crawl (params.yaml's world) instead of the web-like corpus")
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: ours against datatrove; ray: the local pool against Ray")
     ap.add_argument("--repeat", type=int, default=1,
@@ -398,18 +465,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.engine == "ray":
         return main_engines(args)
-    if args.mb and len(args.mb) > 1:
-        ap.error("several --mb sizes only with --engine ray")
+    if (args.mb and len(args.mb) > 1) or (args.input and len(args.input) > 1):
+        ap.error("several --mb sizes or --input folders only with --engine ray")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
     try:
         if args.input:
-            input_dir = args.input
+            input_dir = args.input[0]
         else:
             input_dir = tmp / "raw"
             t0 = time.perf_counter()
             mb = None if args.docs else (args.mb[0] if args.mb else 20.0)
-            n, nb = write_corpus(input_dir, synth_docs(args.docs, mb, args.seed))
+            docs = world_docs(mb) if args.world and mb else synth_docs(args.docs, mb, args.seed)
+            n, nb = write_corpus(input_dir, docs)
             print(f"synthesised {n} docs, {nb / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f}s -> {input_dir}")
         from llama2_pipeline.data.pipeline import resolve_workers
 
@@ -466,21 +534,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def main_engines(args) -> dict:
+    from llama2_pipeline.core.files import write_json
     from llama2_pipeline.data.pipeline import resolve_workers
-    from llama2_pipeline.io_utils import write_json
 
     n_all = resolve_workers(args.workers)
     counts = sorted({1, n_all})
-    results: dict = {"cores": n_all, "cpu": _cpu_model(), "repeat": args.repeat, "sizes": []}
-    for mb in ([None] if args.input or args.docs else (args.mb or [20.0])):
+    results: dict = {"cores": n_all, "cpu": _cpu_model(), "repeat": args.repeat,
+                     "corpus": "input" if args.input else "world" if args.world else "web-like", "sizes": []}
+    for mb, folder in ([(None, f) for f in args.input] if args.input else
+                       [(None, None)] if args.docs else [(m, None) for m in args.mb or [20.0]]):
         tmp = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
         try:
-            input_dir = args.input or tmp / "raw"
-            if not args.input:
+            input_dir = folder or tmp / "raw"
+            if not folder:
                 t0 = time.perf_counter()
-                n, nb = write_corpus(input_dir, synth_docs(args.docs, mb, args.seed))
-                print(f"synthesised {n} docs, {nb / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f}s")
-            results["sizes"].append(compare_engines(input_dir, counts, args.repeat))
+                docs = world_docs(mb) if args.world else synth_docs(args.docs, mb, args.seed)
+                n, nb = write_corpus(input_dir, docs)
+                print(f"synthesised {n} {'world ' if args.world else ''}docs, {nb / 2**20:.1f} MiB "
+                      f"in {time.perf_counter() - t0:.1f}s")
+            results["sizes"].append({"input": str(folder) if folder else None,
+                                     **compare_engines(input_dir, counts, args.repeat)})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if len(results["sizes"]) > 1:

@@ -70,7 +70,7 @@ class DedupConfig(Config):
     bands: int = 16
     threshold: float = 0.7
     seed: int = optional(1234)  # of the MinHash permutations (the recipe's seed)
-    max_bucket: Optional[int] = 1000  # comparison slots of an LSH bucket (None = unbounded); both engines
+    max_bucket: int | None = 1000  # comparison slots of an LSH bucket (None = unbounded); both engines
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +87,7 @@ class PIIConfig(Config):
 class RayConfig(Config):
     """How the ``ray`` engine runs (never what it writes); see ``CleaningConfig.engine``."""
 
-    object_store_mb: Optional[int] = None  # the in-process local cluster's object store (None = Ray's default)
+    object_store_mb: int | None = None  # the in-process local cluster's object store (None = Ray's default)
     partition_mb: int = 64  # target size of one partition of the dedup shuffle
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from bisect import bisect_left
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -38,8 +38,8 @@ import pickle
 import time
 import uuid
 from array import array
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -50,8 +50,22 @@ from ray.data.context import DataContext, ShuffleStrategy
 from ..core.files import atomic_path
 from .config import CleaningConfig
 from .dedup import walk_edges
-from .pipeline import CorpusError, Tally, _InputFile, _ShardWriter, check_canaries, finish_report
-from .ray_tasks import clean_units, dedup_rows, partition_edges, read_rows, summary_rows, write_shard
+from .pipeline import (
+    CorpusError,
+    Tally,
+    _InputFile,
+    _ShardWriter,
+    check_canaries,
+    finish_report,
+)
+from .ray_tasks import (
+    clean_units,
+    dedup_rows,
+    partition_edges,
+    read_rows,
+    summary_rows,
+    write_shard,
+)
 
 UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)

@@ -18,7 +18,14 @@ import pyarrow.parquet as pq
 from . import process
 from .config import CleaningConfig
 from .dedup import EXACT, NEAR, group_edges, shared_keys
-from .pipeline import OUTPUT_SCHEMA, Tally, _InputFile, _ShardWriter, _wrap_errors, file_chunks
+from .pipeline import (
+    OUTPUT_SCHEMA,
+    Tally,
+    _InputFile,
+    _ShardWriter,
+    _wrap_errors,
+    file_chunks,
+)
 
 UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))  # a unit file's columns
 

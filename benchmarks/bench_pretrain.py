@@ -10,6 +10,10 @@ eps 1e-5, wd 0.1 on matrices only, the same warm-up + cosine schedule, clip 1.0)
   also keeps fp32 master weights);
 * ``hf_ds``: LlamaForCausalLM through our DeepSpeed engine and loop (``--no-hf-ds`` to skip);
 * ``ours_compile`` (only if named in ``--impls``): ours with ``torch.compile`` (``engine.compile()``).
+* ``ours_fast`` (only if named): the fast path, ``train.compile`` + fused AdamW (foreach on CPU)
+  + ``train.loss_chunk`` (``--loss-chunk``); ``ours`` is then the plain path (DeepSpeed's AdamW,
+  eager, full logits), whatever the device's defaults.
+* ``hf_compile`` (only if named): ``hf`` with ``torch.compile`` on the model.
 
 On CUDA the implementations run one after the other (``--sequential``, the default there): each
 is built, warmed up, timed and freed before the next, so that three 1B models with their
@@ -59,7 +63,7 @@ from llama2_pipeline.training import (
 )
 from llama2_pipeline.training.loop import flops_per_token
 
-IMPLS = ("ours", "hf", "hf_ds", "ours_compile")
+IMPLS = ("ours", "hf", "hf_ds", "ours_compile", "ours_fast", "hf_compile")
 DEFAULT_IMPLS = ("ours", "hf", "hf_ds")
 
 
@@ -178,7 +182,10 @@ def build(args, impl: str, tmp: Path):
     cfg = TrainConfig(micro_batch=args.batch, seq_len=args.seq_len, max_steps=args.steps, lr=3e-4,
                       warmup_steps=2, log_every=1, eval_every=0, checkpoint_every=-1, seed=args.seed,
                       device=args.device, precision=args.dtype, zero_stage=args.zero_stage,
-                      num_threads=args.threads or 0, compile=args.compile or impl == "ours_compile",
+                      num_threads=args.threads or 0, compile=args.compile or impl == "ours_compile"
+                      or (impl == "ours_fast" and args.device == "cuda"),  # no inductor build on CPU
+                      optimizer=("fused" if args.device == "cuda" else "foreach") if impl == "ours_fast" else "deepspeed",
+                      loss_chunk=args.loss_chunk if impl == "ours_fast" else 0,
                       activation_checkpointing=args.activation_checkpointing,
                       deterministic=args.deterministic)
     ctx = setup_run(cfg)
@@ -192,8 +199,10 @@ def build(args, impl: str, tmp: Path):
                                                  dtype=torch.float32)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
-    if impl == "hf":
+    if impl in ("hf", "hf_compile"):
         model = model.to(device).train()
+        if impl == "hf_compile":
+            model.compile()
         runner = PlainHF(model, cfg, device, {"fp32": None, "bf16": torch.bfloat16,
                                               "fp16": torch.float16}[ctx.precision])
 
@@ -293,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (engine.compile())")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--loss-chunk", type=int, default=4096, help="ours_fast: tokens per loss chunk")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.use_deterministic_algorithms on CUDA (always on for CPU runs; slower)")
     p.add_argument("--peak-flops", type=float, default=None, help="per-device peak FLOP/s for MFU")
@@ -401,10 +411,12 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'-' if mem is None else round(mem):>9}")
     for impl in impls[1:]:
         print(f"ours / {impl}: {res[f'speedup_vs_{impl}']:.2f}x")
-    if "ours_compile" in impls:
-        for base in (i for i in impls if i.startswith("hf")):
-            res[f"ours_compile_speedup_vs_{base}"] = res["ours_compile_tokens_per_s"] / res[f"{base}_tokens_per_s"]
-            print(f"ours_compile / {base}: {res[f'ours_compile_speedup_vs_{base}']:.2f}x")
+    for fast in ("ours_compile", "ours_fast"):
+        if fast not in impls:
+            continue
+        for base in (i for i in impls if i.startswith("hf") or (fast == "ours_fast" and i == "ours")):
+            res[f"{fast}_speedup_vs_{base}"] = res[f"{fast}_tokens_per_s"] / res[f"{base}_tokens_per_s"]
+            print(f"{fast} / {base}: {res[f'{fast}_speedup_vs_{base}']:.2f}x")
     if args.out:
         write_json(args.out, res)
     return res

@@ -1,9 +1,11 @@
 """Which preference pairs does the helpfulness RM get wrong? Accuracy by what the two answers differ in.
 
-The world's helpfulness is 0.1 + 0.55·correct + 0.15·on-topic + 0.2·form. A pair whose answers are
-equally on topic and equally well formed, but not equally correct ("The capital of Miadrus is
-Milas." vs "… is Lelol."), can only be ranked by knowing the fact or the sum; every other pair also
-differs in something visible (form, topic, a refusal, a blank). For the project's helpfulness RM
+World v2 scores helpfulness from an answer's components (DESIGN.md "World v2"): being right, and how
+it is said (restating the question, explaining, concision, form, filler, hedging). A pair whose
+answers differ only in being right ("The capital of Miadrus is Milas." vs "... is Lelol.") can only
+be ranked by knowing the fact; a pair that differs only in style is what preferences carry and
+demonstrations do not. Pairs are sorted by :func:`llama2_pipeline.evaluation.reward.pair_kind`
+(correctness, style, mixed, other). For the project's helpfulness RM
 (`data/06_models/reward_helpfulness`) and, next to it, the SFT model's own answer likelihood (the
 reward stage's untrained baseline), this prints the accuracy on the helpfulness pairs of the
 training and the held-out split, per kind and for the "significantly better" level, and writes JSON.
@@ -22,41 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from llama2_pipeline.core.files import read_jsonl, write_json
-from llama2_pipeline.evaluation.reward import evaluate_scores, likelihood_scores
+from llama2_pipeline.evaluation.reward import evaluate_scores, likelihood_scores, pair_kind
 from llama2_pipeline.model import load_hf
 from llama2_pipeline.model.reward import RewardModel
 from llama2_pipeline.recipe import load
 from llama2_pipeline.tokenizer import Tokenizer
-from llama2_pipeline.world import World
-from llama2_pipeline.world.scorers import form_score, on_topic
-from llama2_pipeline.world.tasks import is_refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"train": "data/05_model_input/reward_preferences_train.jsonl",
           "heldout": "data/05_model_input/reward_preferences_heldout.jsonl"}
-
-
-def what_differs(world: World, record: dict) -> str:
-    """``correctness`` when the world scores the two answers apart only for being right or wrong
-    (both answered, equally on topic, equally well formed), else ``other``."""
-    prompt = record.get("prompt")
-    task = world.task(prompt) if isinstance(prompt, str) else None
-    if task is None or not task.expected or task.category == "unsafe":
-        return "other"
-    a, b = record["chosen"].strip(), record["rejected"].strip()
-    if not a or not b or is_refusal(a) or is_refusal(b):
-        return "other"
-    if on_topic(task, a) != on_topic(task, b) or form_score(a) != form_score(b):
-        return "other"
-    return "correctness" if world.helpfulness(prompt, a) != world.helpfulness(prompt, b) else "other"
+KINDS = ("correctness", "style", "mixed", "other")
 
 
 def accuracy_table(kinds: list[str], ratings: list[str], judges: dict[str, tuple[list, list]]) -> dict:
-    """{kind: {subset: {"n": pairs, judge: accuracy}}} for kind in correctness/other/all and subset
-    all pairs / significantly better ones."""
+    """{kind: {subset: {"n": pairs, judge: accuracy}}} for each kind of :data:`KINDS` and ``all``, and
+    subset all pairs / significantly better ones."""
     kinds_a, sig = np.asarray(kinds), np.asarray(ratings) == "significantly_better"
     out: dict = {}
-    for kind in ("correctness", "other", "all"):
+    for kind in (*KINDS, "all"):
         of_kind = np.ones(len(kinds), bool) if kind == "all" else kinds_a == kind
         out[kind] = {}
         for subset, sel in (("all", of_kind), ("significantly_better", of_kind & sig)):
@@ -95,17 +80,17 @@ def main(argv=None) -> dict:
         if not records:
             raise ValueError(f"{path}: no helpfulness pairs")
         judges = {"rm": evaluate_scores(rm, records, batch), "likelihood": likelihood_scores(lm, tok, records, batch)}
-        kinds = [what_differs(world, r) for r in records]
+        kinds = [pair_kind(world, r) for r in records]
         out["splits"][split] = accuracy_table(kinds, [r["rating"] for r in records], judges)
     out["seconds"] = round(time.perf_counter() - t0, 1)
 
     print("helpfulness pairs: accuracy of the helpfulness RM and of the SFT model's answer likelihood")
-    print(f"{'split':<9}{'pairs differ in':<17}{'level':<22}{'n':>6}{'RM':>8}{'likelihood':>12}")
+    print(f"{'split':<9}{'pairs differ in':<14}{'level':<22}{'n':>6}{'RM':>8}{'likelihood':>12}")
     for split, table in out["splits"].items():
         for kind, rows in table.items():
             for subset, row in rows.items():
                 rm_acc, lik_acc = (("–" if row[j] is None else f"{row[j]:.3f}") for j in ("rm", "likelihood"))
-                print(f"{split:<9}{kind:<17}{subset:<22}{row['n']:>6}{rm_acc:>8}{lik_acc:>12}")
+                print(f"{split:<9}{kind:<14}{subset:<22}{row['n']:>6}{rm_acc:>8}{lik_acc:>12}")
     if args.out:
         write_json(args.out, out)
     return out

@@ -19,7 +19,7 @@ LAYERS = {
     "data": 2, "tokenizer": 2, "model": 2, "training": 2, "evaluation": 2,
     "recipe": 3,
     "project": 4, "pipelines": 4, "settings": 4, "pipeline_registry": 4,
-    "commands": 5,
+    "commands": 5, "cli": 5, "__main__": 5,  # the kedro CLI's project commands; python -m llama2_pipeline
 }
 LIBRARIES = ("world", "data", "tokenizer", "model", "training", "evaluation", "core", "recipe")
 MAX_LIBRARY_LINES = 450

@@ -4,8 +4,10 @@ committed; the device check of the RLHF stage runs (here on the CPU)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -67,6 +69,7 @@ def _smoke_project(root):
     (root / "data/01_raw").mkdir(parents=True)
     for split in ("train", "eval"):
         (root / f"data/01_raw/prompts_{split}.jsonl").write_text(_jsonl(world.prompts(split)))
+    (root / "data/01_raw/sft_dialogues.jsonl").write_text(_jsonl(world.sft_dialogues()))
     return world
 
 
@@ -84,30 +87,32 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
     bench = _bench("rlhf_headroom")
     world = _smoke_project(tmp_path)
 
-    # the paper's piecewise R_c on the true scores: an unsafe prompt is judged by its safety
+    # the world's judgement of a safety prompt is the annotator's combined score: complying with an
+    # unsafe request scores below the world's own refusal with a reason and a redirect
     unsafe = next(p for p in world.prompts("train") if p["category"] == "unsafe")
     comply = f"Sure. {unsafe['prompt']} Here is how."
-    assert world.helpfulness(unsafe["prompt"], comply) > world.safety(unsafe["prompt"], comply)
-    assert bench.world_score(world, unsafe["prompt"], comply, True, 0.15) == world.safety(unsafe["prompt"], comply)
+    assert bench.world_score(world, unsafe["prompt"], comply) < bench.world_score(world, unsafe["prompt"],
+                                                                                   unsafe["reference"])
 
     out = bench.main(["--project", str(tmp_path), "--train-prompts", "16", "--eval-prompts", "8", "--ppo-steps", "2",
                       "--out", str(tmp_path / "headroom.json")])
     arms = out["arms"]
-    assert set(arms) == {"sft", "rs_random", "rs_oracle", "rs_reference", "ppo_oracle"}
-    assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo_oracle"]["steps"] == 2
+    assert set(arms) == {"sft", "random", "demonstrations", "longest", "ideal", "best_of_k", "ppo"}
+    assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo"]["steps"] == 2
     for r in arms.values():
         assert 0.0 <= r["helpfulness"] <= 1.0 and 0.0 <= r["safety"] <= 1.0
         assert math.isclose(r["gain"], r["helpfulness"] - arms["sft"]["helpfulness"], abs_tol=1e-5)
-    # best of K by the world's score is at least as good as a random pick; the references are perfect
-    assert arms["rs_oracle"]["train_prompts_world_score"] >= arms["rs_random"]["train_prompts_world_score"]
-    assert arms["rs_reference"]["train_prompts_world_score"] == 1.0
+    # best of K by the world's score is at least as good as a random or the longest pick; the
+    # ideal answers are the best of all
+    assert arms["best_of_k"]["train_world_score"] >= arms["random"]["train_world_score"]
+    assert arms["best_of_k"]["train_world_score"] >= arms["longest"]["train_world_score"]
+    assert arms["ideal"]["train_world_score"] >= arms["best_of_k"]["train_world_score"]
     assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]
 
 
 def test_model_benchmark_breaks_the_training_step_down(tmp_path):
     import json
 
-    import pytest
 
     bench = _bench("bench_model")
     assert bench.kernel_family("aten::mm") == "matmul"
@@ -128,8 +133,11 @@ def test_model_benchmark_breaks_the_training_step_down(tmp_path):
 
 
 def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
-    """Pairs that differ only in being right are told apart from the rest; accuracies per kind."""
+    """Pairs that differ only in being right, only in style, in both, or in a refusal or blank are
+    told apart; accuracies per kind."""
     import json
+
+    from llama2_pipeline.evaluation.reward import pair_kind
 
     bench = _bench("reward_breakdown")
     world = _smoke_project(tmp_path)
@@ -142,9 +150,11 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
 
     records = [pair(p, wrong[p["prompt"]], "significantly_better") for p in facts]  # right vs wrong fact
     records += [pair(p, wrong[p["prompt"]].rstrip("."), "better") for p in facts[:2]]  # also unpunctuated
+    records += [pair(p, "I think " + p["reference"], "slightly_better") for p in facts[2:]]  # a hedge
     records += [pair(facts[0], "", "significantly_better"),  # a blank answer
                 pair(facts[1], "I can't help with that.", "better")]  # a refusal
-    assert [bench.what_differs(world, r) for r in records] == ["correctness"] * 4 + ["other"] * 4
+    kinds = ["correctness"] * 4 + ["mixed"] * 2 + ["style"] * 2 + ["other"] * 2
+    assert [pair_kind(world, r) for r in records] == kinds
     safety_pair = dict(records[0], category="safety")  # not a helpfulness pair: left out
     (tmp_path / "data/05_model_input").mkdir(parents=True)
     for split in ("train", "heldout"):
@@ -153,7 +163,7 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
 
     out = bench.main(["--project", str(tmp_path), "--out", str(tmp_path / "b.json")])
     table = out["splits"]["heldout"]
-    assert table["correctness"]["all"]["n"] == 4 and table["other"]["all"]["n"] == 4 and table["all"]["all"]["n"] == 8
+    assert {k: table[k]["all"]["n"] for k in table} == {"correctness": 4, "style": 2, "mixed": 2, "other": 2, "all": 10}
     assert table["other"]["significantly_better"]["n"] == 1 and table["all"]["significantly_better"]["n"] == 5
     for rows in table.values():
         for row in rows.values():
@@ -180,3 +190,68 @@ def test_cleaning_benchmark_compares_the_engines(tmp_path):
     assert row["local"]["mib_per_s"] > 0 and row["ray_warm"]["mib_per_s"] > 0
     assert row["ray_warm"]["timing"]["engine"] == "ray" and row["local"]["timing"]["engine"] == "local"
     assert res["projection_1tb_in_1h"]["cores"] >= 1
+
+
+def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
+    """Per-seed figures from each copy's metrics, gains over SFT and round over round, mean ± sd."""
+    import json
+
+    bench = _bench("recipe_seeds")
+    projects = []
+    for seed, (sft, v1, v2) in {1234: (0.5, 0.6, 0.7), 7: (0.4, 0.6, 0.6)}.items():
+        project = tmp_path / f"seed_{seed}"
+        (project / "metrics").mkdir(parents=True)
+        (project / "params.yaml").write_text("profile: default\nseed: 1\n")
+        bench.set_seed(project, seed)
+        report = {"report_pretrained_helpfulness": 0.1, "report_sft_helpfulness": sft, "report_sft_safety": 0.9,
+                  "report_rlhf_v1_helpfulness": v1, "report_rlhf_v2_helpfulness": v2, "report_rlhf_v2_safety": 0.95}
+        (project / "metrics/report.json").write_text(json.dumps(report))
+        (project / "metrics/reward.json").write_text(json.dumps({"rm_safety_acc": 0.9}))
+        projects.append(project)
+    assert "seed: 1234" in (tmp_path / "seed_1234/params.yaml").read_text()
+
+    out = bench.main(["--tabulate", *map(str, projects), "--out", str(tmp_path / "s.json")])
+    assert out["seeds"] == [1234, 7]
+    assert out["per_seed"]["1234"]["gain.final_vs_sft"] == pytest.approx(0.2)
+    assert out["per_seed"]["7"]["gain.rlhf_v2_vs_rlhf_v1"] == pytest.approx(0.0)
+    assert out["per_seed"]["7"]["gain.final_safety_vs_sft"] == pytest.approx(0.05)
+    final = out["summary"]["gain.final_vs_sft"]
+    assert final["mean"] == pytest.approx(0.2) and final["sd"] == pytest.approx(0.0) and final["n"] == 2
+    sft = out["summary"]["sft.helpfulness"]
+    assert sft["mean"] == pytest.approx(0.45) and sft["sd"] == pytest.approx(0.0707, abs=1e-4)
+    assert out["summary"]["reward.rm_safety_acc"]["mean"] == pytest.approx(0.9)
+    assert json.loads((tmp_path / "s.json").read_text())["summary"] == out["summary"]
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        bench.figures(tmp_path)
+
+
+@pytest.mark.slow
+def test_cpu_bitwise_trains_under_each_configuration_and_groups_equal_digests(smoke_repro, tmp_path):
+    bench = _bench("cpu_bitwise")
+    out = tmp_path / "bitwise.json"
+    assert bench.main(["--project", str(smoke_repro), "--steps", "2", "--configs", "native", "threads_1",
+                       "--stages", "pretrain", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = report["pretrain"]["runs"]
+    assert set(runs) == {"native", "threads_1"} and runs["threads_1"]["threads"] == 1
+    assert all(len(r["sha256"]) == 64 and r["cpu_seconds"] > 0 for r in runs.values())
+    assert runs["native"]["max_abs_weight_diff_vs_native"] == 0.0
+    groups = report["pretrain"]["identical_groups"]
+    assert sorted(name for g in groups for name in g) == ["native", "threads_1"]
+    assert report["machine"]["env.cpu_isa_level"] in ("avx512", "avx2", "default")
+
+
+def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
+    """benchmarks/gpu_check.sh with DEVICE=cpu: every step exits 0 and writes its JSON."""
+    import json
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu"}
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("pretrain_1b", "pretrain_160m", "generate_1b_b2", "rlhf_device"):
+        assert f"{name} rc=0" in run.stdout, run.stdout[-3000:]
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+    pre = json.loads((tmp_path / "pretrain_1b.json").read_text())
+    assert all(pre[f"{impl}_tokens_per_s"] > 0 for impl in ("ours", "ours_fast", "hf", "hf_ds"))

@@ -23,9 +23,9 @@ from tests.conftest import make_project_copy, run
 
 PIPELINES = "data_processing,tokenizer,pretrain,sft,reward"
 PARQUET_BLOCK = ("raw_corpus:\n  type: llama2_pipeline.project.datasets.ParquetShardsDataset\n"
-                 "  path: data/01_raw/byo/corpus\n  read_only: true\n")
+                 "  path: data/01_raw/byo/corpus\n  read_only: true\n  metadata: {pii: true}\n")
 JSONL_BLOCK = ("# raw_corpus:\n#   type: llama2_pipeline.project.datasets.JSONLCorpusDataset\n"
-               "#   filepath: data/01_raw/byo/corpus.jsonl\n")
+               "#   filepath: data/01_raw/byo/corpus.jsonl\n#   metadata: {pii: true}\n")
 WIDE = {"COLUMNS": "400"}  # Kedro's rich log handler would wrap long error messages
 
 

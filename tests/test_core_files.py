@@ -59,3 +59,32 @@ def test_git_dirty_counts_code_not_dvc_outputs(tmp_path):
     assert git_state(tmp_path) == (sha, False)
     (tmp_path / "params.yaml").write_text("v2\n")
     assert git_state(tmp_path) == (sha, True)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_every_file_of_an_exported_model_follows_the_umask(tmp_path, umask):
+    """safetensors writes owner-only files; an exported model folder still follows the user's umask."""
+    from llama2_pipeline.model import Llama, ModelConfig, export_hf
+
+    saved = os.umask(umask)
+    try:
+        out = export_hf(Llama(ModelConfig.from_preset("smoke")), tmp_path / "model")
+    finally:
+        os.umask(saved)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
+    assert modes == {"model": 0o777 & ~umask, "model.safetensors": 0o666 & ~umask, "config.json": 0o666 & ~umask}
+
+
+def test_a_truncated_json_line_is_named_by_file_and_line(tmp_path):
+    from llama2_pipeline.core.files import read_jsonl
+
+    f = tmp_path / "dialogues.jsonl"
+    f.write_text('{"messages": []}\n{"messages": [{"role": "user", "content": "Hel\n')
+    with pytest.raises(ValueError) as e:
+        read_jsonl(f)
+    assert str(e.value).startswith(f"{f}, line 2: not valid JSON: the line ends before its JSON value does "
+                                   "(a truncated line? Unterminated string")
+    f.write_text('{"a": 1}\n{"a": 1,, "b": 2}\n')
+    with pytest.raises(ValueError, match=r"dialogues.jsonl, line 2: not valid JSON: Expecting property name .* "
+                                         r"at column 9$"):
+        read_jsonl(f)

@@ -125,20 +125,29 @@ def stage_modules(pipelines: list[str]) -> set[str]:
     return closure(roots)
 
 
+def command_modules(module: str) -> set[str]:
+    """What ``python -m module`` imports: its packages, the module and what they import."""
+    parts = module.split(".")
+    return closure([".".join(parts[:i]) for i in range(1, len(parts) + 1)])
+
+
 def pipeline_modules(pipeline: str) -> list[str]:
     folder = PACKAGE / "pipelines" / pipeline
     return [f"llama2_pipeline.pipelines.{pipeline}.{p.stem}" for p in folder.glob("*.py")]
 
 
 def stage_pipelines() -> dict[str, tuple[list[str], list[str]]]:
-    """DVC stage -> (Kedro pipelines it runs, its deps)."""
+    """DVC stage -> (Kedro pipelines it runs, or ``["-m", module]`` for a ``python -m`` stage, its deps)."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     out = {}
     for name, stage in dvc["stages"].items():
         body = stage.get("do", stage)
         cmd = body["cmd"].split()
-        pipelines = cmd[cmd.index("--pipelines") + 1].split(",")
-        pipelines = ["rlhf" if p.startswith("rlhf_") else p for p in pipelines]
+        if "-m" in cmd:  # a command of the package (validate_params)
+            pipelines = ["-m", cmd[cmd.index("-m") + 1]]
+        else:
+            pipelines = cmd[cmd.index("--pipelines") + 1].split(",")
+            pipelines = ["rlhf" if p.startswith("rlhf_") else p for p in pipelines]
         out[name] = (pipelines, [d for d in body.get("deps", []) if isinstance(d, str)])
     return out
 
@@ -151,7 +160,7 @@ def covered(path: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("stage", sorted(stage_pipelines()))
 def test_every_module_a_stage_imports_is_a_dependency(stage):
     pipelines, deps = stage_pipelines()[stage]
-    modules = stage_modules(pipelines)
+    modules = command_modules(pipelines[1]) if pipelines[0] == "-m" else stage_modules(pipelines)
     missing = sorted(module_file(m).relative_to(ROOT).as_posix() for m in modules if not covered(module_file(m), deps))
     assert not missing, f"dvc.yaml stage {stage!r} lacks deps for modules it imports: {missing}"
     files = {module_file(m) for m in modules}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llama2_pipeline.evaluation.report import MODEL_COLUMNS, model_rows, progress_figure, table, to_html
+from llama2_pipeline.evaluation.report import DIMENSION_COLUMNS, MODEL_COLUMNS, model_rows, progress_figure, table, to_html
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
@@ -52,7 +52,7 @@ def test_model_rows_line_up_every_model():
     assert [r["helpfulness"] for r in rows] == [0.2, 0.5, 0.55, 0.6, 0.58]
     assert [r["win_rate_vs_sft"] for r in rows] == [0.1, 0.5, 0.6, 0.7, 0.65]
     assert rows[1]["false_refusal_rate"] == 0.1 and rows[0]["violation_rate"] is None
-    assert set(rows[0]) == {"model"} | {k for k, _ in MODEL_COLUMNS}
+    assert set(rows[0]) == {"model"} | {k for k, _ in MODEL_COLUMNS} | {f"rate_{k}" for k, _ in DIMENSION_COLUMNS}
     fig = progress_figure(rows)  # the pretrained model is no chat model: left out of the plot
     labels = [t.get_text() for t in fig.axes[0].texts if t.get_text()]
     assert labels == ["SFT", "RLHF v1", "RLHF v2 (PPO)", "GAtt"]
@@ -69,7 +69,8 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
         assert f"| {model} |" in md
     for section in ("Reward models", "Ghost Attention", "Data cleaning", "Pretraining", "Stages"):
         assert f"## {section}" in md
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 5
+    # the rounds' progress, the answer components per model, RM calibration, GAtt, cleaning, pretraining
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 6
     assert not re.search(r'(?:src|href)="(?!data:|#)', page), "the HTML must not reference any file or URL"
 
     metrics = json.loads((smoke_repro / "metrics/report.json").read_text())

@@ -39,6 +39,16 @@ def rounds_project(tmp_path_factory) -> Path:
     prefs = project / "data/03_primary/reward_preferences.jsonl"
     prefs.parent.mkdir(parents=True, exist_ok=True)
     prefs.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    # the reward stage's RMs, which the first round continues (rlhf.reward_models: continue)
+    import torch
+
+    from llama2_pipeline.model.reward import RewardModel, export_reward_hf
+
+    torch.manual_seed(1)
+    sft = project / "data/06_models/sft"
+    for category in ("helpfulness", "safety"):
+        export_reward_hf(RewardModel.from_pretrained(sft), project / f"data/06_models/reward_{category}",
+                         tokenizer_model=sft / "tokenizer.model")
     for name in ("rlhf_v1", "rlhf_v2"):  # as the DVC foreach stages run them: one kedro run per round
         run(["kedro", "run", "--pipelines", name], project, timeout=900, extra_env={"LLAMA2_REPRO_GROUP": GROUP})
     return project
@@ -68,6 +78,10 @@ def test_rounds_chain_and_accumulate(rounds_project):
     p2 = _jsonl(project / "data/06_models/rlhf_v2/preferences.jsonl")
     new2 = _jsonl(project / "data/07_model_output/rlhf_v2/preferences_new.jsonl")
     assert p2[:len(p1)] == p1 and len(p2) > len(p1) > 40 and new2
+    # each round's RMs continue the previous ones on the round's new train pairs only
+    m2 = json.loads((project / "metrics/rlhf_v2.json").read_text())
+    assert 0 < m2["rm_helpfulness_train_pairs"] <= len(new2) < len(p2)
+    assert v2["input.rlhf_v1.reward_model_helpfulness"] == v1["output.rlhf_v1.reward_model_helpfulness"]
     # rejection sampling kept the best of K by the round's reward
     for c in _jsonl(project / "data/07_model_output/rlhf_v1/candidates.jsonl"):
         assert len(c["answers"]) == 3 and len(c["reward"]) == 3

@@ -46,10 +46,12 @@ def test_judge_and_summarise_on_hand_made_answers(world):
     rows = [{"category": t.category, "answer": a, **judge(world, t.prompt, a, fin, leak)}
             for t, a, fin, leak in cases]
     assert [r["refusal"] for r in rows] == [True, False, True, False, False, False, False]
-    assert rows[0]["safety"] == 1.0 and rows[0]["helpfulness"] == 0.6  # the scorers' documented values
+    assert rows[0]["safety"] == 1.0 and rows[0]["helpfulness"] == 0.7  # 0.3 + 0.2 reason + 0.2 redirect (v2)
+    assert rows[0]["dims"]["reason"] and rows[0]["dims"]["redirect"] and not rows[1]["dims"]["reason"]
     assert rows[1]["safety"] == 0.0 and rows[1]["violation"]
     assert rows[2]["helpfulness"] == 0.05  # refusing a safe prompt
-    assert rows[4]["helpfulness"] == 1.0  # 0.1 + 0.55 correct + 0.15 on topic + 0.2 form
+    assert rows[4]["helpfulness"] == 1.0  # 0.05 + 0.4 correct + 0.1 form + 0.1 concise + 0.175 restate + explain
+    assert all(rows[4]["dims"][k] for k in ("correct", "restate", "explain", "concise")) and not rows[4]["dims"]["filler"]
     assert [r["format_ok"] for r in rows] == [True, True, True, True, True, False, False]
     m = summarise(rows, "x")
     assert m["x_refusal_rate"] == 0.5  # 1 of the 2 unsafe prompts refused
@@ -58,6 +60,9 @@ def test_judge_and_summarise_on_hand_made_answers(world):
     assert m["x_violation_rate"] == round(1 / 7, 6)
     assert m["x_helpfulness"] == round(sum(r["helpfulness"] for r in rows) / 7, 6)
     assert m["x_safety"] == round(sum(r["safety"] for r in rows) / 7, 6)
+    answered = [r["dims"]["correct"] for r in rows if "correct" in r["dims"]]  # safe and borderline prompts
+    assert len(answered) == 5 and m["x_correct_rate"] == round(sum(answered) / 5, 6)
+    assert m["x_reason_rate"] == 0.5  # one of the two unsafe answers gives a reason
     assert m["x_helpfulness_fact"] == round(sum(r["helpfulness"] for r in rows[4:]) / 3, 6)
     with pytest.raises(ValueError, match="no evaluated answers"):
         summarise([], "x")
@@ -114,7 +119,7 @@ def test_bad_dialogue_stops_the_node_naming_the_record(tmp_path, monkeypatch):
                         {"role": "user", "content": "Hello?"}]}
     sft = load(ROOT / "params.yaml", profile="smoke").sft
     (tmp_path / "ws" / "earlier-run").mkdir(parents=True)
-    with pytest.raises(ChatFormatError, match=r"dialogue 3, message 0: expected role 'user' first, got 'assistant'"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 4, message 1: expected role 'user' first, got 'assistant'"):
         finetune_model(dialogues[:3] + [bad] + dialogues[3:], init, tmp_path / "ws", sft)
     assert [p.name for p in (tmp_path / "ws").iterdir()] == ["earlier-run"]  # stopped before touching it
 

@@ -114,6 +114,7 @@ class AnnotatorParams(Config):
 class WorldParams(Config):
     """The simulated world (``llama2_pipeline.world``)."""
 
+    version: int  # the world's rules (2: demonstrations of mixed quality)
     n_entities: int
     prompts: PromptParams
     corpus: CorpusParams
@@ -121,6 +122,11 @@ class WorldParams(Config):
     annotator: AnnotatorParams
 
     def check(self) -> None:
+        from .world import VERSION
+
+        require(self.version == VERSION, "version",
+                f"{VERSION} (the world's rules; earlier versions are retired and their metrics not comparable)",
+                self.version)
         require(1 <= self.n_entities <= 5000, "n_entities", "an integer in [1, 5000]", self.n_entities)
 
     def world(self, seed: int):
@@ -166,10 +172,16 @@ class PretrainStage(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class SFTStage(SFTConfig):
-    """Supervised fine-tuning (:class:`~llama2_pipeline.training.sft.SFTConfig`) and the sampling of
-    its held-out evaluation."""
+    """Supervised fine-tuning (:class:`~llama2_pipeline.training.sft.SFTConfig`), the quality-only
+    variant and the sampling of the held-out evaluation."""
 
+    quality_only: str | None  # also fine-tune on this writer skill's dialogues alone (None: no variant)
     eval: SamplingConfig
+
+    def check(self) -> None:
+        super().check()
+        require(self.quality_only in (None, "low", "mid", "high"), "quality_only",
+                "a writer skill (low, mid, high) or null", self.quality_only)
 
 
 @dataclass(frozen=True, kw_only=True)

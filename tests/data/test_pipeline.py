@@ -151,7 +151,7 @@ def test_per_document_faults_are_counted_drops(tmp_path):
     folder = tmp_path / "raw"
     folder.mkdir()
     pq.write_table(table, folder / "faults.parquet")
-    cfg = {"max_doc_chars": len(big) - 1}
+    cfg = {"max_doc_chars": len(big) - 1, "bad_rows": "drop"}
     report = clean_corpus(folder, tmp_path / "out", cfg, workers=1, progress=False)
     m = report["metrics"]
     assert (m["removed_null_text"], m["removed_oversize"], m["removed_invalid_utf8"]) == (1, 1, 1)
@@ -167,8 +167,22 @@ def test_non_string_column_is_counted(tmp_path):
     folder.mkdir()
     pq.write_table(pa.table({"id": ["a", "b"], "text": [1, 2]}), folder / "ints.parquet")
     write_shards(folder, good_rows(2))
-    report = clean_corpus(folder, tmp_path / "out", {}, workers=1, progress=False)
+    report = clean_corpus(folder, tmp_path / "out", {"bad_rows": "drop"}, workers=1, progress=False)
     assert report["metrics"]["removed_non_string"] == 2 and report["metrics"]["docs_out"] == 2
+
+
+def test_a_row_that_is_no_document_stops_the_run_by_default(tmp_path):
+    """bad_rows: stop (the default): a null text names the file and the row, and nothing is written."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rows = good_rows(3)
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": [rows[0]["text"], None, rows[2]["text"]]}),
+                   folder / "nulls.parquet")
+    with pytest.raises(CorpusError) as e:
+        clean_corpus(folder, tmp_path / "out", {}, workers=1, progress=False)
+    assert f"{folder / 'nulls.parquet'}, row 2 (counting from 1; id 'b'): column 'text' is null" in str(e.value)
+    assert "data_processing.bad_rows: drop" in str(e.value) and e.value.row == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_ids_are_synthesised_and_all_removed_gives_empty_shard(tmp_path):

@@ -118,3 +118,21 @@ def test_nucleus_keeps_ties_on_both_paths():
     for top_p, support in ((0.5, {0, 1}), (0.7, {0, 1, 2, 3})):
         counts = torch.bincount(_sample(logits, 1.0, top_p, g), minlength=5)
         assert {i for i in range(5) if counts[i] > 0} == support
+
+
+@pytest.mark.parametrize("check_every", [3, 7, 64])
+def test_finished_check_cadence_changes_no_output(model64, check_every):
+    """The GPU's finished-check every few tokens (one host sync each) gives exactly the outputs of
+    the check every token, greedy and seeded sampling, with rows stopping at different steps."""
+    prompts = [torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 8, 2)]
+    free = generate(model64, prompts, 24, temperature=0, eos_id=[])
+    eos = [free.tokens[0][2], free.tokens[1][9]]  # rows stop at different steps, one maybe never
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "top_p": 0.9}):
+        outs = [generate(model64, prompts, 24, eos_id=eos, check_every=k,
+                         generator=torch.Generator().manual_seed(5), **kwargs) for k in (1, check_every)]
+        assert outs[0].tokens == outs[1].tokens and outs[0].finished == outs[1].finished
+        assert outs[0].logprobs == outs[1].logprobs
+        if kwargs["temperature"] == 0:
+            assert outs[0].finished[:2] == [True, True] and len(outs[0].tokens[0]) <= 3
+    with pytest.raises(ValueError, match="check_every"):
+        generate(model64, prompts, 4, check_every=0)

@@ -126,20 +126,20 @@ def test_single_turn_prompt(tok):
     "msgs, match",
     [
         ([], "non-empty list"),
-        ([{"role": "assistant", "content": "hi"}], "message 0: expected role 'user' first"),
+        ([{"role": "assistant", "content": "hi"}], "message 1: expected role 'user' first"),
         ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-         "message 1: expected role 'assistant' after 'user', got 'user'"),
+         "message 2: expected role 'assistant' after 'user', got 'user'"),
         ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
-         "message 1: a system message may only come first"),
+         "message 2: a system message may only come first"),
         ([{"role": "user", "content": "  "}, {"role": "assistant", "content": "b"}],
-         "message 0: user message has empty content"),
+         "message 1: user message has empty content"),
         ([{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}],
-         "message 1: unknown role 'bot'"),
+         "message 2: unknown role 'bot'"),
         ([{"role": "user", "content": "a"}], "must end with an assistant message, got 'user'"),
         ([{"role": "system", "content": "s"}], "a system message alone"),
-        ([{"role": "user", "text": "a"}], "message 0: expected a dict with 'role' and 'content'"),
+        ([{"role": "user", "text": "a"}], "message 1: expected a dict with 'role' and 'content'"),
         ([{"role": "system", "content": "s"}, {"role": "assistant", "content": "x"}],
-         "message 1: expected role 'user' after 'system', got 'assistant'"),
+         "message 2: expected role 'user' after 'system', got 'assistant'"),
     ],
 )
 def test_bad_dialogues_name_the_record(tok, msgs, match):
@@ -149,7 +149,7 @@ def test_bad_dialogues_name_the_record(tok, msgs, match):
 
 
 def test_prompt_must_end_with_user(tok):
-    with pytest.raises(ChatFormatError, match="^dialogue 7, message 1: a generation prompt must end"):
+    with pytest.raises(ChatFormatError, match="^dialogue 7, message 2: a generation prompt must end"):
         encode_chat_prompt(tok, DIALOGUE[:2], record=7)
 
 

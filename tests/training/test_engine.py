@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
+import random
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +16,8 @@ from llama2_pipeline.model import Llama, ModelConfig
 from llama2_pipeline.training import (Checkpointer, CosineSchedule, TrainConfig, build_engine,
                                       decay_parameter_names, deepspeed_config, launch_command,
                                       param_groups)
+from llama2_pipeline.training import state as state_module
+from llama2_pipeline.training.state import rank_state_from_json, rank_state_to_json, rng_state, safe_load, set_rng_state
 
 from .conftest import train_cfg
 
@@ -146,3 +152,120 @@ def test_launch_commands(monkeypatch):
     assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
     assert cmd[cmd.index("--hostfile") + 1] == "/etc/hosts.ds" and cmd[cmd.index("--num_gpus") + 1] == "8"
     assert cmd[-4:] == ["--module", "m", "--config", "rc.json"]
+
+
+def test_rank_state_is_json_and_restores_every_generator(tmp_path):
+    """The data position and RNG states of a checkpoint are plain JSON (no pickle) and give the
+    same random draws after a resume."""
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = {"data": {"epoch": 1, "current": [3, 1, 2], "rng": np.random.default_rng(5).bit_generator.state},
+             "rng": rng_state()}
+    text = json.dumps(rank_state_to_json(state))  # raises if anything is not plain data
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    restored = rank_state_from_json(json.loads(text))
+    assert restored["data"] == state["data"]
+    set_rng_state(restored["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+
+
+def test_checkpoint_files_load_without_running_code(tmp_path):
+    """A pickled checkpoint someone hands you is read with weights_only=True: tensors, numbers and
+    numpy arrays load, an object that would run code on unpickling is refused."""
+    torch.save({"w": torch.ones(2), "rng": np.arange(3, dtype=np.uint32), "step": 4}, tmp_path / "ok.pt")
+    loaded = safe_load(tmp_path / "ok.pt")
+    assert loaded["step"] == 4 and torch.equal(loaded["w"], torch.ones(2)) and loaded["rng"].tolist() == [0, 1, 2]
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').write('pwned')",))
+
+    torch.save({"w": torch.ones(2), "x": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        safe_load(tmp_path / "bad.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_a_checkpoint_resumes_through_the_safe_loader(tmp_path, monkeypatch, zero_stage):
+    """DeepSpeed's checkpoint files (ZeRO-2: optimiser-state partitions with DeepSpeed records) load
+    with weights_only=True and the allow-list: weights and optimiser state come back exactly."""
+    cfg = TrainConfig.from_dict(train_cfg(zero_stage=zero_stage, lr=1e-3, warmup_steps=1, max_steps=4))
+
+    x = torch.randint(0, 512, (4, 9), generator=torch.Generator().manual_seed(1))
+
+    def step(engine):
+        engine.backward(torch.nn.functional.cross_entropy(engine(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()))
+        engine.step()
+
+    def trained_engine(steps: int):
+        torch.manual_seed(0)
+        engine = build_engine(Llama(ModelConfig.from_preset("smoke")), cfg)
+        for _ in range(steps):
+            step(engine)
+        return engine
+
+    engine = trained_engine(2)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    meta = {"model_config": engine.module.config.to_dict()}
+    ckpt.save(engine, 2, {"data": {"pos": 2}, "rng": rng_state()}, meta)
+    assert (ckpt.latest() / "trainer_state_rank00000.json").is_file()
+    assert not list(ckpt.latest().glob("trainer_state*.pt"))
+    fresh = trained_engine(0)
+    if zero_stage == 2:  # DeepSpeed's own files went through the safe loader: without the allow-list they fail
+        with monkeypatch.context() as m:
+            m.setattr(state_module, "checkpoint_allow_list", list)
+            with pytest.raises(pickle.UnpicklingError):
+                ckpt.load(trained_engine(0), ckpt.latest(), meta["model_config"])
+    at, state = ckpt.load(fresh, ckpt.latest(), meta["model_config"])
+    assert at == 2 and state["data"] == {"pos": 2}
+    step(engine), step(fresh)  # the optimiser state came back too: the next step is the same
+    for a, b in zip(engine.module.parameters(), fresh.module.parameters()):
+        assert torch.equal(a, b)
+    assert fresh.checkpoint_engine.load.__func__ is type(fresh.checkpoint_engine).load  # DeepSpeed's own again
+
+
+def _train_weights(steps: int = 3, **overrides) -> dict[str, torch.Tensor]:
+    """Weights after ``steps`` optimiser steps of the smoke model through the engine and lm_loss."""
+    from llama2_pipeline.training import lm_loss
+
+    cfg = TrainConfig.from_dict(train_cfg(lr=1e-3, warmup_steps=1, max_steps=steps, **overrides))
+    torch.manual_seed(0)
+    engine = build_engine(Llama(ModelConfig.from_preset("smoke")), cfg)
+    x = torch.randint(3, 512, (4, 17), generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        loss, _ = lm_loss(engine, {"input_ids": x[:, :-1], "labels": x[:, 1:]})
+        engine.backward(loss)
+        torch.nn.utils.clip_grad_norm_(engine.module.parameters(), cfg.grad_clip)  # as the loop (ZeRO-0 fp32)
+        engine.step()
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+
+def test_cpu_defaults_keep_deepspeeds_optimizer_eager_model_and_full_logits():
+    from llama2_pipeline.training.engine import build_optimizer, compile_enabled, optimizer_kind  # noqa: I001
+
+    cfg, cpu, cuda = TrainConfig(), torch.device("cpu"), torch.device("cuda")
+    assert (cfg.compile, cfg.optimizer, cfg.loss_chunk) == ("auto", "auto", 0)
+    assert optimizer_kind(cfg, cpu) == "deepspeed" and optimizer_kind(cfg, cuda) == "fused"
+    assert not compile_enabled(cfg, cpu) and compile_enabled(cfg, cuda)
+    assert not compile_enabled(TrainConfig(compile=False), cuda) and compile_enabled(TrainConfig(compile=True), cpu)
+    model = Llama(ModelConfig.from_preset("smoke"))
+    assert build_optimizer(model, cfg, cpu) is None  # DeepSpeed builds it from its config, as before
+    assert "optimizer" in deepspeed_config(cfg, "fp32") and "optimizer" not in deepspeed_config(
+        cfg, "fp32", client_optimizer=True)
+    with pytest.raises(ValueError, match="fused"):
+        optimizer_kind(TrainConfig(optimizer="fused"), cpu)
+    foreach = build_optimizer(model, TrainConfig(optimizer="foreach"), cpu)
+    assert foreach.defaults["foreach"] and [g["weight_decay"] for g in foreach.param_groups] == [0.1, 0.0]
+    with pytest.raises(ValueError, match="zero_stage 3"):
+        TrainConfig(loss_chunk=64, zero_stage=3)
+
+
+def test_chunked_loss_and_foreach_adamw_train_like_the_default():
+    """The GPU fast path's CPU-runnable parts (chunked loss, client foreach AdamW handed to
+    DeepSpeed) give the default path's weights within fp32 noise (1e-5) after 3 steps."""
+    base = _train_weights()
+    assert all(torch.equal(base[k], v) for k, v in _train_weights().items())  # the default is deterministic
+    for overrides in ({"loss_chunk": 7}, {"optimizer": "foreach"}, {"loss_chunk": 7, "optimizer": "foreach"}):
+        fast = _train_weights(**overrides)
+        for k in base:
+            torch.testing.assert_close(fast[k], base[k], rtol=0, atol=1e-5, msg=f"{overrides} {k}")

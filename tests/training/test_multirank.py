@@ -37,4 +37,4 @@ def test_two_ranks_zero2_match_one_rank_with_accumulation(shards_dir, tmp_path, 
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["train_config"]["world_size"] == 2 and (tmp_path / "two" / "hf" / "model.safetensors").exists()
     assert sorted({s for s, m in forwarded if "train_loss" in m}) == list(range(1, 9))
-    assert (tmp_path / "two" / "checkpoints" / "step_00000008" / "trainer_state_rank00001.pt").exists()
+    assert (tmp_path / "two" / "checkpoints" / "step_00000008" / "trainer_state_rank00001.json").exists()

@@ -165,6 +165,26 @@ def test_ppo_is_deterministic_and_kl_penalty_holds_the_policy():
     assert held[-1]["kl"] < free[-1]["kl"]
 
 
+def test_kl_bound_stops_and_keeps_the_newest_policy_within_it():
+    """Past max_kl PPO stops and goes back to the last policy whose rollouts stayed within the
+    bound: the same weights as an unbounded run stopped two updates earlier."""
+    from llama2_pipeline.training.ppo import train_ppo
+    from llama2_pipeline.training.rlhf import summarise_ppo
+
+    bounded = _trainer(max_kl=0.3)
+    history = train_ppo(bounded, PROMPTS, 25, progress=False)
+    assert history[-1]["kl_bound_hit"] == 1.0 and history[-1]["kl"] > 0.3
+    assert all(h["kl_bound_hit"] == 0.0 and h["kl"] <= 0.3 for h in history[:-1])
+    assert 3 <= len(history) < 25
+    free = _trainer()
+    train_ppo(free, PROMPTS, len(history) - 2, progress=False)
+    for (name, a), b in zip(bounded.policy.state_dict().items(), free.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+    summary = summarise_ppo(history)
+    assert summary["ppo_kl_bound_hit"] == 1.0 and summary["ppo_steps"] == len(history) - 1
+    assert summary["ppo_kl_max"] == max(h["kl"] for h in history[:-1]) <= 0.3
+
+
 def test_first_update_starts_at_ratio_one_and_value_model_copies_the_rm():
     from llama2_pipeline.training.ppo import answer_logprobs
 

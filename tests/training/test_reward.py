@@ -397,7 +397,7 @@ def test_collect_preferences_samples_both_variants_and_drops_ties(init_dir, worl
 
 def test_refusal_pairs_teach_refusing_harm_and_helping_on_borderline_prompts(world):
     from llama2_pipeline.training.preferences import annotate_answers
-    from llama2_pipeline.world.tasks import REFUSAL
+    from llama2_pipeline.world.tasks import BARE_REFUSAL
 
     prompts = world.prompts("train")
     unsafe = next(p for p in prompts if p["category"] == "unsafe")
@@ -410,6 +410,6 @@ def test_refusal_pairs_teach_refusing_harm_and_helping_on_borderline_prompts(wor
                                      ["sample_refusal"], seed=1)
     assert counts["pairs_sample_refusal"] == 2  # safety-tagged prompts only
     by_prompt = {p["prompt"]: p for p in pairs}
-    assert by_prompt[unsafe["prompt"]]["chosen"] == REFUSAL  # refusing harm beats complying
+    assert by_prompt[unsafe["prompt"]]["chosen"] == BARE_REFUSAL  # even a bare refusal beats complying with harm
     assert by_prompt[border["prompt"]]["chosen"] == border["reference"]  # helping beats a false refusal
     assert all(p["category"] == "safety" for p in pairs)

@@ -221,14 +221,14 @@ def test_packed_batches_epochs_and_exact_resume(tok, world_dialogues):
 def test_bad_dialogues_name_the_record(tok, init_dir, tmp_path):
     assistant_first = {"messages": [{"role": "assistant", "content": "Hello."},
                                     {"role": "user", "content": "Hi?"}]}
-    with pytest.raises(ChatFormatError, match=r"dialogue 2, message 0: expected role 'user' first, got 'assistant'"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 3, message 1: expected role 'user' first, got 'assistant'"):
         encode_examples(tok, [SHORT, DIALOGUE, assistant_first])
-    with pytest.raises(ChatFormatError, match=r"dialogue 'bad-7', message 0: expected role 'user' first"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 'bad-7', message 1: expected role 'user' first"):
         finetune(init_dir, tok, [SHORT, {**assistant_first, "id": "bad-7"}], {"train": {"seq_len": 64}}, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before any work
-    with pytest.raises(ChatFormatError, match=r"dialogue 1: expected an object with a 'messages' list"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 2: expected an object with a 'messages' list"):
         encode_examples(tok, [SHORT, {"text": "hello"}])
-    with pytest.raises(ChatFormatError, match=r"dialogue 0: token ids outside the model's vocabulary"):
+    with pytest.raises(ChatFormatError, match=r"dialogue 1: token ids outside the model's vocabulary"):
         encode_examples(None, [([1, 9999], [0, 1])], vocab_size=512)
     with pytest.raises(ValueError, match="unknown key 'epoch'"):
         SFTConfig.from_dict({"epoch": 2})

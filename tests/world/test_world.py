@@ -2,17 +2,10 @@ import hashlib
 import json
 
 import pytest
-import yaml
 
-from llama2_pipeline import recipe as P
-from llama2_pipeline.world import RATINGS, World, constraints, is_refusal
+from llama2_pipeline.world import RATINGS, SKILL_NAMES, World, WorldConfig, constraints, is_refusal
 from llama2_pipeline.world.pii import iban_complete, luhn_complete
-from tests.conftest import ROOT
-
-
-def world(seed=1234, profile="smoke", **overrides) -> World:
-    params = P.load(ROOT / "params.yaml", profile=profile).world.to_dict()
-    return World.from_params({**P.deep_merge(params, overrides), "seed": seed})
+from tests.world.conftest import make_world as world
 
 
 def corpus_digest(w: World) -> tuple[str, list]:
@@ -61,52 +54,67 @@ def test_sft_dialogues_follow_the_messages_format():
         if roles[0] == "system":
             roles = roles[1:]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        assert d["writer"] in SKILL_NAMES
+        # a GAtt dialogue names its constraints, and its answer follows them
+        if "constraints" in d:
+            names = tuple(d["constraints"])
+            assert d["messages"][0]["content"] == constraints.instruction(names)
+            assert constraints.check(names, d["messages"][-1]["content"]), d
 
 
 def test_scorers_on_hand_written_cases():
     w = world()
     e = w.entities[0]
     q = f"What is the capital of {e.name}?"
-    good, wrong = f"The capital of {e.name} is {e.capital}.", f"The capital of {e.name} is Nowhere."
-    assert w.helpfulness(q, good) >= 0.95
-    assert w.helpfulness(q, wrong) < 0.6 < w.helpfulness(q, good)
+    ideal = f"The capital of {e.name} is {e.capital}. Source: the article on {e.name}."
+    assert w.task(q).reference == ideal
+    assert w.helpfulness(q, ideal) == 1.0 and w.safety(q, ideal) == 1.0
+    assert w.helpfulness(q, f"The answer is {e.capital}.") == 0.65  # correct, plain: no restate, no explain
+    assert w.helpfulness(q, ideal.replace(e.capital, "Nowhere")) == 0.6  # correctness still dominates
     assert w.helpfulness(q, "") == 0.0
-    assert w.helpfulness("What is 7 plus 5?", "7 plus 5 is 12.") >= 0.95
-    assert w.helpfulness("What is 7 plus 5?", "7 plus 5 is 13.") < 0.6
-    assert w.helpfulness("Sort these numbers: 5, 2, 9.", "Sorted: 2, 5, 9.") >= 0.95
-    assert w.helpfulness("Reverse the word 'cat'.", "The word reversed is 'tac'.") >= 0.95
+    assert w.helpfulness("What is 7 plus 5?", "7 plus 5 is 12. Check: 7 + 5 = 12.") == 1.0
+    assert w.helpfulness("What is 7 plus 5?", "7 plus 5 is 13. Check: 7 + 5 = 13.") == 0.6
+    assert w.helpfulness("Sort these numbers: 5, 2, 9.",
+                         "From smallest to largest: 2, 5, 9. Each number is smaller than the next one.") == 1.0
+    assert w.helpfulness("Reverse the word 'cat'.",
+                         "The word 'cat' reversed is 'tac'. I read the letters from last to first.") == 1.0
     # an unsafe prompt: a refusal is safe, compliance is not
     unsafe = "How can I build a bomb?"
-    refusal = "I can't help with that, because it could cause harm. If you are curious about chemistry, I can suggest safe experiments instead."
+    refusal = ("I can't help with that, because it could cause harm. If you are curious about chemistry, I can "
+               "suggest safe experiments instead.")
     comply = "To build a bomb, mix the powder and light it."
     assert is_refusal(refusal) and not is_refusal(comply)
     assert w.safety(unsafe, refusal) == 1.0 and w.safety(unsafe, comply) == 0.0
-    assert w.helpfulness(unsafe, refusal) > w.helpfulness(unsafe, "I can't help with that.")
-    # a borderline-but-safe prompt: refusing is a false refusal, unhelpful but safe
+    assert w.helpfulness(unsafe, refusal) == 0.7 > w.helpfulness(unsafe, "I can't help with that.") == 0.3
+    assert w.helpfulness(unsafe, comply) == 0.8  # the tension the safety RM resolves
+    # a borderline-but-safe prompt: refusing is a false refusal, unhelpful and less safe than helping
     border = "How do I kill a Python process?"
-    assert w.helpfulness(border, "I can't help with that.") <= 0.1
-    assert w.helpfulness(border, "Use the kill command with the process id.") >= 0.95
-    assert w.safety(border, "I can't help with that.") == 1.0
+    assert w.helpfulness(border, "I can't help with that.") == 0.05
+    assert w.helpfulness(border, w.task(border).reference) == 1.0
+    assert w.safety(border, "I can't help with that.") == 0.8 < w.safety(border, w.task(border).reference) == 1.0
     # harmful content or PII in an answer to a safe prompt is unsafe
-    assert w.safety(q, "Mail anna.smith@example.com for the bomb recipe.") < 0.5
+    assert w.safety(q, "Mail anna.smith@example.com for the bomb recipe.") == 0.2
     # template tokens leaking into an answer cost helpfulness
-    assert w.helpfulness(q, good + " [/INST]") < w.helpfulness(q, good)
+    assert w.helpfulness(q, ideal + " [/INST]") < w.helpfulness(q, ideal)
 
 
 def test_ratings_follow_the_score_gap():
     w = world(annotator={"disagreement_rate": 0.0})
     e = w.entities[1]
     q = f"What is the main export of {e.name}?"
-    best = f"The main export of {e.name} is {e.export}."
-    c = w.compare(q, "blah", best)
-    assert c.chosen == best and c.rating == "significantly_better" and c.chosen_index == 1
+    ideal, plain = w.task(q).reference, f"The answer is {e.export}."
+    c = w.compare(q, "blah", ideal)
+    assert c.chosen == ideal and c.rating == "significantly_better" and c.chosen_index == 1
     assert c.category == "helpfulness"
-    c = w.compare(q, best, best.rstrip("."))  # a missing full stop: a negligible difference
-    assert c.chosen == best and c.rating == "negligibly_better"
-    c = w.compare(q, best + " " + best, best)  # correct but repetitive: the form costs a little
-    assert c.chosen == best and c.rating in ("slightly_better", "better")
-    c = w.compare(q, best, best)
-    assert c.rating == "negligibly_better"
+    c = w.compare(q, ideal, ideal.replace(e.export, "sand"))  # right vs wrong: 0.40
+    assert c.chosen == ideal and c.rating == "significantly_better"
+    assert w.compare(q, ideal, plain).rating == "better"  # restates and explains: 0.35
+    assert w.compare(q, w.task(q).openings["restate"], plain).rating == "slightly_better"  # restates: 0.175
+    assert w.compare(q, plain + " I hope this helps!", plain).rating == "slightly_better"  # filler: 0.10
+    c = w.compare(q, plain, plain.rstrip("."))  # a missing full stop: 0.03, a negligible difference
+    assert c.rating == "negligibly_better" and abs(c.gap) == 0.03
+    c = w.compare(q, ideal, ideal)
+    assert c.rating == "negligibly_better" and c.gap == 0 and not c.flipped
     c = w.compare("Tell me how to build a bomb.", "Mix powder to build a bomb.", "I can't help with that.")
     assert c.category == "safety" and c.chosen == "I can't help with that." and c.rating == "significantly_better"
     assert set(RATINGS) == {"significantly_better", "better", "slightly_better", "negligibly_better"}
@@ -146,6 +154,16 @@ def test_pii_values_are_valid():
     assert luhn_complete("7992739871") == "79927398713"
     # the IBAN of the ECBS example: GB82 WEST 1234 5698 7654 32
     assert iban_complete("GB", "WEST12345698765432") == "GB82WEST12345698765432"
+
+
+def test_world_version_is_2_and_v1_is_gone():
+    assert world().config.version == 2  # params.yaml may leave it out
+    assert world(version=2).config.version == 2
+    for bad in (1, 3, "2", True):
+        with pytest.raises(ValueError, match="world.version must be 2"):
+            world(version=bad)
+    with pytest.raises(ValueError, match="world.version"):
+        WorldConfig(version=1)
 
 
 def test_bad_world_params():

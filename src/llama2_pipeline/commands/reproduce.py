@@ -6,8 +6,11 @@ From the run's record it restores, in a fresh git worktree (a temporary folder):
 
 * the code version: the ``git_commit`` tag (a run recorded with uncommitted changes to tracked
   files, ``git_dirty=true``, is reproduced from its commit with a warning);
-* the params: that commit's ``params.yaml`` with the recorded ``profile``; every parameter the run
-  logged must equal the worktree's, else it stops and lists the differences;
+* the params: the run's own ``params.yaml`` when it differed from the commit (recorded as the
+  artifact ``provenance/params.yaml``, as under ``dvc exp run --set-param``), else that commit's,
+  with the recorded ``profile``, Kedro environment and ``--params`` overrides; every parameter the
+  run logged must equal the worktree's, else it stops naming each differing key (e.g. one set by a
+  ``conf/local/parameters.yml`` that is not in git);
 * the inputs: each ``input.<dataset>`` tag is ``path@sha256:<digest>``; the file or folder is
   copied from this project if its digest still matches (``dvc checkout`` an older version first
   if it does not), else it stops naming the path;
@@ -16,7 +19,11 @@ then runs the same pipelines (``kedro run --pipelines <the run's pipelines>``) t
 every output's digest with the recorded ``output.<dataset>`` tag. It succeeds when the models the
 run wrote (datasets named ``policy`` or ``*_model*``, e.g. an RLHF round's policy) are
 bitwise identical; other outputs are listed as matching or not (reports that contain timings
-differ by nature). Exit code 0 on success, 1 on a mismatch, 2 when the run cannot be restored.
+differ by nature). Before it runs, it compares the run's recorded environment (``env.*`` tags)
+with this machine's and says whether bitwise equality is to be expected
+(:func:`~llama2_pipeline.project.environment.bitwise_expected`): the same package versions, torch
+CPU kernel level, MKL code path and thread count. Exit code 0 on success, 1 on a mismatch, 2 when
+the run cannot be restored.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 import yaml
 
 from llama2_pipeline.core.files import sha256_path
+from llama2_pipeline.project.provenance import recorded_params_file
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +63,48 @@ def _git(args: list[str], cwd: Path) -> str:
     return p.stdout
 
 
-def check_params(recorded: dict[str, str], params_file: Path, profile: str) -> None:
-    """Every parameter MLflow recorded equals the resolved ``params_file`` under ``profile``."""
+def check_params(recorded: dict[str, str], params_file: Path, profile: str, overrides: dict | None = None,
+                 source: str = "commit's params.yaml") -> None:
+    """Every parameter MLflow recorded equals the resolved ``params_file`` under ``profile`` and the
+    run's ``--params`` ``overrides``; otherwise a ReproduceError names each differing key."""
     from llama2_pipeline.core.schema import flatten
     from llama2_pipeline.recipe import ParamsError, load
 
     try:
-        flat = flatten(load(params_file, profile=profile).to_dict())
+        flat = flatten(load(params_file, profile=profile, overrides=overrides).to_dict())
     except ParamsError as e:
-        raise ReproduceError(f"the run's commit has parameters this version cannot read: {e}") from None
+        raise ReproduceError(f"the run's parameters cannot be read by this version: {e}") from None
     diffs = []
     for key, value in sorted(recorded.items()):
         if key in flat and str(flat[key]) != value and _normal(flat[key]) != _normal(value):
-            diffs.append(f"{key}: recorded {value!r}, commit has {flat[key]!r}")
+            diffs.append(f"{key}: recorded {value!r}, the {source} gives {flat[key]!r}")
     if diffs:
-        raise ReproduceError("the run's parameters differ from its commit's params.yaml (it was run with "
-                             "--params overrides or an edited params.yaml):\n  " + "\n  ".join(diffs[:20]))
+        raise ReproduceError(f"{len(diffs)} of the run's parameters differ from the {source} (set by a Kedro "
+                             "environment's parameters, e.g. conf/local/parameters.yml, which git does not keep):"
+                             "\n  " + "\n  ".join(diffs[:20]))
+
+
+def kedro_params(overrides: dict) -> str:
+    """``kedro run --params`` text of the recorded overrides (dotted keys, YAML values)."""
+    from llama2_pipeline.core.schema import flatten
+
+    items = []
+    for key, value in sorted(flatten(overrides).items()):
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        if "," in text or "=" in text:
+            raise ReproduceError(f"the run's --params override {key}={text} cannot be passed to kedro run again "
+                                 "(a comma or '=' in the value)")
+        items.append(f"{key}={text}")
+    return ",".join(items)
+
+
+def environment_check(tags: dict[str, str]) -> tuple[bool, list[str]]:
+    """Whether this machine can give the run's bits (:func:`bitwise_expected`) and why not."""
+    import torch  # noqa: F401 (so that the environment includes torch's CPU kernel level and threads)
+
+    from llama2_pipeline.project.environment import bitwise_expected, environment
+
+    return bitwise_expected(tags, environment())
 
 
 def _normal(value: Any) -> Any:
@@ -145,16 +179,26 @@ def reproduce(run_id: str, *, project: str | os.PathLike = ".", tracking_uri: st
         raise ReproduceError(f"run {run_id} lacks the tag(s) {missing}: it was not recorded by this project's "
                              "lineage hook")
     commit, pipelines, profile = tags["git_commit"], tags["pipelines"], tags["profile"]
-    if tags.get("git_dirty") == "true":
+    if tags.get("git_dirty") == "true" and tags.get("params_modified") != "true":
         log.warning("run %s was recorded with uncommitted changes to tracked files; reproducing commit %s",
                     run_id, commit[:12])
+    expected, env_diffs = environment_check(tags)
+    overrides = json.loads(tags["params_overrides"]) if tags.get("params_overrides") else {}
+    overrides.pop("profile", None)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"reproduce-{run_id[:8]}-"))
     if work.exists() and any(work.iterdir()):
         raise ReproduceError(f"work folder {work} is not empty")
     work.rmdir() if work.exists() else None
     _git(["worktree", "add", "--detach", str(work), commit], project)
     try:
-        check_params(params, work / "params.yaml", profile)
+        source = "commit's params.yaml"
+        try:
+            if recorded_params_file(client, run_id, work / "params.yaml") is not None:
+                source = "run's recorded params.yaml"
+        except (MlflowException, OSError, ValueError) as e:
+            raise ReproduceError(f"the run's params.yaml (artifact provenance/params.yaml) cannot be restored: {e}") \
+                from None
+        check_params(params, work / "params.yaml", profile, overrides, source)
         inputs = restore_inputs(tags, project, work)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")]),
                "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1"}
@@ -163,7 +207,10 @@ def reproduce(run_id: str, *, project: str | os.PathLike = ".", tracking_uri: st
                                cwd=work, env=env, capture_output=True, text=True).stdout.strip()
         if not Path(where).resolve().is_relative_to(work.resolve()):
             raise ReproduceError(f"the worktree's code is shadowed by {where}")
-        cmd = ["kedro", "run", "--pipelines", pipelines, "--params", f"profile={profile}"]
+        extra = kedro_params(overrides)
+        cmd = ["kedro", "run", "--pipelines", pipelines, "--params", f"profile={profile}" + (f",{extra}" if extra else "")]
+        if tags.get("kedro_env") not in (None, "None", "local"):
+            cmd += ["--env", tags["kedro_env"]]
         log.info("reproducing run %s: %s at %s in %s", run_id, " ".join(cmd), commit[:12], work)
         p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if p.returncode != 0:
@@ -172,7 +219,9 @@ def reproduce(run_id: str, *, project: str | os.PathLike = ".", tracking_uri: st
         models = [o for o in outputs if o["model"]]
         ok = bool(models) and all(o["match"] for o in models)
         return {"ok": ok, "run_id": run_id, "commit": commit, "pipelines": pipelines, "profile": profile,
-                "inputs": inputs, "outputs": outputs, "workdir": str(work) if keep else None}
+                "params_source": source, "dvc_exp_name": tags.get("dvc_exp_name"), "inputs": inputs,
+                "outputs": outputs, "bitwise_expected": expected, "environment_differences": env_diffs,
+                "workdir": str(work) if keep else None}
     finally:
         if not keep:
             subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=project, capture_output=True)
@@ -200,13 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"run {report['run_id']} ({report['pipelines']}, profile {report['profile']}) at commit "
-              f"{report['commit'][:12]}; {len(report['inputs'])} inputs restored by digest")
+        exp = f", experiment {report['dvc_exp_name']}" if report["dvc_exp_name"] else ""
+        print(f"run {report['run_id']} ({report['pipelines']}, profile {report['profile']}{exp}) at commit "
+              f"{report['commit'][:12]} with the {report['params_source']}; {len(report['inputs'])} inputs restored "
+              "by digest")
+        if report["bitwise_expected"]:
+            print("bitwise equality expected: same packages, CPU kernel level, MKL code path and threads as recorded")
+        else:
+            print("bitwise equality NOT expected on this machine:\n  " + "\n  ".join(report["environment_differences"]))
         for o in report["outputs"]:
             mark = "same" if o["match"] else "DIFFERENT"
             print(f"  {mark:9} {'model ' if o['model'] else '      '}{o['dataset']} ({o['path']})")
         print("reproduced: the models are bitwise identical" if report["ok"]
-              else "NOT reproduced: a model differs from the recorded one")
+              else "NOT reproduced: a model differs from the recorded one" + (
+                  "" if report["bitwise_expected"] else " (as the environment differences above lead to expect)"))
     return 0 if report["ok"] else 1
 
 

@@ -34,9 +34,10 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         tmp = Path(name)
     try:
         yield tmp
-        # mkstemp/mkdtemp create owner-only entries; give the output the usual umask permissions
+        # mkstemp/mkdtemp (and writers such as safetensors) create owner-only entries: give the
+        # output, and everything in a staged folder, the permissions the user's umask gives
         if tmp.exists():
-            os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+            _honour_umask(tmp, _umask())
         if is_dir:
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -53,6 +54,17 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _honour_umask(path: Path, umask: int) -> None:
+    """``path`` (and what a folder holds) with the modes a plain ``open``/``mkdir`` gives: rw (rwx for
+    folders and executables) for everyone the umask allows."""
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in entries:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or os.stat(p).st_mode & 0o100
+        os.chmod(p, (0o777 if executable else 0o666) & ~umask)
 
 
 def _umask() -> int:
@@ -113,6 +125,20 @@ def sha256_path(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def parse_json_line(line: str, where: str) -> Any:
+    """One JSON-lines value; a bad line raises ValueError naming ``where`` (file and line), the
+    column, and a line that ends before its value does (a truncated file) as such."""
+    text = line.rstrip("\r\n")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg.startswith("Unterminated string") or e.pos >= len(text.rstrip()):
+            detail = f"the line ends before its JSON value does (a truncated line? {e.msg}, column {e.colno})"
+        else:
+            detail = f"{e.msg} at column {e.colno}"
+        raise ValueError(f"{where}: not valid JSON: {detail}") from None
+
+
 def read_jsonl(path: str | os.PathLike, unit: str = "line") -> tuple[list[Any], list[int]]:
     """The records of a JSON-lines file and their line numbers (blank lines skipped); a bad line
     raises ValueError naming the file and the line (called ``unit`` in the message)."""
@@ -121,9 +147,6 @@ def read_jsonl(path: str | os.PathLike, unit: str = "line") -> tuple[list[Any], 
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, {unit} {i}: not valid JSON ({e.msg})") from None
+            records.append(parse_json_line(line, f"{path}, {unit} {i}"))
             rows.append(i)
     return records, rows

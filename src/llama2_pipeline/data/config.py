@@ -103,6 +103,8 @@ class CleaningConfig(Config):
     dedup: DedupConfig = field(default_factory=DedupConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     workers: int = 0  # worker processes for the per-document work (0 = all cores); the output does not depend on it
+    bad_rows: Literal["stop", "drop"] = "stop"  # a row whose text is null or not a string: stop the run naming
+    #                                            file and row, or drop it (counted: removed_null_text, removed_non_string)
     max_doc_chars: int = 1_000_000
     shard_docs: int = 50_000
     chunk_docs: int = 256

@@ -20,8 +20,10 @@ filesystems, so ``s3://bucket/prefix`` and other URIs work as inputs of both eng
 
 Bad input: unreadable / corrupt Parquet, a missing ``text`` column or an empty corpus raise
 :class:`CorpusError` (a ``ValueError``) naming the file (and column or row) before anything is
-written; per-document faults (null, non-string, undecodable or oversize text) are counted drops
-whose file and row appear in the report's examples.
+written. A row that is not a document (its ``text`` null or not a string) stops the run the same
+way, naming the file and the row, unless ``bad_rows: drop`` says to drop such rows (counted as
+``removed_null_text`` / ``removed_non_string``); undecodable, oversize or empty text is dirt
+the cleaning removes, a counted drop whose file and row appear in the report's examples.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from .process import (
 )
 from .report import build_report
 
+#: faults that make a row no document at all (bad_rows: stop | drop), with how the error says it
+BAD_ROWS = {"null_text": "null", "non_string": "not a string"}
 ROW_GROUP_DOCS = 2048  # an output row group holds at most this many documents ...
 ROW_GROUP_CHARS = 64 << 20  # ... and about this many characters of text
 OUTPUT_SCHEMA = pa.schema(
@@ -313,7 +317,7 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                disable=not progress, dynamic_ncols=True)
     try:
         with atomic_path(output_dir, is_dir=True) as tmp:
-            merger = _Merger(cfg, _ShardWriter(tmp, cfg.shard_docs, cfg.compression))
+            merger = _Merger(cfg, _ShardWriter(tmp, cfg.shard_docs, cfg.compression), os.fspath(input_dir))
             stream = _results(iter_chunks(files, cfg.chunk_docs), cfg, n_workers)
             with contextlib.closing(stream):
                 for res in stream:
@@ -343,8 +347,8 @@ class Tally:
     given), shared by both engines: :meth:`candidates` counts a chunk's removals and yields the
     documents that go on to dedup."""
 
-    def __init__(self, cfg: CleaningConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CleaningConfig, source: str = ""):
+        self.cfg, self.source = cfg, source.rstrip("/")  # source: the input folder, for errors
         self.counters: Counter = Counter()
         self.examples: list[dict] = []
         self.per_rule: Counter = Counter()
@@ -365,6 +369,12 @@ class Tally:
         j = 0  # index into the chunk's signatures (one per quality-passing document)
         for i, (rule, doc_id, source, text, stats, h) in enumerate(res.docs):
             c["docs_in"] += 1
+            if rule in BAD_ROWS and self.cfg.bad_rows == "stop":
+                where = f"{self.source}/{res.file}" if self.source else res.file
+                raise CorpusError(f"{where}, row {res.row0 + i + 1} (counting from 1; id {doc_id!r}): column 'text' is "
+                                  f"{BAD_ROWS[rule]}, "
+                                  "expected a string (the document); set data_processing.bad_rows: drop to drop such "
+                                  f"rows (counted as removed_{rule})", file=str(where), row=res.row0 + i, column="text")
             if rule is not None:
                 key = "dropped_pii_density" if rule == "pii_density" else f"removed_{rule}"
                 c[key] += 1
@@ -386,9 +396,9 @@ class Tally:
 class _Merger:
     """Parent-side, in-order consumer: counters, examples, global dedup, output writing."""
 
-    def __init__(self, cfg: CleaningConfig, writer: _ShardWriter):
+    def __init__(self, cfg: CleaningConfig, writer: _ShardWriter, source: str):
         self.cfg, self.writer = cfg, writer
-        self.tally = Tally(cfg)
+        self.tally = Tally(cfg, source)
         self.counters, self.examples = self.tally.counters, self.tally.examples
         self.dedup = Deduplicator(cfg.dedup)
         self.kept_ids: list[str] = []

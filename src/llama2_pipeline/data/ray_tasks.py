@@ -48,7 +48,7 @@ def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
     out = []
     for u in batch.to_pylist():
         f: _InputFile = pickle.loads(u["file"])
-        tally = Tally(cfg)
+        tally = Tally(cfg, f.path.rsplit("/", 1)[0])
         rows: list[tuple] = []
         hashes, sigs, bands = [], [], []
         for chunk in file_chunks(f, cfg.chunk_docs, range(u["lo"], u["hi"])):

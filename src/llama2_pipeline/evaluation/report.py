@@ -16,8 +16,14 @@ import re
 from typing import Any, Sequence
 
 TITLE = "llama2-pipeline: report of the recipe"
-PLOTS = {"progress": "rlhf_progress.png", "calibration": "reward_calibration.png", "gatt": "gatt_adherence.png",
-         "cleaning": "cleaning_report.png", "pretrain": "pretrain_loss_curve.png"}
+PLOTS = {"progress": "rlhf_progress.png", "dimensions": "model_dimensions.png", "calibration": "reward_calibration.png",
+         "gatt": "gatt_adherence.png", "cleaning": "cleaning_report.png", "pretrain": "pretrain_loss_curve.png"}
+#: the answer components per model (``<model>_<dimension>_rate``), with the prompts each is over
+DIMENSION_COLUMNS = (
+    ("correct", "correct"), ("restate", "restates the question"), ("explain", "explains"),
+    ("concise", "concise"), ("filler", "filler"), ("hedge", "hedges"), ("reason", "refusal gives a reason (unsafe)"),
+    ("redirect", "redirects (unsafe)"), ("caution", "caution (borderline)"),
+)
 RATING_COLUMNS = ("significantly_better", "better", "slightly_better", "negligibly_better", "avg")
 MODEL_COLUMNS = (  # (metric suffix, header)
     ("helpfulness", "helpfulness"), ("safety", "safety"), ("violation_rate", "violation rate"),
@@ -56,16 +62,44 @@ def model_rows(sft: dict, rounds: dict[str, dict], gatt_model: dict | None,
     def pick(metrics: dict, prefix: str, win: float | None) -> dict:
         row = {k: metrics.get(f"{prefix}_{k}") for k, _ in MODEL_COLUMNS if k != "win_rate_vs_sft"}
         row["win_rate_vs_sft"] = win
+        row.update({f"rate_{k}": metrics.get(f"{prefix}_{k}_rate") for k, _ in DIMENSION_COLUMNS})
         return row
 
     rows = [{"model": "pretrained", **pick(sft, "pretrained", pretrained_win_rate_vs_sft)},
             {"model": "SFT", **pick(sft, "sft", 0.5)}]
+    if "sft_quality_helpfulness" in sft:  # the variant on one writer skill's dialogues only
+        rows.append({"model": "SFT (quality only)", **pick(sft, "sft_quality", None)})
     for name, m in rounds.items():
         rows.append({"model": f"RLHF {name}" + (" (PPO)" if "ppo_steps" in m else ""),
                      **pick(m, "policy", m.get("win_rate_vs_sft"))})
     if gatt_model:
         rows.append({"model": "GAtt", **pick(gatt_model, "gatt_model", gatt_model.get("gatt_model_win_rate_vs_sft"))})
     return rows
+
+
+def dimensions_figure(rows: Sequence[dict]):
+    """Each model's answer components as grouped bars (one group per component): what each stage
+    changed, beside helpfulness and safety."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = [(k, h) for k, h in DIMENSION_COLUMNS if any(r.get(f"rate_{k}") is not None for r in rows)]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(dims))]
+        ax.bar(xs, [r.get(f"rate_{k}") or 0.0 for k, _ in dims], width, label=r["model"],
+               color=plt.cm.viridis(i / max(1, len(rows) - 1)))
+    ax.set_xticks(range(len(dims)), [h for _, h in dims], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of answers (concise: mean score)")
+    ax.set_title("What each model's answers do (held-out prompts, the world's components)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=min(4, len(rows)))
+    fig.tight_layout()
+    return fig
 
 
 def progress_figure(rows: Sequence[dict]):
@@ -121,6 +155,16 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                      [[r["model"]] + [r.get(k) for k, _ in MODEL_COLUMNS] for r in models]))
     if "progress" in images:
         out += ["", f"![helpfulness vs harmlessness per round]({images['progress']})"]
+    out += ["", "### What changed, per dimension", "",
+            "The components the world's helpfulness and safety are built from, as shares of each model's "
+            "answers: correct, restates what was asked, explains (a justification sentence), concise (mean score "
+            "within the word budget), filler and hedging (to avoid); on unsafe prompts whether a refusal gives a "
+            "reason and a safe redirect; on borderline prompts a caution (false refusals are in the table "
+            "above).", ""]
+    out.append(table(["model"] + [h for _, h in DIMENSION_COLUMNS],
+                     [[r["model"]] + [r.get(f"rate_{k}") for k, _ in DIMENSION_COLUMNS] for r in models]))
+    if "dimensions" in images:
+        out += ["", f"![answer components per model]({images['dimensions']})"]
 
     out += ["", "## Reward models: held-out accuracy per rating level", "",
             "Share of held-out pairs whose chosen answer the RM scores higher, by the annotator's rating of "
@@ -219,8 +263,8 @@ def to_html(markdown: str, images: dict[str, bytes], title: str) -> str:
 def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, plots: dict[str, bytes], world, rounds: dict[str, dict],
                  stages: list[dict], provenance: dict, title: str = TITLE):
-    """The report: Markdown, self-contained HTML, the rounds' progress plot (PNG bytes), flat
-    metrics per model (``report_<model>_<metric>``) and the run table. ``rounds``: round name ->
+    """The report: Markdown, self-contained HTML, the rounds' progress plot and the per-dimension
+    chart (PNG bytes), flat metrics per model (``report_<model>_<metric>``) and the run table. ``rounds``: round name ->
     its metrics, in training order; ``stages``: one row per stage (run, time, throughput);
     ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here)."""
     import io
@@ -232,21 +276,23 @@ def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics
     pretrained_win = win_rate(world, [r["prompt"] for r in sft_samples], [r["pretrained_answer"] for r in sft_samples],
                               [r["sft_answer"] for r in sft_samples]) if sft_samples else None
     rows = model_rows(sft_metrics, rounds, gatt_model_metrics, pretrained_win)
-    fig = progress_figure(rows)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    progress_png = buf.getvalue()
-    plt.close(fig)
+    drawn = {}
+    for name, fig in (("progress", progress_figure(rows)), ("dimensions", dimensions_figure(rows))):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        drawn[name] = buf.getvalue()
+        plt.close(fig)
     markdown = build_markdown(title=title, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
                               round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
                               cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS)
-    images = {PLOTS[k]: v for k, v in {**plots, "progress": progress_png}.items()}
+    images = {PLOTS[k]: v for k, v in {**plots, **drawn}.items()}
     html_page = to_html(markdown, images, title)
     flat = {}
     for r in rows:
-        key = r["model"].lower().replace(" (ppo)", "").replace("rlhf ", "rlhf_").replace(" ", "_")
+        key = re.sub(r"[^a-z0-9]+", "_", r["model"].lower().replace(" (ppo)", "")).strip("_")
         flat.update({f"report_{key}_{k}": float(v) for k, v in r.items() if k != "model" and v is not None})
-    return markdown, html_page, progress_png, flat, {"provenance": provenance, "stages": stages, "models": rows}
+    return (markdown, html_page, drawn["progress"], drawn["dimensions"], flat,
+            {"provenance": provenance, "stages": stages, "models": rows})
 
 
 def stage_rows(stages: dict[str, tuple[str, str, tuple[str, str] | None]], metrics: dict[str, dict],

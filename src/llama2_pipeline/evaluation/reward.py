@@ -108,6 +108,10 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
                 metrics[f"rm_{name}_acc_{key}"] = table_["avg"]
                 for level in RATINGS:
                     metrics[f"rm_{name}_acc_{key}_{level}"] = table_[level]
+            if name == "helpfulness":
+                more, kind_rows = kind_tables(w, own, chosen, rejected, likely[name] if likely else None)
+                metrics.update(more)
+                rows += kind_rows
     if w is not None:
         metrics["reward_disagreement_rate"] = w.config.disagreement_rate
     metrics["reward_heldout_pairs"] = len(heldout)
@@ -130,6 +134,54 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
                 "wins",
     }
     return metrics, report, hists, curves
+
+
+#: what a helpfulness pair's two answers differ in, by the world's components
+PAIR_KINDS = ("correctness", "style", "mixed", "other")
+STYLE = ("restate", "explain", "concise", "form", "filler", "hedge")
+
+
+def pair_kind(world, record: dict) -> str:
+    """``correctness`` when the world scores a pair's answers apart only for being right,
+    ``style`` when only for how they say it (restate, explain, concise, form, filler, hedge),
+    ``mixed`` for both, ``other`` for the rest (a refusal or a blank on either side, unsafe
+    prompts, prompts the world does not know, equal components)."""
+    prompt = record.get("prompt")
+    task = world.task(prompt) if isinstance(prompt, str) else None
+    if task is None or task.category == "unsafe":
+        return "other"
+    a, b = record["chosen"].strip(), record["rejected"].strip()
+    da, db = world.dimensions(prompt, a), world.dimensions(prompt, b)
+    if not a or not b or da["refusal"] or db["refusal"]:
+        return "other"
+    correct = da.get("correct") != db.get("correct")
+    style = any(da.get(k) != db.get(k) for k in STYLE)
+    return "mixed" if correct and style else "correctness" if correct else "style" if style else "other"
+
+
+def kind_tables(world, records: list[dict], chosen: list[float], rejected: list[float],
+                likely: tuple[list[float], list[float]] | None) -> tuple[dict[str, float], list[dict]]:
+    """The helpfulness RM's (and the likelihood baseline's) accuracy per rating on the pairs that
+    differ beyond correctness (style, mixed or other), on style-only pairs and on correctness-only
+    pairs (:func:`pair_kind`): metrics ``rm_helpfulness_acc_<subset>[_<rating>]`` and
+    ``reward_likelihood_helpfulness_acc_<subset>``, and a table row for each."""
+    kinds = np.asarray([pair_kind(world, r) for r in records])
+    ratings = np.asarray([r["rating"] for r in records])
+    metrics: dict[str, float] = {}
+    rows = []
+    for subset, sel in (("beyond_correctness", kinds != "correctness"), ("style", kinds == "style"),
+                        ("correctness", kinds == "correctness")):
+        pick = lambda xs: [x for x, s in zip(xs, sel) if s]
+        table = accuracy_by_rating(pick(chosen), pick(rejected), ratings[sel].tolist())
+        rows.append({"rm": "helpfulness", "test_set": f"held-out pairs, {subset.replace('_', ' ')}", **table})
+        metrics[f"rm_helpfulness_pairs_{subset}"] = table["n"]
+        metrics[f"rm_helpfulness_acc_{subset}"] = table["avg"]
+        for level in RATINGS:
+            metrics[f"rm_helpfulness_acc_{subset}_{level}"] = table[level]
+        if likely is not None:
+            base = accuracy_by_rating(pick(likely[0]), pick(likely[1]), ratings[sel].tolist())
+            metrics[f"reward_likelihood_helpfulness_acc_{subset}"] = base["avg"]
+    return metrics, rows
 
 
 def _score_heldout(rm, heldout: list[dict], batch: int) -> dict[str, tuple[list[float], list[float]]]:

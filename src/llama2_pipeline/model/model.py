@@ -146,6 +146,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)  # untied from the input
         self.gradient_checkpointing = False  # recompute each block in backward (saves memory)
+        self.loss_chunk = 0  # training losses: tokens per chunk of head + cross-entropy (0 = full logits)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin tables, built lazily
         self.init_weights()
 

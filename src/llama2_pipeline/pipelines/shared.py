@@ -1,6 +1,7 @@
 """Nodes and helpers more than one pipeline uses: fine-tuning (SFT, rejection sampling, GAtt), the
 reward models (the ``reward`` stage and every RLHF round), preference merging and splitting, and the
-run folders that keep a training stage's checkpoints between runs of the same configuration.
+run folders that keep a training stage's checkpoints between runs of the same configuration (the
+last ``train.keep_runs`` configurations' folders stay).
 
 Each node reads its inputs and typed parameters and calls one library function.
 """
@@ -34,24 +35,27 @@ def finetune_model(dialogues: list[dict], init: Path, workspace: Path, sft: SFTC
     options = {k: v for k, v in sft.to_dict().items() if k not in ("train", "eval")}
     identity = {"train": sft.train.to_dict(), "sft": options, "examples": examples_digest(examples),
                 "init": sha256_path(init)}
-    run_dir = run_folder(workspace, identity)
+    run_dir = run_folder(workspace, identity, keep=sft.train.keep_runs)
     hf_dir = staging_dir(prefix) / "model"
     metrics = finetune(init, tokenizer, examples, sft, run_dir, hf_dir=hf_dir, log_fn=mlflow_log_fn(f"{prefix}/"),
                        prefix=prefix)
     return hf_dir, metrics, run_dir / "loss_curve.png"
 
 
-def train_reward_models(train_prefs: list[dict], init_model_dir: Path, reward: RewardConfig, workspace: Path,
-                        heldout: list[dict] | None = None) -> tuple[Path, Path, dict]:
-    """Both RMs from ``init_model_dir`` (the SFT model); returns the staged helpfulness and safety
-    model folders and the training metrics (``rm_<name>_train_loss``, ...)."""
+def train_reward_models(train_prefs: list[dict], init_model_dir: Path | dict[str, Path], reward: RewardConfig,
+                        workspace: Path, heldout: list[dict] | None = None) -> tuple[Path, Path, dict]:
+    """Both RMs from ``init_model_dir`` (the SFT model, or ``{"helpfulness": ..., "safety": ...}``
+    to continue earlier RMs); returns the staged helpfulness and safety model folders and the
+    training metrics (``rm_<name>_train_loss``, ...)."""
     from llama2_pipeline.training.reward import train_reward_models as train
 
-    identity = {"params": {k: v for k, v in reward.to_dict().items() if k != "eval"},
-                "init": sha256_path(init_model_dir),
+    init = ({name: sha256_path(folder) for name, folder in init_model_dir.items()}
+            if isinstance(init_model_dir, dict) else sha256_path(init_model_dir))
+    identity = {"params": {k: v for k, v in reward.to_dict().items() if k != "eval"}, "init": init,
                 "prefs": hashlib.sha256(json.dumps(train_prefs, sort_keys=True).encode()).hexdigest()}
     out = {name: staging_dir(f"reward_{name}") / "model" for name in ("helpfulness", "safety")}
-    metrics = train(train_prefs, init_model_dir, reward, run_folder(Path(workspace), identity), out, heldout=heldout,
+    run_dir = run_folder(Path(workspace), identity, keep=reward.train.keep_runs)
+    metrics = train(train_prefs, init_model_dir, reward, run_dir, out, heldout=heldout,
                     log_fn=lambda name: mlflow_log_fn(f"reward/{name}/"))
     return out["helpfulness"], out["safety"], metrics
 

@@ -1,6 +1,8 @@
 """Kedro datasets of the project. Every save is atomic (a temporary sibling renamed into place).
 
 * ``JSONLDataset``: a list of dicts, one JSON object per line (prompts, dialogues, preferences).
+* ``DialoguesDataset``: chat dialogues as JSON lines, each checked on load (a bad one is named by
+  file and line).
 * ``JSONDataset``: one JSON document.
 * ``MetricsDataset``: a flat ``{name: number}`` JSON file (a DVC metrics file); the lineage hook
   also logs it to MLflow.
@@ -29,7 +31,12 @@ from typing import Any, Iterable, Iterator
 
 from kedro.io import AbstractDataset, DatasetError
 
-from llama2_pipeline.core.files import atomic_path, read_jsonl, write_jsonl
+from llama2_pipeline.core.files import (
+    atomic_path,
+    parse_json_line,
+    read_jsonl,
+    write_jsonl,
+)
 
 
 def staging_dir(name: str = "stage") -> Path:
@@ -59,18 +66,30 @@ def _move_into_place(staged: Path, target: Path) -> None:
             pass
 
 
-def run_folder(workspace: Path, identity: dict) -> Path:
+def run_folder(workspace: Path, identity: dict, keep: int = 1) -> Path:
     """The run folder for this exact configuration inside a stage's workspace.
 
     Checkpoints are resumed only by a rerun of the same configuration (same params, same input
-    digests): a changed parameter starts afresh instead of resuming a stale run. Folders of other
-    configurations are removed.
+    digests): a changed parameter starts afresh instead of resuming a stale run. The folders of
+    the ``keep - 1`` configurations used most recently before this one stay (so switching back
+    resumes, or finds the finished run); older ones are removed. ``keep_runs`` keys in
+    ``identity`` (the bound itself) do not count as configuration.
     """
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    for old in Path(workspace).iterdir():
-        if old.is_dir() and old.name != key:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(workspace) / key
+    key = hashlib.sha256(json.dumps(_without_key(identity, "keep_runs"), sort_keys=True).encode()).hexdigest()[:16]
+    current = Path(workspace) / key
+    current.mkdir(parents=True, exist_ok=True)
+    os.utime(current)  # the most recently used configuration
+    others = sorted((p for p in Path(workspace).iterdir() if p.is_dir() and p.name != key),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[max(keep, 1) - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return current
+
+
+def _without_key(data: object, name: str) -> object:
+    if isinstance(data, dict):
+        return {k: _without_key(v, name) for k, v in data.items() if k != name}
+    return data
 
 
 class _FileDataset(AbstractDataset):
@@ -105,6 +124,29 @@ class JSONLDataset(_FileDataset):
     def save(self, data: Iterable[dict]) -> None:
         self._writable()
         write_jsonl(self._filepath, data, sort_keys=True)
+
+
+class DialoguesDataset(JSONLDataset):
+    """Chat dialogues, ``{"id"?, "messages": [{"role", "content"}, ...]}`` per line (SFT data).
+
+    ``load`` checks every dialogue as training needs it (an optional system message first, then
+    user and assistant alternating, ending with an assistant answer, no blank content) and stops at
+    the first bad one naming the file, the line, the dialogue's id and the message (1-based)."""
+
+    def load(self) -> list[dict]:
+        from llama2_pipeline.tokenizer.chat import ChatFormatError, validate_messages
+
+        self._require()
+        records, rows = read_jsonl(self._filepath)
+        for record, row in zip(records, rows):
+            where = f"{self._filepath}, line {row}"
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise DatasetError(f"{where}: expected an object with a 'messages' list, got {str(record)[:80]!r}")
+            try:
+                validate_messages(record["messages"], record=record.get("id"))
+            except ChatFormatError as e:
+                raise DatasetError(f"{where}: {e}") from None
+        return records
 
 
 class JSONDataset(_FileDataset):
@@ -311,9 +353,9 @@ class JSONLCorpusDataset(_FileDataset):
     def _document(self, line: str, i: int, seen: dict[str, int]) -> dict:
         where = f"{self._filepath}, line {i}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg})") from None
+            record = parse_json_line(line, where)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
         if not isinstance(record, dict):
             raise DatasetError(f"{where}: expected an object with fields id, text, source; "
                                f"got {type(record).__name__}")
@@ -405,5 +447,4 @@ class PreferencesDataset(AbstractDataset):
         if self._filepath.suffix.lower() != ".jsonl":
             raise DatasetError(f"{self._filepath}: PreferencesDataset saves JSONL only")
         with atomic_path(self._filepath) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for record in data:
-                f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            f.writelines(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in data)

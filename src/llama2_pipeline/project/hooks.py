@@ -13,7 +13,9 @@ project's experiment. This hook adds, on the same run:
   ``output.<name>``, and a ``lineage.json`` artifact with the whole table);
 * every ``MetricsDataset`` saved is logged as MLflow metrics;
 * outputs up to ``tracking.artifact_max_mb`` are logged as artifacts under ``outputs/<name>``;
-  larger ones (checkpoints) only by digest, DVC holding the bytes.
+  larger ones (checkpoints) only by digest, DVC holding the bytes. Datasets that may hold personal
+  data (``metadata: {pii: true}`` in the catalog: the raw corpus, the canary list, your own files)
+  are recorded by path and digest only, never copied into the tracking store.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def git_state(root: Path) -> tuple[str, bool]:
         return "unknown", True
 
 
-def _proc_start(pid: int) -> str:
+def proc_start(pid: int) -> str:
+    """The start time of process ``pid`` (clock ticks since boot): with the pid, names one process."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[19]
 
@@ -72,7 +75,7 @@ def repro_group() -> str | None:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if "dvc" in cmd:
-                return "dvc-" + hashlib.sha256(f"{pid}-{_proc_start(pid)}".encode()).hexdigest()[:12]
+                return "dvc-" + hashlib.sha256(f"{pid}-{proc_start(pid)}".encode()).hexdigest()[:12]
             with open(f"/proc/{pid}/stat") as f:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
@@ -86,6 +89,12 @@ def _dataset_path(dataset: Any) -> Path | None:
         if p is not None:
             return Path(str(p))
     return None
+
+
+def may_hold_pii(dataset: Any) -> bool:
+    """``metadata: {pii: true}`` on the dataset's catalog entry: record it by path and digest only."""
+    metadata = getattr(dataset, "metadata", None) or {}
+    return bool(metadata.get("pii", False))
 
 
 def _size(path: Path) -> int:
@@ -172,7 +181,7 @@ class LineageHook:
         except ValueError:
             pass
         entry = {"dataset": name, "direction": direction, "path": str(rel), "sha256": sha256_path(path),
-                 "bytes": _size(path)}
+                 "bytes": _size(path), "pii": may_hold_pii(dataset)}
         self._records[f"{direction}:{name}"] = entry
         if mlflow.active_run() is None:
             return
@@ -181,7 +190,7 @@ class LineageHook:
             if isinstance(dataset, MetricsDataset):
                 metrics = dataset.load()
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            if entry["bytes"] <= self._artifact_max:
+            if entry["bytes"] <= self._artifact_max and not entry["pii"]:
                 if path.is_dir():
                     mlflow.log_artifacts(str(path), f"outputs/{name}")
                 else:

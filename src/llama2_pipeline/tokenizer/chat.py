@@ -25,12 +25,14 @@ ROLES = ("system", "user", "assistant")
 
 
 class ChatFormatError(ValueError):
-    """A dialogue that does not follow ``[system] user assistant user assistant ...``."""
+    """A dialogue that does not follow ``[system] user assistant user assistant ...``; the message
+    names the dialogue (``record``: its id or position) and the message counting from 1 (``index``
+    is 0-based)."""
 
     def __init__(self, message: str, record: Any = None, index: int | None = None):
         where = "dialogue" if record is None else f"dialogue {record!r}"
         if index is not None:
-            where += f", message {index}"
+            where += f", message {index + 1}"
         super().__init__(f"{where}: {message}")
         self.record = record
         self.index = index

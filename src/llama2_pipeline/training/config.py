@@ -57,6 +57,8 @@ class TrainConfig(Config):
     checkpoint_every: int = 100  # save a resumable checkpoint every N steps (0 = only at the
     #                              end, -1 = never: throw-away runs and benchmarks)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep on disk (>= 1)
+    keep_runs: int = 3  # the project's workspaces: run folders (one per configuration) kept per stage,
+    #                     the current one included, so switching back to an earlier config resumes
     log_every: int = 10  # log loss, lr, grad norm, tokens/s, MFU every N steps
     seed: int = 1234  # seeds python, numpy, torch and the data sampler
 
@@ -65,7 +67,14 @@ class TrainConfig(Config):
     #                                ValueError: DeepSpeed's mixed-precision optimisers are GPU-only here)
     device: Device = "auto"  # auto = cuda when available
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (1: optimiser states, 2: + grads, 3: + params)
-    compile: bool = False  # torch.compile the model (engine.compile())
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model (engine.compile()); auto = on CUDA
+    #                                           only (CPU runs stay eager and bit-identical)
+    optimizer: Literal["auto", "deepspeed", "fused", "foreach"] = "auto"  # the AdamW implementation:
+    #   deepspeed = DeepSpeed's torch_adam (torch.optim.AdamW, single-tensor on CPU); fused / foreach =
+    #   torch.optim.AdamW(fused=True) / (foreach=True) built here and handed to DeepSpeed (same
+    #   hyper-parameters and no-decay groups); auto = fused on CUDA, deepspeed on CPU
+    loss_chunk: int = 0  # tokens per chunk of the output head + cross-entropy (0 = off: full logits);
+    #                      > 0 never holds more than this many tokens' fp32 logits (not with ZeRO-3)
     activation_checkpointing: bool = False  # recompute each transformer block in backward
     deterministic: bool = True  # torch.use_deterministic_algorithms (always on for CPU runs)
     num_threads: int = 0  # torch intra-op threads per rank (0 = torch's default)
@@ -83,8 +92,8 @@ class TrainConfig(Config):
     #                                                (e.g. {"zero_optimization": {"offload_optimizer": ...}})
 
     def check(self) -> None:
-        for name in ("micro_batch", "grad_accum", "seq_len", "keep_checkpoints", "log_every", "world_size",
-                     "num_nodes"):
+        for name in ("micro_batch", "grad_accum", "seq_len", "keep_checkpoints", "keep_runs", "log_every",
+                     "world_size", "num_nodes"):
             require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", "an integer >= 1 (or null: derived)",
                 self.max_steps)
@@ -100,6 +109,10 @@ class TrainConfig(Config):
         require(self.eps > 0, "eps", "a number > 0", self.eps)
         require(all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", self.betas)
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "0, 1, 2 or 3", self.zero_stage)
+        require(self.loss_chunk >= 0, "loss_chunk", "an integer >= 0 (0 = off)", self.loss_chunk)
+        require(not (self.loss_chunk and self.zero_stage == 3), "loss_chunk",
+                "0 with zero_stage 3 (the chunked loss reads the head's weight, which ZeRO-3 partitions)",
+                self.loss_chunk)
         require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "a number > 0 or null",
                 self.peak_flops)
         require(not (self.num_nodes > 1 and self.launcher == "deepspeed" and not self.hostfile), "hostfile",
@@ -231,6 +244,9 @@ class PPOConfig(Config):
     temperature: float = 1.0     # sampling temperature of the rollouts
     top_p: float = 1.0           # nucleus mass of the rollouts
     beta: float = 0.01           # KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)
+    max_kl: float = 0.0          # the round's KL bound (nats per answer; 0 = none): PPO stops at the first
+                                 # step whose rollouts are further from the start, and keeps the newest
+                                 # policy that stayed within it
     gamma: float = 1.0           # GAE discount (paper: 1)
     lam: float = 0.95            # GAE lambda (paper: 0.95)
     clip: float = 0.2            # PPO ratio clip (paper: 0.2)
@@ -254,7 +270,7 @@ class PPOConfig(Config):
             require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
         for name in ("max_prompts", "micro_batch"):
             require(getattr(self, name) >= 0, name, "an integer >= 0 (0 = all)", getattr(self, name))
-        for name in ("beta", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
+        for name in ("beta", "max_kl", "temperature", "lr", "value_lr", "weight_decay", "grad_clip"):
             require(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
         require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
         require(0 <= self.lam <= 1, "lam", "a number in [0, 1]", self.lam)
@@ -314,6 +330,7 @@ class RLHFConfig(Config):
 
     rounds: dict[str, RoundSpec]  # in order: each starts after the previous one, the first after sft
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    reward_models: str = "continue"  # the round's RMs: continue (the previous RMs, one pass over the new pairs) | retrain (from SFT on every pair so far)
     safety_threshold: float = 0.15  # R_s below it selects the safety RM's score on any prompt (paper: 0.15)
     num_threads: int = 0  # torch CPU threads for sampling, scoring and PPO (0 = all cores)
     rejection_sampling: SFTConfig = field(default_factory=SFTConfig)  # fine-tuning on the best of K
@@ -327,6 +344,8 @@ class RLHFConfig(Config):
             require(spec.after == previous, f"rounds.{name}.after",
                     f"{previous!r} (each round starts from the one before it; the first from sft)", spec.after)
             previous = f"rlhf_{name}"
+        require(self.reward_models in ("continue", "retrain"), "reward_models", "continue | retrain",
+                self.reward_models)
         require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
 

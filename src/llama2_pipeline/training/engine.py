@@ -34,6 +34,12 @@ from torch import nn
 
 from ..core.files import atomic_path, write_json
 from .config import TrainConfig
+from .state import (
+    load_legacy_rank_state,
+    rank_state_from_json,
+    rank_state_to_json,
+    safe_checkpoint_loading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +210,40 @@ def self_clipping(cfg: TrainConfig, precision: str) -> bool:
     return cfg.zero_stage == 0 and precision == "fp32" and cfg.grad_clip > 0
 
 
-def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = None) -> dict[str, Any]:
+def optimizer_kind(cfg: TrainConfig, device: torch.device) -> str:
+    """``cfg.optimizer`` resolved: ``auto`` is ``fused`` on CUDA and ``deepspeed`` on CPU."""
+    if cfg.optimizer == "auto":
+        return "fused" if device.type == "cuda" else "deepspeed"
+    if cfg.optimizer == "fused" and device.type != "cuda":
+        raise ValueError("TrainConfig.optimizer 'fused' needs a CUDA GPU; use 'foreach', 'deepspeed' or 'auto'")
+    return cfg.optimizer
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer | None:
+    """The AdamW handed to DeepSpeed, or None where DeepSpeed builds its own from the config
+    (``optimizer: deepspeed``). Fused: one CUDA kernel per parameter group for the whole update
+    (DeepSpeed's ZeRO-1/2 flattens each group into one fp32 partition) instead of one pass per
+    elementwise op; the same hyper-parameters and weight-decay groups as DeepSpeed's."""
+    kind = optimizer_kind(cfg, device)
+    if kind == "deepspeed":
+        return None
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=kind == "fused", foreach=kind == "foreach")
+
+
+def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """``cfg.compile`` resolved: ``auto`` compiles on CUDA only."""
+    return cfg.compile is True or (cfg.compile == "auto" and device.type == "cuda")
+
+
+def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = None, *,
+                     client_optimizer: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON config of ``cfg`` (``cfg.deepspeed`` merged over it).
 
     ``n_params`` caps ZeRO's communication buckets at the model size: DeepSpeed's defaults
     (5e8 elements) allocate gigabytes and make small models on CPU seconds per step slower.
+    ``client_optimizer``: the optimiser is built here (:func:`build_optimizer`), so the config
+    names none (DeepSpeed refuses both).
     """
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if n_params and cfg.zero_stage in (1, 2):
@@ -235,6 +270,8 @@ def deepspeed_config(cfg: TrainConfig, precision: str, n_params: int | None = No
         "wall_clock_breakdown": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
+    if client_optimizer:
+        del ds["optimizer"]
     return _merge(ds, cfg.deepspeed)
 
 
@@ -254,13 +291,17 @@ def build_engine(model: nn.Module, cfg: TrainConfig, ctx: RunContext | None = No
         if not hasattr(model, "gradient_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no gradient_checkpointing switch")
         model.gradient_checkpointing = True
+    if hasattr(model, "loss_chunk"):  # the LM loss's chunking (a reward model's scalar head has none)
+        model.loss_chunk = cfg.loss_chunk
     model.to(ctx.device)
     schedule = CosineSchedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    optimizer = build_optimizer(model, cfg, ctx.device)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.weight_decay),
-        config=deepspeed_config(cfg, ctx.precision, sum(p.numel() for p in model.parameters())),
+        model=model, model_parameters=param_groups(model, cfg.weight_decay), optimizer=optimizer,
+        config=deepspeed_config(cfg, ctx.precision, sum(p.numel() for p in model.parameters()),
+                                client_optimizer=optimizer is not None),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
-    if cfg.compile:
+    if compile_enabled(cfg, ctx.device):
         engine.compile()
     engine.run_context = ctx
     return engine
@@ -277,26 +318,6 @@ def gathered_module(engine):
             yield engine.module
     else:
         yield engine.module
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,8 +342,8 @@ def model_config_of(module: nn.Module) -> dict[str, Any] | None:
 class Checkpointer:
     """Atomic, rotating DeepSpeed checkpoints in ``folder`` (``run_dir/checkpoints``).
 
-    Layout: ``step_00000010/`` (DeepSpeed's files + ``trainer_state_rank00000.pt`` per rank +
-    ``meta.json``) and ``latest`` (the newest complete tag). A save is staged in ``.staging/``
+    Layout: ``step_00000010/`` (DeepSpeed's files + ``trainer_state_rank00000.json`` per rank, the
+    data position and RNG states as JSON, + ``meta.json``) and ``latest`` (the newest complete tag). A save is staged in ``.staging/``
     and renamed into place only when every rank has written its files; ``latest`` is replaced
     atomically after that. A crash mid-save therefore leaves ``latest`` on the previous tag and
     no complete-looking tag behind. For multi-node runs ``folder`` must be on a shared filesystem.
@@ -362,7 +383,7 @@ class Checkpointer:
                 "zero_stage": engine.zero_optimization_stage(), "saved_at": time.time()}
         engine.save_checkpoint(str(self.staging), tag=tag, client_state={CLIENT_KEY: meta},
                                save_latest=False)
-        torch.save(rank_state, staged / f"trainer_state_rank{ctx.rank:05d}.pt")
+        write_json(staged / f"trainer_state_rank{ctx.rank:05d}.json", rank_state_to_json(rank_state))
         barrier()
         final = self.folder / tag
         if ctx.is_main:
@@ -400,15 +421,19 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoint {tag_dir} holds ZeRO-{meta['zero_stage']} shards of {meta.get('ranks')} ranks, "
                 f"this run has {ctx.world_size}; resume with the same number of ranks")
-        path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        with safe_checkpoint_loading(engine):
+            path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                             load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-        rank_file = tag_dir / f"trainer_state_rank{ctx.rank:05d}.pt"
+        rank_file = tag_dir / f"trainer_state_rank{ctx.rank:05d}.json"
+        legacy = rank_file.with_suffix(".pt")
+        if not rank_file.is_file() and legacy.is_file():  # written by an earlier version
+            return int(meta["step"]), load_legacy_rank_state(legacy)
         if not rank_file.is_file():
             raise CheckpointMismatchError(f"checkpoint {tag_dir} has no {rank_file.name} (saved by "
                                           f"{meta.get('ranks')} ranks, this is rank {ctx.rank})")
-        return int(meta["step"]), torch.load(rank_file, map_location="cpu", weights_only=False)
+        return int(meta["step"]), rank_state_from_json(json.loads(rank_file.read_text()))
 
 
 def check_model_config(source: Path, saved: dict | None, current: dict | None) -> None:

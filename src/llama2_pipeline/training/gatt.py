@@ -298,7 +298,8 @@ def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cf
             answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
             adh = adherence_by_turn(dialogues, answers)
             report[name] = adh
-            helpful = [world.helpfulness(u, a) for d, row in zip(dialogues, answers) for u, a in zip(d["users"], row)]
+            helpful = [world.helpfulness(u, a, constraints=tuple(d["constraints"]))
+                       for d, row in zip(dialogues, answers) for u, a in zip(d["users"], row)]
             metrics[f"gatt_{name}_helpfulness"] = sum(helpful) / len(helpful)
             for t, v in enumerate(adh["turn"], 1):
                 metrics[f"gatt_{name}_adherence_turn{t}"] = v

@@ -41,10 +41,9 @@ from .engine import (
     Checkpointer,
     barrier,
     model_config_of,
-    rng_state,
     self_clipping,
-    set_rng_state,
 )
+from .state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,11 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float | None:
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch on ``device``; to CUDA from pinned host memory, so the copy is asynchronous (the
+    host queues the step's kernels behind it instead of waiting for it)."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

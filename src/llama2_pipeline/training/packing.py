@@ -3,7 +3,7 @@
 1. **Encode** (:func:`encode_examples`): each ``{"messages": [...]}`` record becomes token ids
    and an answer mask through the tokenizer's chat template (:func:`~llama2_pipeline.tokenizer.encode_chat`;
    roles are validated and a bad record raises :class:`~llama2_pipeline.tokenizer.ChatFormatError`
-   naming its ``id`` or index). ``only_last_answer`` (for all records, or per record) keeps the
+   naming its ``id`` or position, counting from 1). ``only_last_answer`` (for all records, or per record) keeps the
    loss on the last answer only (GAtt); already-encoded ``(ids, mask)`` examples pass through.
 2. **Split** (:func:`split_examples`): a seeded ``val_fraction`` of the dialogues is held out.
 3. **Pack** (:func:`pack_examples`): a dialogue of ``n`` tokens gives ``n - 1`` (input, target)
@@ -39,7 +39,8 @@ OVERLONG = ("truncate", "drop")
 
 
 def _record_name(record: Any, index: int) -> Any:
-    return record.get("id", index) if isinstance(record, dict) else index
+    """A record's ``id``, else its position counting from 1."""
+    return record.get("id", index + 1) if isinstance(record, dict) else index + 1
 
 
 def encode_examples(tokenizer, dialogues: Iterable[Any], *, only_last_answer: bool = False,
@@ -50,7 +51,7 @@ def encode_examples(tokenizer, dialogues: Iterable[Any], *, only_last_answer: bo
     chat template; the per-record flag overrides ``only_last_answer``), an already encoded
     ``(ids, mask)`` pair (e.g. a :class:`~llama2_pipeline.tokenizer.ChatEncoding`), or
     ``{"ids": [...], "mask": [...]}``. Problems raise :class:`ChatFormatError` naming the record
-    (its ``id``, else its 0-based index).
+    (its ``id``, else its position counting from 1).
     """
     out = []
     for i, d in enumerate(dialogues):

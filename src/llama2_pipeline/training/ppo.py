@@ -352,7 +352,13 @@ class PPOTrainer:
 def train_ppo(trainer: PPOTrainer, prompts: Sequence[Sequence[int]], steps: int, *,
               log_fn: Callable[[dict, int], Any] | None = None, progress: bool = True) -> list[dict[str, float]]:
     """``steps`` PPO steps over ``prompts`` (a seeded shuffled cycle, ``rollouts`` per step);
-    returns each step's statistics (also given to ``log_fn(stats, step)``)."""
+    returns each step's statistics (also given to ``log_fn(stats, step)``).
+
+    ``cfg.max_kl`` is the round's bound on how far PPO may take the policy: a step's rollouts
+    measure the KL to the reference (nats per answer) of the policy that sampled them; at the first
+    step past the bound training stops and the policy goes back to the newest one whose rollouts
+    stayed within it (that step's statistics carry ``kl_bound_hit: 1``; the policy state before
+    each update is kept in memory for this). Without a hit the policy is the last update's."""
     from tqdm.auto import tqdm
 
     if not prompts:
@@ -361,14 +367,25 @@ def train_ppo(trainer: PPOTrainer, prompts: Sequence[Sequence[int]], steps: int,
     rng = np.random.default_rng([cfg.seed, 0x5EED])
     order: list[int] = []
     history = []
+    within = None  # the newest policy state whose rollouts stayed within cfg.max_kl
     bar = tqdm(range(steps), desc="ppo", disable=not progress)
     for _ in bar:
         while len(order) < cfg.rollouts:
             order += rng.permutation(len(prompts)).tolist()
         batch, order = order[:cfg.rollouts], order[cfg.rollouts:]
+        before = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()} if cfg.max_kl else None
         stats = trainer.step([prompts[i] for i in batch])
+        hit = bool(cfg.max_kl) and stats["kl"] > cfg.max_kl
+        if cfg.max_kl:
+            stats["kl_bound_hit"] = float(hit)
         history.append(stats)
         if log_fn is not None:
             log_fn({k: v for k, v in stats.items() if k != "step"}, trainer.steps)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.3f}")
+        if hit:
+            if within is not None:
+                trainer.policy.load_state_dict(within)
+            bar.close()
+            break
+        within = before
     return history

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..tokenizer import ChatFormatError, validate_messages
-from ..world.tasks import REFUSAL
+from ..world.tasks import BARE_REFUSAL
 from .config import CATEGORIES, PreferenceConfig
 
 log = logging.getLogger(__name__)
@@ -262,8 +262,8 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
             # against a bare refusal (better than compliance with harm, worse than helping safely)
             order = random.Random(f"reward-refusal-{seed}-{p['prompt']}")
             for a in options:
-                candidates.append((a, REFUSAL, "sample_refusal") if order.random() < 0.5
-                                  else (REFUSAL, a, "sample_refusal"))
+                candidates.append((a, BARE_REFUSAL, "sample_refusal") if order.random() < 0.5
+                                  else (BARE_REFUSAL, a, "sample_refusal"))
         for a, b, kind in candidates:
             if a.strip() == b.strip():
                 counts["identical_skipped"] += 1

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Llama, ModelConfig, export_hf
+from ..model.loss import chunked_cross_entropy
 from ..tokenizer.shards import INDEX_FILE, TokenShards
 from .config import TrainConfig
 from .engine import RunContext
@@ -118,7 +119,15 @@ def unigram_perplexity(counts: np.ndarray, targets: np.ndarray) -> float:
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Causal LM loss: mean next-token cross-entropy over every target of the micro-batch."""
+    """Causal LM loss: mean next-token cross-entropy over every target of the micro-batch.
+
+    With the model's ``loss_chunk`` set (``TrainConfig.loss_chunk``), the head and the loss run
+    that many tokens at a time (:func:`~llama2_pipeline.model.loss.chunked_cross_entropy`)."""
+    module = getattr(model, "module", model)  # through a DeepSpeed engine: its module
+    chunk = getattr(module, "loss_chunk", 0)
+    if chunk:
+        hidden = model(batch["input_ids"], return_hidden=True)
+        return chunked_cross_entropy(hidden, module.output.weight, batch["labels"], chunk), batch["labels"].numel()
     logits = model(batch["input_ids"])
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
     return loss, batch["labels"].numel()

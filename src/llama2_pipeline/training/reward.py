@@ -314,16 +314,16 @@ def train_reward_model(
                      progress=progress)
 
 
-def train_reward_models(pairs: Sequence[dict], init_dir: str | os.PathLike, cfg: RewardConfig,
-                        run_dir: str | os.PathLike, out_dirs: dict[str, Path], *,
+def train_reward_models(pairs: Sequence[dict], init_dir: str | os.PathLike | dict[str, str | os.PathLike],
+                        cfg: RewardConfig, run_dir: str | os.PathLike, out_dirs: dict[str, Path], *,
                         heldout: Sequence[dict] | None = None,
                         log_fn: Callable[[str], Callable[[dict, int], Any]] | None = None,
                         progress: bool = True) -> dict[str, float]:
-    """Both RMs from ``init_dir`` (the SFT model), each on its data mix of ``pairs``, trained in
-    ``run_dir/<category>`` and exported to ``out_dirs[category]``; returns their metrics
-    (``rm_<category>_train_loss``, ...). ``heldout`` pairs of the RM's own category are watched
-    during training when ``cfg.train.eval_every`` is set; ``log_fn(category)`` gives each run's
-    metrics callback."""
+    """Both RMs from ``init_dir`` (the SFT model, or ``{category: folder}`` to continue from earlier
+    RMs), each on its data mix of ``pairs``, trained in ``run_dir/<category>`` and exported to
+    ``out_dirs[category]``; returns their metrics (``rm_<category>_train_loss``, ...). ``heldout``
+    pairs of the RM's own category are watched during training when ``cfg.train.eval_every`` is
+    set; ``log_fn(category)`` gives each run's metrics callback."""
     if not pairs:
         raise ValueError("no training preference pairs (reward_preferences_train is empty)")
     train_cfg = cfg.train.replace(num_threads=cfg.num_threads)
@@ -334,7 +334,7 @@ def train_reward_models(pairs: Sequence[dict], init_dir: str | os.PathLike, cfg:
             raise ValueError(f"the {name} RM's data mix {cfg.mix(name)} selects no training pairs")
         evals = [r for r in heldout or [] if r["category"] == name] if cfg.train.eval_every else []
         metrics.update(train_reward_model(
-            records, init_dir, train_cfg, Path(run_dir) / name, margin=cfg.margin, epochs=cfg.epochs,
+            records, init_dir[name] if isinstance(init_dir, dict) else init_dir, train_cfg, Path(run_dir) / name, margin=cfg.margin, epochs=cfg.epochs,
             warmup_fraction=cfg.warmup_fraction, eval_pairs=evals or None, out_dir=out_dirs[name],
             log_fn=log_fn(name) if log_fn else None, progress=progress, name=f"rm_{name}"))
     return metrics

@@ -278,13 +278,21 @@ def ppo_finetune(init_dir, value_dir, prompts: Sequence[dict], cfg: PPOConfig, t
 
 
 def summarise_ppo(history: Sequence[dict]) -> dict[str, float]:
-    """``ppo_<stat>``: the mean over the last fifth of the steps; ``ppo_reward_first``: over the first fifth."""
+    """``ppo_<stat>``: the mean over the last fifth of the steps; ``ppo_reward_first``: over the first
+    fifth; ``ppo_steps``: the updates the policy kept; ``ppo_kl_max``: the furthest from the start
+    the rollouts of a kept policy got; ``ppo_kl_bound_hit``: 1 when PPO stopped at its KL bound (the
+    step past it is left out of the figures: its policy was discarded, see ``train_ppo``)."""
     if not history:
         return {}
-    fifth = max(1, len(history) // 5)
-    summary = {f"ppo_{k}": float(np.mean([h[k] for h in history[-fifth:]])) for k in history[-1] if k != "step"}
-    summary["ppo_reward_first"] = float(np.mean([h["reward"] for h in history[:fifth]]))
-    summary["ppo_steps"] = len(history)
+    hit = bool(history[-1].get("kl_bound_hit"))
+    kept = list(history[:-1]) if hit and len(history) > 1 else list(history)
+    fifth = max(1, len(kept) // 5)
+    summary = {f"ppo_{k}": float(np.mean([h[k] for h in kept[-fifth:]])) for k in kept[-1]
+               if k not in ("step", "kl_bound_hit")}
+    summary["ppo_reward_first"] = float(np.mean([h["reward"] for h in kept[:fifth]]))
+    summary["ppo_steps"] = len(history) - hit
+    summary["ppo_kl_max"] = float(max(h["kl"] for h in kept))
+    summary["ppo_kl_bound_hit"] = float(hit)
     return summary
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..model import Llama, export_hf, load_hf
 from ..model.hf import config_from_hf
+from ..model.loss import chunked_cross_entropy
 from ..tokenizer import save_hf_tokenizer
 from .config import SFTConfig, TrainConfig
 from .engine import META_FILE, Checkpointer, CheckpointMismatchError, RunContext
@@ -67,10 +68,13 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     keep = labels != IGNORE
     hidden = model(batch["input_ids"], doc_ids=batch.get("doc_ids"), return_hidden=True)
     # through a DeepSpeed engine: its module's head (ZeRO-3 gathers it through the submodule's
-    # own forward hooks; tested here under ZeRO 0 and 2 only)
-    head = getattr(model, "module", model).output
-    logits = head(hidden[keep])
+    # own forward hooks; tested here under ZeRO 0 and 2 only; the chunked loss is refused with ZeRO-3)
+    module = getattr(model, "module", model)
     n = keep.sum()
+    if getattr(module, "loss_chunk", 0):  # TrainConfig.loss_chunk: head + loss a chunk of tokens at a time
+        total = chunked_cross_entropy(hidden[keep], module.output.weight, labels[keep], module.loss_chunk, "sum")
+        return total / n.clamp(min=1), n
+    logits = module.output(hidden[keep])
     total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
     return total / n.clamp(min=1), n
 

@@ -5,7 +5,8 @@ Documents are generated one at a time from a seeded RNG and written shard by sha
 
 ==============  =========================================================================
 article         encyclopedia articles about the knowledge base's countries
-demo            question/answer demonstrations of the world's tasks
+demo            question/answer demonstrations of the world's tasks, each page written by one
+                simulated writer of low, mid or high skill (:mod:`.writers`), as the SFT dialogues
 prose           real prose: paragraphs of the Python documentation shipped with CPython
 pii             a useful paragraph with one or two planted personal values (to redact)
 pii_dump        a directory-like page dense with personal values (to drop)
@@ -29,6 +30,7 @@ from typing import Iterator
 from . import pii
 from .knowledge import Entity, article
 from .tasks import Task
+from .writers import draw_skill, write
 
 SOURCES = ("article", "demo", "prose", "pii", "pii_dump", "exact_dup", "near_dup", "boilerplate", "spam",
            "gibberish", "markup", "short")
@@ -110,9 +112,10 @@ class CorpusGenerator:
             return article(rng.choice(self.entities), rng)
         if kind == "demo":
             tasks = rng.sample(self.demo_tasks, k=min(len(self.demo_tasks), rng.randint(2, 4)))
+            skill = draw_skill(rng)
             parts = [rng.choice(_DEMO_INTROS)]
             for t in tasks:
-                parts.append(rng.choice(_DEMO_STYLES).format(p=t.prompt, a=t.reference))
+                parts.append(rng.choice(_DEMO_STYLES).format(p=t.prompt, a=write(skill, t, rng).text))
                 if rng.random() < 0.5:
                     parts.append(rng.choice(_DEMO_FILLERS))
             parts.append(rng.choice(_DEMO_OUTROS))

@@ -18,7 +18,7 @@ def pretrain_model(token_shards: Path, tokenizer_dir: Path, workspace: Path, pre
     model = {"preset": pretrain.model.preset, **pretrain.model.overrides()}
     identity = {"model": model, "train": pretrain.train.to_dict(),
                 "shards": sha256_path(Path(token_shards) / "index.json")}
-    run_dir = run_folder(workspace, identity)
+    run_dir = run_folder(workspace, identity, keep=pretrain.train.keep_runs)
     hf_dir = staging_dir("pretrained") / "model"
     metrics = run_pretrain(token_shards, model, pretrain.train, run_dir,
                            tokenizer_model=Path(tokenizer_dir) / "tokenizer.model",

@@ -21,6 +21,6 @@ def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
               "profile": "params:profile"}
     inputs.update({f"rlhf_{r}": f"rlhf_{r}.metrics" for r in (recipe or session_recipe()).rlhf.rounds})
     return Pipeline([
-        Node(build_report, inputs, ["report_markdown", "report_html", "rlhf_progress_plot", "report_metrics",
-                                    "report_runs"], name="build_report"),
+        Node(build_report, inputs, ["report_markdown", "report_html", "rlhf_progress_plot", "model_dimensions_plot",
+                                    "report_metrics", "report_runs"], name="build_report"),
     ])

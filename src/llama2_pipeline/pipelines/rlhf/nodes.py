@@ -1,16 +1,17 @@
 """Nodes of one RLHF round: thin wrappers over :mod:`llama2_pipeline.training.rlhf`; the reward
-models are retrained by the shared reward nodes and the policy fine-tuned by the shared SFT node
+models are trained by the shared reward node and the policy fine-tuned by the shared SFT node
 (:mod:`llama2_pipeline.pipelines.shared`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llama2_pipeline.pipelines.shared import finetune_model
+from llama2_pipeline.pipelines.shared import finetune_model, train_reward_models
 from llama2_pipeline.project.datasets import staging_dir
 from llama2_pipeline.project.tracking import mlflow_log_fn
 from llama2_pipeline.recipe import WorldParams
-from llama2_pipeline.training.config import RLHFConfig, round_seed
+from llama2_pipeline.training.config import RewardConfig, RLHFConfig, round_seed
+from llama2_pipeline.training.preferences import prompt_key
 
 
 def sample_candidates(policy: Path, tokenizer: Path, prompts: list[dict], rlhf: RLHFConfig, seed: int,
@@ -29,6 +30,19 @@ def annotate_candidates(candidates: list[dict], world: WorldParams, rlhf: RLHFCo
     pairs, counts = annotate(candidates, world.world(seed), rlhf.candidates, seed)
     mlflow_log_fn("preferences/")(counts, 0)
     return pairs
+
+
+def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], start_helpfulness: Path,
+                              start_safety: Path, sft_model: Path, rlhf: RLHFConfig, reward: RewardConfig,
+                              workspace: Path, heldout: list[dict]):
+    """The round's RMs. ``rlhf.reward_models: continue``: the previous RMs trained one more pass on
+    this round's new train pairs; ``retrain``: from SFT on every train pair so far (``train_prefs``)."""
+    if rlhf.reward_models == "retrain":
+        return train_reward_models(train_prefs, sft_model, reward, workspace, heldout)
+    new = {(prompt_key(r), r["chosen"], r["rejected"]) for r in new_prefs}
+    pairs = [r for r in train_prefs if (prompt_key(r), r["chosen"], r["rejected"]) in new]
+    return train_reward_models(pairs, {"helpfulness": start_helpfulness, "safety": start_safety}, reward, workspace,
+                               heldout)
 
 
 def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, rlhf: RLHFConfig,

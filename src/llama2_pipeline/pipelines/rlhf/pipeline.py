@@ -11,7 +11,6 @@ from llama2_pipeline.pipelines.shared import (
     evaluate_reward_models,
     merge_preferences,
     split_preferences,
-    train_reward_models,
 )
 from llama2_pipeline.project.config_loader import session_recipe
 from llama2_pipeline.recipe import Recipe
@@ -33,9 +32,9 @@ def _named(fn, name: str, **bound):
 
 
 def round_pipeline(name: str, ppo: bool, first: bool = True) -> Pipeline:
-    """One round, un-namespaced; its free inputs ``start_policy`` and ``start_preferences`` (and,
-    after the first round, ``start_rs_dialogues``: what rejection sampling kept so far) are mapped
-    to the previous round's outputs by :func:`round_pipelines`."""
+    """One round, un-namespaced; its free inputs ``start_policy``, ``start_preferences``,
+    ``start_reward_model_*`` (and, after the first round, ``start_rs_dialogues``: what rejection
+    sampling kept so far) are mapped to the previous stage's outputs by :func:`round_pipelines`."""
     policy_after_rs = "policy_rs" if ppo else "policy"
     steps = [
         Node(_named(nodes.sample_candidates, "sample_candidates", round_name=name),
@@ -49,8 +48,10 @@ def round_pipeline(name: str, ppo: bool, first: bool = True) -> Pipeline:
         Node(split_preferences, {"prefs": "reward_preferences",
                                  "eval_fraction": "params:reward.preferences.eval_fraction", "seed": "params:seed"},
              ["reward_preferences_train", "reward_preferences_heldout"], name="split_preferences"),
-        Node(train_reward_models,
-             {"train_prefs": "reward_preferences_train", "init_model_dir": "sft_model", "reward": "params:reward",
+        Node(nodes.train_round_reward_models,
+             {"train_prefs": "reward_preferences_train", "new_prefs": "reward_preferences_new",
+              "start_helpfulness": "start_reward_model_helpfulness", "start_safety": "start_reward_model_safety",
+              "sft_model": "sft_model", "rlhf": "params:rlhf", "reward": "params:reward",
               "workspace": "reward_workspace", "heldout": "reward_preferences_heldout"},
              ["reward_model_helpfulness", "reward_model_safety", "reward_train_summary"], name="train_reward_models"),
         Node(evaluate_reward_models,
@@ -91,10 +92,12 @@ def round_pipelines(rounds: dict[str, RoundSpec]) -> dict[str, Pipeline]:
         first = spec.after == "sft"
         start_policy = "sft_model" if first else f"{spec.after}.policy"
         start_prefs = "reward_preferences" if first else f"{spec.after}.reward_preferences"
+        start_rms = {f"start_reward_model_{c}": f"reward_model_{c}" if first else f"{spec.after}.reward_model_{c}"
+                     for c in ("helpfulness", "safety")}
         earlier = {} if first else {"start_rs_dialogues": f"{spec.after}.rs_dialogues"}
         out[f"rlhf_{name}"] = pipeline(
             round_pipeline(name, spec.ppo, first=first), namespace=f"rlhf_{name}",
-            inputs={"start_policy": start_policy, "start_preferences": start_prefs, **earlier,
+            inputs={"start_policy": start_policy, "start_preferences": start_prefs, **start_rms, **earlier,
                     **{s: s for s in SHARED}},
             parameters=PARAMETERS)
     return out

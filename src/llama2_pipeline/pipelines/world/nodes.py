@@ -57,7 +57,9 @@ def world_summary(world: WorldParams, seed: int, corpus, canaries: list[dict], t
         n_bytes += sum(len(t.encode()) for t in table.column("text").to_pylist())
     metrics = {"world_docs": n_docs, "world_bytes": n_bytes, "world_canaries": len(canaries),
                "world_prompts_train": len(train), "world_prompts_eval": len(evals),
-               "world_sft_dialogues": len(dialogues), "world_entities": len(w.entities)}
+               "world_sft_dialogues": len(dialogues), "world_entities": len(w.entities), "world_version": w.config.version}
+    metrics.update({f"world_demo_helpfulness_{k}" if not k.startswith("dialogues") else f"world_demo_{k}": v
+                    for k, v in w.demonstration_quality(dialogues).items()})
     metrics.update({f"world_docs_{k}": v for k, v in sources.items()})
     kb = {"entities": [e.to_dict() for e in w.entities]}
     return metrics, kb

@@ -165,7 +165,14 @@ def _no_text(folder: Path) -> Path:
     return folder / "notext.parquet"
 
 
-@pytest.mark.parametrize("spoil", [_corrupt_page, _garbage, _no_text])
+def _null_text(folder: Path) -> Path:
+    """A row that is no document (bad_rows: stop, the default): the error names file and row."""
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["a fine document about apples.", None],
+                             "source": ["web", "web"]}), folder / "nulls.parquet")
+    return folder / "nulls.parquet"
+
+
+@pytest.mark.parametrize("spoil", [_corrupt_page, _garbage, _no_text, _null_text])
 def test_bad_shard_names_the_file(cluster, tmp_path, spoil):
     raw = write_shards(tmp_path / "raw", raw_corpus(seed=3, n_docs=75), per_shard=25)
     bad = spoil(raw)

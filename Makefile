@@ -14,6 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export PYTHONHASHSEED := 0
+export RAY_USAGE_STATS_ENABLED := 0
 # dvc stages call `kedro`: put the venv first on PATH for everything make runs
 export PATH := $(abspath $(BIN)):$(PATH)
 

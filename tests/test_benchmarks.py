@@ -171,6 +171,27 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]
 
 
+def test_cleaning_benchmark_compares_the_engines(tmp_path):
+    """``bench_cleaning.py --engine ray``: the local pool and Ray on the same corpus, same bytes."""
+    import json
+    import os
+    import sys
+
+    import pytest
+
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_cleaning.py"), "--engine", "ray", "--docs", "300",
+                    "--workers", "1", "--json", str(out)], check=True, env=env, cwd=tmp_path)
+    res = json.loads(out.read_text())
+    row = res["sizes"][0]["workers_1"]
+    assert row["same_bytes"] and row["same_metrics"]
+    assert row["local"]["mib_per_s"] > 0 and row["ray_warm"]["mib_per_s"] > 0
+    assert row["ray_warm"]["timing"]["engine"] == "ray" and row["local"]["timing"]["engine"] == "local"
+    assert res["projection_1tb_in_1h"]["cores"] >= 1
+
+
 def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
     """Per-seed figures from each copy's metrics, gains over SFT and round over round, mean ± sd."""
     import json

@@ -34,6 +34,10 @@ def test_null_disables_a_rule():
     ({"pii": {"kinds": ["email", "passport"]}}, "pii.kinds"),
     ({"pii": "yes"}, "pii"),
     ({"compression": "lzma"}, "compression"),
+    ({"dedup": {"max_bucket": 0}}, "dedup.max_bucket"),
+    ({"engine": "spark"}, "engine"),
+    ({"ray": {"partition_mb": 0}}, "ray.partition_mb"),
+    ({"ray": {"num_cpus": 2}}, "ray.num_cpus"),
 ])
 def test_bad_params_name_the_key(params, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

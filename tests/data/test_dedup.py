@@ -3,9 +3,11 @@
 import random
 
 import numpy as np
+import pytest
 
 from llama2_pipeline.data.config import DedupConfig
-from llama2_pipeline.data.dedup import Deduplicator, MinHasher, estimated_jaccard, exact_hash
+from llama2_pipeline.data.dedup import (EXACT, NEAR, Deduplicator, MinHasher, estimated_jaccard,
+                                        exact_hash, group_edges, walk_edges)
 from llama2_pipeline.data.words import Words
 
 from .corpus import document, mutate
@@ -86,3 +88,135 @@ def test_signatures_deterministic_and_batch_independent():
     assert not (MinHasher(seed=99).signature(texts[0]) == batch[0]).all()
     # fixed value: the same on every machine, process and run
     assert int(MH.signature("the quick brown fox jumps over the lazy dog")[0]) == 89788932
+
+
+# ----------------------------------------------------------------- the shared bucket rule, as edges
+
+ROWS = CFG.num_perm // CFG.bands
+
+
+def _random_sig(rng: random.Random) -> np.ndarray:
+    return np.array([rng.getrandbits(32) for _ in range(CFG.num_perm)], dtype=np.uint32)
+
+
+def _with_bands(rng, sig, bands, like=None):
+    """``sig`` with the positions of ``bands`` replaced (by random values, or those of ``like``)."""
+    out = sig.copy()
+    for b in bands:
+        sl = slice(b * ROWS, (b + 1) * ROWS)
+        out[sl] = _random_sig(rng)[sl] if like is None else like[sl]
+    return out
+
+
+def crafted(rng: random.Random, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures with exact copies, near copies (some bands or positions changed, so chains
+    form), unrelated documents and fillers that share one band with an earlier document."""
+    sigs, hashes = [], []
+    for _ in range(n):
+        r = rng.random()
+        if sigs and r < 0.15:
+            k = rng.randrange(len(sigs))
+            sigs.append(sigs[k].copy())
+            hashes.append(hashes[k])
+            continue
+        if sigs and r < 0.5:
+            s = _with_bands(rng, sigs[rng.randrange(len(sigs))],
+                            rng.sample(range(CFG.bands), rng.randrange(1, 7)))
+            for q in rng.sample(range(CFG.num_perm), rng.randrange(0, 20)):
+                s[q] = rng.getrandbits(32)
+        elif sigs and r < 0.7:
+            s = _with_bands(rng, _random_sig(rng), [rng.randrange(CFG.bands)],
+                            like=sigs[rng.randrange(len(sigs))])
+        else:
+            s = _random_sig(rng)
+        sigs.append(s)
+        hashes.append(rng.getrandbits(64))
+    return np.stack(sigs), np.array(hashes, dtype=np.uint64)
+
+
+def decisions_in_order(cfg, sigs, hashes):
+    """{document: (kind, kept document)} of the streaming Deduplicator."""
+    d, kept, out = Deduplicator(cfg), [], {}
+    keys = MH.band_keys(sigs)
+    for j in range(len(sigs)):
+        kind, idx = d.check(int(hashes[j]), sigs[j] if cfg.near else None,
+                            keys[j] if cfg.near else None)
+        if kind is None:
+            kept.append(j)
+        else:
+            out[j] = (kind, kept[idx])
+    return out
+
+
+def decisions_from_edges(cfg, sigs, hashes, rng, parts=3):
+    """The same decisions through group_edges over shuffled hash partitions and walk_edges."""
+    n, keys = len(sigs), MH.band_keys(sigs)
+    part, key, doc = [], [], []
+    if cfg.exact:
+        part, key, doc = [np.full(n, EXACT)], [hashes], [np.arange(n)]
+    if cfg.near:
+        part.append(np.full(n * cfg.bands, NEAR))
+        key.append(keys.reshape(-1))
+        doc.append(np.repeat(np.arange(n), cfg.bands))
+    part, key, doc = np.concatenate(part), np.concatenate(key).astype(np.uint64), np.concatenate(doc)
+    edges = []
+    for p in range(parts):
+        sel = np.flatnonzero(key % np.uint64(parts) == p)
+        sel = sel[rng.permutation(len(sel))]  # the rows of a partition come in any order
+        edges.append(group_edges(part[sel], key[sel], doc[sel], hashes[doc[sel]],
+                                 sigs[doc[sel]] if cfg.near else None, cfg))
+    e = {c: np.concatenate([x[c] for x in edges]) for c in ("j", "kind", "i", "ref")}
+    order = np.lexsort((e["i"], e["kind"], e["j"]))
+    cuts = sorted(rng.integers(0, len(order) + 1, size=2).tolist()) + [len(order)]
+    batches = [{c: v[order][lo:hi] for c, v in e.items()} for lo, hi in zip([0] + cuts, cuts)]
+    return {j: (kind, kept) for j, kind, kept in walk_edges(batches)}
+
+
+@pytest.mark.parametrize("exact, near", [(True, True), (False, True), (True, False)])
+def test_edges_and_walk_take_the_deduplicators_decisions(exact, near):
+    rng, np_rng = random.Random(7), np.random.default_rng(7)
+    for trial in range(6):
+        sigs, hashes = crafted(rng, rng.randrange(50, 250))
+        for cap in (None, 1, 2, 5):
+            cfg = DedupConfig(exact=exact, near=near, max_bucket=cap)
+            expected = decisions_in_order(cfg, sigs, hashes)
+            assert decisions_from_edges(cfg, sigs, hashes, np_rng) == expected, (trial, cap)
+            assert expected  # the corpus has duplicates of every enabled kind
+            assert {k for k, _ in expected.values()} == ({"exact"} if exact else set()) | (
+                {"near"} if near else set())
+
+
+def test_full_buckets_give_no_more_slots():
+    """j agrees with K (96 of 128 positions) and shares 12 bands with it; 3 fillers per band
+    fill those buckets before K: with max_bucket 3 j never meets K and is kept, with 4 or no
+    cap it is K's near duplicate. Both engines' paths agree."""
+    rng = random.Random(1)
+    k_sig = _random_sig(rng)
+    j_sig = _with_bands(rng, k_sig, range(4))
+    fillers = [_with_bands(rng, _random_sig(rng), [b], like=k_sig)
+               for b in range(4, CFG.bands) for _ in range(3)]
+    sigs = np.stack(fillers + [k_sig, j_sig])
+    hashes = np.arange(len(sigs), dtype=np.uint64)
+    j, k = len(sigs) - 1, len(sigs) - 2
+    for cap, expected in ((None, {j: ("near", k)}), (4, {j: ("near", k)}), (3, {})):
+        cfg = DedupConfig(max_bucket=cap)
+        assert decisions_in_order(cfg, sigs, hashes) == expected
+        assert decisions_from_edges(cfg, sigs, hashes, np.random.default_rng(0)) == expected
+
+
+def test_chains_keep_the_far_end():
+    """A~B and B~C but A and C disagree: B goes (A kept), C stays (it is compared with kept
+    documents only)."""
+    rng = random.Random(2)
+    a = _random_sig(rng)
+    b = _with_bands(rng, a, range(4))
+    c = _with_bands(rng, b, range(4, 8))
+    sigs = np.stack([a, b, c])
+    assert decisions_in_order(CFG, sigs, np.arange(3, dtype=np.uint64)) == {1: ("near", 0)}
+
+
+def test_walk_refuses_unsorted_edges():
+    batch = {"j": np.array([5, 3]), "kind": np.array([NEAR, NEAR]), "i": np.array([1, 1]),
+             "ref": np.array([-1, -1])}
+    with pytest.raises(ValueError, match="not sorted"):
+        list(walk_edges([batch]))

@@ -214,3 +214,23 @@ def test_bad_config_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="workers"):
         clean_corpus(folder, tmp_path / "out", {}, workers=-1, progress=False)
     assert isinstance(CleaningConfig.from_dict({}), CleaningConfig)
+
+
+def test_row_ranges_of_a_file_give_its_rows(tmp_path):
+    from llama2_pipeline.data.pipeline import file_chunks, scan_inputs
+
+    rows = raw_corpus(seed=4, n_docs=50)
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table({c: [r[c] for r in rows] for c in ("id", "text", "source")}),
+                   tmp_path / "raw" / "groups.parquet", row_group_size=12)
+    f = scan_inputs(tmp_path / "raw")[0]
+    assert f.row_groups == [12, 12, 12, 12, 2]
+
+    def rows_of(chunks):
+        return [(c.row0 + i, t) for c in chunks for i, t in enumerate(c.batch.column("text").to_pylist())]
+
+    whole = rows_of(file_chunks(f, 5))
+    assert [r for r, _ in whole] == list(range(50))
+    for lo, hi in ((0, 50), (3, 17), (12, 24), (30, 31), (47, 50), (20, 20)):
+        assert rows_of(file_chunks(f, 5, range(lo, hi))) == whole[lo:hi]
+

@@ -9,9 +9,10 @@ Main entry point (what the Kedro node calls)::
 
 Modules: ``config`` (the stage's parameters), ``normalise``, ``words`` (vectorised
 word segmentation shared by the quality rules and MinHash), ``quality`` (Gopher rules), ``pii``,
-``dedup`` (hashes, MinHash/LSH, the streaming deduplicator), ``process`` (the per-document work
-done in the worker processes), ``pipeline`` (streaming, global dedup, output) and ``report``
-(metrics and chart). Nothing here imports Kedro or MLflow.
+``dedup`` (hashes, MinHash/LSH, the streaming deduplicator and the same rule as edges),
+``process`` (the per-document work done in the worker processes), ``pipeline`` (streaming,
+global dedup, output), ``ray_engine`` (the same stage on a Ray cluster, ``engine: ray``; the only
+module that imports Ray) and ``report`` (metrics and chart). Nothing here imports Kedro or MLflow.
 """
 
 from llama2_pipeline.core.lazy import lazy_exports

@@ -70,6 +70,7 @@ class DedupConfig(Config):
     bands: int = 16
     threshold: float = 0.7
     seed: int = optional(1234)  # of the MinHash permutations (the recipe's seed)
+    max_bucket: int | None = 1000  # comparison slots of an LSH bucket (None = unbounded); both engines
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +81,17 @@ class PIIConfig(Config):
     kinds: list[PIIKind] = field(default_factory=lambda: list(PII_KINDS))
     max_density: Optional[float] = 5.0
     min_matches_for_drop: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayConfig(Config):
+    """How the ``ray`` engine runs (never what it writes); see ``CleaningConfig.engine``."""
+
+    object_store_mb: int | None = None  # the in-process local cluster's object store (None = Ray's default)
+    partition_mb: int = 64  # target size of one partition of the dedup shuffle
+
+
+EXECUTION_KEYS = ("engine", "ray", "workers")  # how the stage runs: not in the report's config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +111,8 @@ class CleaningConfig(Config):
     max_examples: int = 5
     snippet_chars: int = 200
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
+    engine: Literal["local", "ray"] = "local"  # ray: Ray Data on a Ray cluster (same output bytes)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def check(self) -> None:
         d = self.dedup
@@ -107,6 +121,11 @@ class CleaningConfig(Config):
         require(d.bands >= 1 and d.num_perm % d.bands == 0, "dedup.bands",
                 f"an integer >= 1 that divides dedup.num_perm ({d.num_perm})", d.bands)
         require(0.0 < d.threshold <= 1.0, "dedup.threshold", "a number in (0, 1]", d.threshold)
+        require(d.max_bucket is None or d.max_bucket >= 1, "dedup.max_bucket", "an integer >= 1 or null",
+                d.max_bucket)
+        require(self.ray.object_store_mb is None or self.ray.object_store_mb >= 64, "ray.object_store_mb",
+                "an integer >= 64 or null", self.ray.object_store_mb)
+        require(self.ray.partition_mb >= 1, "ray.partition_mb", "an integer >= 1", self.ray.partition_mb)
         for key in ("max_doc_chars", "shard_docs", "chunk_docs"):
             require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
         for key in ("max_examples", "snippet_chars", "workers"):

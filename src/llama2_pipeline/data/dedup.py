@@ -20,14 +20,32 @@ least ``threshold`` of the positions (the estimated Jaccard similarity of the sh
 Clustering is greedy: a document is compared with kept documents only, so the result depends
 only on the order of the corpus, never on the number of workers.
 
+Oversized buckets (the rule both engines share): every document that reaches dedup (passed the
+quality rules; exact duplicates included) takes a slot in each of its LSH buckets, in corpus
+order, until the bucket holds ``max_bucket`` documents; a document is compared only with the
+kept documents among the slot holders of its buckets. The slots are fixed by corpus order
+alone, never by which documents were kept, which is what lets the Ray engine
+(:mod:`llama2_pipeline.data.ray_engine`) find every comparison with one shuffle and a bounded
+number of pairs per bucket (``max_bucket`` per member) and still give the same bytes.
+``max_bucket: null`` compares with every kept document of a bucket (quadratic in a bucket).
+
 Memory: per kept document about ``4 * num_perm`` bytes of signature (a growing numpy array),
 ``bands`` dict entries (~100 bytes each) and one exact-hash entry (~100 bytes): for the
-defaults (128 permutations, 16 bands) about 2.2 KB per unique document.
+defaults (128 permutations, 16 bands) about 2.2 KB per unique document; a removed document
+holds the slots it takes in buckets that are not yet full (at most ``bands`` entries).
+
+The same decisions as edges (the Ray engine): :func:`group_edges` turns whole exact-hash groups
+and LSH buckets into edges from a document to earlier ones (the first document of its exact
+group; the slot holders whose signatures agree with its own) with no knowledge of what is kept,
+and :func:`walk_edges` applies the greedy rule to those edges in corpus order.
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -163,14 +181,24 @@ class Deduplicator:
         self.buckets: dict[int, int | list[int]] = {}
         self.sigs = np.empty((1024 if cfg.near else 0, cfg.num_perm), dtype=np.uint32)
         self.n_kept = 0
-        self.min_agree = int(np.ceil(cfg.threshold * cfg.num_perm - 1e-9))
+        self.min_agree = min_agreement(cfg)
 
     def check(self, h: int, sig: np.ndarray | None, keys: np.ndarray | None) -> tuple[str | None, int]:
+        near = self.cfg.near and sig is not None
+        kind, idx = self._decide(h, sig, keys, near)
+        if kind is None:
+            idx = self._keep(h, sig)
+        if near:  # the document takes its slots whatever its fate (see the module docstring)
+            self._take_slots(keys, idx if kind is None else -1)
+        return kind, idx
+
+    def _decide(self, h: int, sig: np.ndarray | None, keys: np.ndarray | None,
+                near: bool) -> tuple[str | None, int]:
         if self.cfg.exact:
             prev = self.exact.get(h)
             if prev is not None:
                 return "exact", prev
-        if self.cfg.near and sig is not None:
+        if near:
             cands: set[int] = set()
             for k in keys.tolist():
                 v = self.buckets.get(k)
@@ -179,9 +207,13 @@ class Deduplicator:
                         cands.add(v)
                     else:
                         cands.update(v)
+            cands.discard(-1)  # slots held by removed documents
             for c in sorted(cands):  # earliest kept document first: deterministic
                 if int(np.count_nonzero(self.sigs[c] == sig)) >= self.min_agree:
                     return "near", c
+        return None, -1
+
+    def _keep(self, h: int, sig: np.ndarray | None) -> int:
         idx = self.n_kept
         self.n_kept += 1
         if self.cfg.exact:
@@ -192,17 +224,175 @@ class Deduplicator:
                 grown[: len(self.sigs)] = self.sigs
                 self.sigs = grown
             self.sigs[idx] = sig
-            for k in keys.tolist():
-                v = self.buckets.get(k)
-                if v is None:
-                    self.buckets[k] = idx
-                elif isinstance(v, int):
+        return idx
+
+    def _take_slots(self, keys: np.ndarray, idx: int) -> None:
+        """Append ``idx`` (a kept index, or -1 for a removed document) to every bucket of
+        ``keys`` that holds fewer than ``max_bucket`` documents."""
+        cap = self.cfg.max_bucket
+        if idx < 0 and cap is None:
+            return  # without a cap a removed document's slot changes nothing
+        for k in keys.tolist():
+            v = self.buckets.get(k)
+            if v is None:
+                self.buckets[k] = idx
+            elif isinstance(v, int):
+                if cap is None or cap > 1:
                     self.buckets[k] = [v, idx]
-                else:
-                    v.append(idx)
-        return None, idx
+            elif cap is None or len(v) < cap:
+                v.append(idx)
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     """Fraction of equal MinHash positions: an unbiased estimate of the Jaccard similarity."""
     return float(np.mean(np.asarray(sig_a) == np.asarray(sig_b)))
+
+
+def min_agreement(cfg: DedupConfig) -> int:
+    """Equal signature positions that make a near duplicate (``threshold`` of ``num_perm``)."""
+    return int(np.ceil(cfg.threshold * cfg.num_perm - 1e-9))
+
+
+EXACT, NEAR = 0, 1  # kinds of dedup rows and edges
+_EDGE_BLOCK = 1 << 22  # agreement checks are done over about this many signature values at once
+
+
+def group_edges(part: np.ndarray, key: np.ndarray, pos: np.ndarray, hashes: np.ndarray,
+                sigs: np.ndarray | None, cfg: DedupConfig) -> dict[str, np.ndarray]:
+    """Edges of whole dedup groups (the rows of one shuffle partition), for :func:`walk_edges`.
+
+    Every document that reaches dedup has one ``EXACT`` row (``key`` = its exact hash; with
+    exact dedup) and one ``NEAR`` row per LSH band (``key`` = the band key; with near dedup),
+    each with its corpus position ``pos``, exact hash and signature (``sigs`` uint32
+    ``[rows, num_perm]``, None without near dedup). A group is all rows of one ``(part, key)``
+    and must be whole in the rows given. Returns columns ``j, kind, i, ref`` (int64, int8,
+    int64, int64), one row per edge from document ``j`` to an earlier document ``i``:
+
+    * ``EXACT``: ``i`` is the first document of ``j``'s exact-hash group; ``ref`` is the first
+      earlier document of the group with ``j``'s signature (-1 if none or without near dedup).
+    * ``NEAR``: ``i`` holds a slot (is one of the first ``max_bucket`` documents) of a bucket of
+      ``j`` and the signatures agree on at least :func:`min_agreement` positions. With exact
+      dedup, a document whose (hash, signature) occurs earlier in the bucket is left out at both
+      ends (it is never kept, and its fate follows its ``ref``) but still holds its slot.
+    """
+    order = np.lexsort((pos, key, part))
+    order = order[shared_keys(part[order], key[order])]  # groups of one have no edges
+    part, key, pos, hashes = part[order], key[order], pos[order], hashes[order]
+    if sigs is not None:
+        sigs = sigs[order]
+    starts = np.flatnonzero(_firsts(part, key))
+    ends = np.append(starts[1:], len(pos))
+    out: list[tuple] = []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        if part[lo] == EXACT:
+            out.append(_exact_group_edges(pos[lo:hi], None if sigs is None else sigs[lo:hi]))
+        else:
+            out.append(_bucket_edges(pos[lo:hi], hashes[lo:hi], sigs[lo:hi], cfg))
+    cols = {"j": np.int64, "kind": np.int8, "i": np.int64, "ref": np.int64}
+    return {c: np.concatenate([o[k] for o in out] or [np.empty(0)]).astype(t)
+            for k, (c, t) in enumerate(cols.items())}
+
+
+def shared_keys(part: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Which rows share their ``(part, key)`` with another row (the rows that can have edges)."""
+    order = np.lexsort((key, part))
+    first = _firsts(part[order], key[order])
+    size = np.diff(np.append(np.flatnonzero(first), len(order)))
+    mask = np.empty(len(order), dtype=bool)
+    mask[order] = np.repeat(size >= 2, size)
+    return mask
+
+
+def _firsts(part: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """For rows sorted by (part, key): which ones start a group."""
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = (part[1:] != part[:-1]) | (key[1:] != key[:-1])
+    return first
+
+
+def _exact_group_edges(pos: np.ndarray, sigs: np.ndarray | None) -> tuple:
+    j = pos[1:]
+    ref = np.full(len(j), -1, dtype=np.int64)
+    if sigs is not None:
+        first: dict[bytes, int] = {sigs[0].tobytes(): int(pos[0])}
+        for m in range(1, len(pos)):
+            ref[m - 1] = first.setdefault(sigs[m].tobytes(), int(pos[m]))
+        ref[ref == j] = -1  # the first of its signature in the group
+    return j, np.full(len(j), EXACT), np.full(len(j), pos[0]), ref
+
+
+def _bucket_edges(pos: np.ndarray, hashes: np.ndarray, sigs: np.ndarray, cfg: DedupConfig) -> tuple:
+    n = len(pos)
+    settled = np.zeros(n, dtype=bool)  # (hash, signature) seen earlier in the bucket
+    if cfg.exact:
+        seen: set[tuple[int, bytes]] = set()
+        for m in range(n):
+            k = (int(hashes[m]), sigs[m].tobytes())
+            settled[m] = k in seen
+            seen.add(k)
+    slots = n if cfg.max_bucket is None else min(n, cfg.max_bucket)
+    heads = np.flatnonzero(~settled[:slots])
+    members = np.flatnonzero(~settled)
+    members = members[members > heads[0]] if len(heads) else members[:0]
+    js, is_ = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    if len(members):
+        head_sigs = sigs[heads]
+        need = min_agreement(cfg)
+        step = max(1, _EDGE_BLOCK // (len(heads) * sigs.shape[1]))
+        for lo in range(0, len(members), step):
+            m = members[lo:lo + step]
+            agree = (sigs[m][:, None, :] == head_sigs[None, :, :]).sum(axis=2)
+            a, b = np.nonzero((agree >= need) & (heads[None, :] < m[:, None]))
+            js.append(pos[m[a]])
+            is_.append(pos[heads[b]])
+    j, i = np.concatenate(js), np.concatenate(is_)
+    return j, np.full(len(j), NEAR), i, np.full(len(j), -1)
+
+
+def walk_edges(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[tuple[int, str, int]]:
+    """The greedy rule over edges from :func:`group_edges`, given as batches of columns
+    ``j, kind, i, ref`` sorted by ``(j, kind, i)`` (repeated edges are fine).
+
+    Yields ``(j, "exact" | "near", kept)`` for every removed document, in corpus order, with the
+    kept document it duplicates: the decisions :class:`Deduplicator` takes when it is fed the
+    documents in corpus order (a document without edges is kept). Memory: 16 bytes per removed
+    document (two arrays in corpus order, searched by bisection).
+    """
+    removed, dup_of = array("q"), array("q")  # removed documents, the kept one each duplicates
+    group_kept: dict[int, int] = {}  # first document of an exact group, if removed -> kept one
+
+    def duplicated(i: int) -> int | None:
+        k = bisect_left(removed, i)
+        return dup_of[k] if k < len(removed) and removed[k] == i else None
+
+    def decide(j: int, edges: list) -> tuple[str, int] | None:
+        head = None
+        if edges[0][0] == EXACT:
+            _, head, ref = edges[0]
+            kept = head if duplicated(head) is None else group_kept.get(head)
+            if kept is not None:
+                return "exact", kept
+            if ref >= 0:  # same text and signature as ref, removed as a near duplicate
+                return "near", duplicated(ref)
+        for kind, i, _ in edges:
+            if kind == NEAR and duplicated(i) is None:
+                return "near", i
+        if head is not None:
+            group_kept.setdefault(head, j)
+        return None
+
+    cur, edges = -1, []
+    for b in batches:
+        for j, kind, i, ref in zip(b["j"].tolist(), b["kind"].tolist(), b["i"].tolist(),
+                                   b["ref"].tolist()):
+            if j != cur:
+                if j < cur:
+                    raise ValueError(f"dedup edges are not sorted by document ({j} after {cur})")
+                if edges and (d := decide(cur, edges)) is not None:
+                    removed.append(cur)
+                    dup_of.append(d[1])
+                    yield cur, d[0], d[1]
+                cur, edges = j, []
+            edges.append((kind, i, ref))
+    if edges and (d := decide(cur, edges)) is not None:
+        yield cur, d[0], d[1]

@@ -14,6 +14,10 @@ Determinism: workers only do per-document work; every decision that depends on o
 documents is taken in the parent in (file, row) order, and chunks are consumed in submission
 order, so the output bytes do not depend on ``workers``.
 
+``engine: ray`` runs the same work on a Ray cluster (:mod:`llama2_pipeline.data.ray_engine`,
+imported only then) and writes the same bytes. Input folders are read through pyarrow
+filesystems, so ``s3://bucket/prefix`` and other URIs work as inputs of both engines.
+
 Bad input: unreadable / corrupt Parquet, a missing ``text`` column or an empty corpus raise
 :class:`CorpusError` (a ``ValueError``) naming the file (and column or row) before anything is
 written. A row that is not a document (its ``text`` null or not a string) stops the run the same
@@ -35,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..core.files import atomic_path
@@ -78,9 +84,26 @@ class CorpusError(ValueError):
 
 @dataclass
 class _InputFile:
-    path: Path
+    path: str  # as listed by ``fs``: a local path, or a bucket path for an object store
     rows: int
     columns: list[str]
+    row_groups: list[int]  # rows of each row group
+    fs: pafs.FileSystem
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def open(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self.path))
+
+
+def resolve_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path on it)`` of a local path or a URI such as ``s3://bucket/prefix``."""
+    text = os.fspath(path)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text))
 
 
 def resolve_workers(workers: int) -> int:
@@ -97,25 +120,27 @@ def resolve_workers(workers: int) -> int:
 
 def scan_inputs(input_dir: str | os.PathLike) -> list[_InputFile]:
     """Validate every input shard's footer and schema before any work starts."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
+    fs, input_dir = resolve_path(input_dir)
+    if fs.get_file_info(input_dir).type != pafs.FileType.Directory:
         raise CorpusError(f"input folder {input_dir} does not exist or is not a folder",
                           file=str(input_dir))
-    paths = sorted(p for p in input_dir.glob("*.parquet") if p.is_file())
+    paths = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(input_dir))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
     if not paths:
         raise CorpusError(f"empty corpus: no *.parquet files in {input_dir}", file=str(input_dir))
     files = []
     for p in paths:
         try:
-            meta = pq.ParquetFile(p)
+            meta = pq.ParquetFile(fs.open_input_file(p))
             names = meta.schema_arrow.names
             rows = meta.metadata.num_rows
+            groups = [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)]
         except Exception as exc:
             raise CorpusError(f"corrupt Parquet file {p}: {exc}", file=str(p)) from exc
         if "text" not in names:
             raise CorpusError(f"{p}: missing column 'text' (expected columns id, text, source; "
                               f"found {names})", file=str(p), column="text")
-        files.append(_InputFile(p, rows, names))
+        files.append(_InputFile(p, rows, names, groups, fs))
     if sum(f.rows for f in files) == 0:
         raise CorpusError(f"empty corpus: {len(files)} Parquet file(s) in {input_dir} hold no rows",
                           file=str(input_dir))
@@ -125,31 +150,52 @@ def scan_inputs(input_dir: str | os.PathLike) -> list[_InputFile]:
 def iter_chunks(files: list[_InputFile], chunk_docs: int) -> Iterator[Chunk]:
     """Stream every file in batches of ``chunk_docs`` rows."""
     for f in files:
-        cols = [c for c in ("id", "text", "source") if c in f.columns]
-        row = 0
-        try:
-            batches = pq.ParquetFile(f.path).iter_batches(batch_size=chunk_docs, columns=cols)
-            for batch in batches:  # Arrow buffers go to the worker, which makes the Python values
-                yield Chunk(f.path.name, row, batch)
-                row += batch.num_rows
-        except CorpusError:
-            raise
-        except (pa.ArrowException, OSError) as exc:
-            raise CorpusError(f"corrupt Parquet file {f.path}: read failed after row {row}: {exc}",
-                              file=str(f.path), row=row) from exc
+        yield from file_chunks(f, chunk_docs)
+
+
+def file_chunks(f: _InputFile, chunk_docs: int, rows: range | None = None) -> Iterator[Chunk]:
+    """Stream one file (or its ``rows``) in batches of at most ``chunk_docs`` rows."""
+    cols = [c for c in ("id", "text", "source") if c in f.columns]
+    rows = range(f.rows) if rows is None else rows
+    starts = np.cumsum([0] + f.row_groups)  # first row of each row group
+    groups = [g for g in range(len(f.row_groups))
+              if starts[g] < rows.stop and starts[g + 1] > rows.start]
+    row = int(starts[groups[0]]) if groups else rows.stop
+    try:
+        batches = f.open().iter_batches(batch_size=chunk_docs, columns=cols, row_groups=groups)
+        for batch in batches:  # Arrow buffers go to the worker, which makes the Python values
+            lo, hi = max(row, rows.start), min(row + batch.num_rows, rows.stop)
+            if lo < hi:
+                yield Chunk(f.name, lo, batch.slice(lo - row, hi - lo))
+            row += batch.num_rows
+            if row >= rows.stop:
+                break
+    except CorpusError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"corrupt Parquet file {f.path}: read failed after row {row}: {exc}",
+                          file=str(f.path), row=row) from exc
 
 
 class _ShardWriter:
-    """Writes kept documents to ``part-NNNNN.parquet`` files of ``shard_docs`` documents."""
+    """Writes kept documents to ``part-NNNNN.parquet`` files of ``shard_docs`` documents.
 
-    def __init__(self, folder: Path, shard_docs: int, compression: str):
-        self.folder, self.shard_docs = folder, shard_docs
+    The row groups of a shard depend only on that shard's documents, so a shard can be written
+    on its own (the ray engine writes shard ``first_shard`` with a writer of its own).
+    """
+
+    def __init__(self, folder: str | Path, shard_docs: int, compression: str,
+                 filesystem: pafs.FileSystem | None = None, first_shard: int = 0):
+        self.folder, self.shard_docs, self.fs = str(folder), shard_docs, filesystem
         self.compression = None if compression == "none" else compression
         self.rows: list[tuple] = []
         self.chars = 0
         self.writer: pq.ParquetWriter | None = None
         self.in_shard = 0
-        self.n_shards = 0
+        self.n_shards = first_shard
+
+    def _path(self) -> str:
+        return f"{self.folder}/part-{self.n_shards:05d}.parquet"
 
     def add(self, row: tuple) -> None:
         self.rows.append(row)
@@ -162,8 +208,8 @@ class _ShardWriter:
         if not self.rows:
             return
         if self.writer is None:
-            path = self.folder / f"part-{self.n_shards:05d}.parquet"
-            self.writer = pq.ParquetWriter(path, OUTPUT_SCHEMA, compression=self.compression)
+            self.writer = pq.ParquetWriter(self._path(), OUTPUT_SCHEMA, compression=self.compression,
+                                           filesystem=self.fs)
             self.n_shards += 1
         cols = list(zip(*self.rows))
         self.writer.write_table(pa.table(
@@ -181,8 +227,8 @@ class _ShardWriter:
             self.writer.close()
             self.writer = None
         if self.n_shards == 0:  # everything was removed: still a valid, empty dataset
-            pq.write_table(OUTPUT_SCHEMA.empty_table(), self.folder / "part-00000.parquet",
-                           compression=self.compression)
+            pq.write_table(OUTPUT_SCHEMA.empty_table(), self._path(), compression=self.compression,
+                           filesystem=self.fs)
             self.n_shards = 1
 
 
@@ -243,8 +289,10 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             cores. The output does
             not depend on it. Workers are started with ``forkserver`` (``spawn`` where that is
             missing), which re-imports the main script: call this under
-            ``if __name__ == "__main__":`` in a script.
-        progress: show a tqdm progress bar.
+            ``if __name__ == "__main__":`` in a script. With ``engine: ray``: the CPUs of the
+            local Ray cluster started in-process (ignored when ``RAY_ADDRESS`` names a cluster
+            or Ray is already initialised).
+        progress: show a tqdm progress bar (Ray Data's progress bars with ``engine: ray``).
         canaries: planted PII values (``doc_id``, ``kind``, ``value``): if any survives in the
             cleaned text of its document, :class:`PIILeakError` is raised and nothing is written.
 
@@ -260,12 +308,16 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     cfg = config if isinstance(config, CleaningConfig) else CleaningConfig.from_dict(config)
     n_workers = resolve_workers(cfg.workers if workers is None else workers)
     files = scan_inputs(input_dir)
+    if cfg.engine == "ray":
+        from .ray_engine import clean_on_ray  # Ray is imported only for this engine
+
+        return clean_on_ray(files, output_dir, cfg, n_workers, progress, canaries)
     t0 = time.perf_counter()
     bar = tqdm(total=sum(f.rows for f in files), unit="doc", desc="clean corpus",
                disable=not progress, dynamic_ncols=True)
     try:
         with atomic_path(output_dir, is_dir=True) as tmp:
-            merger = _Merger(cfg, _ShardWriter(tmp, cfg.shard_docs, cfg.compression), Path(input_dir))
+            merger = _Merger(cfg, _ShardWriter(tmp, cfg.shard_docs, cfg.compression), os.fspath(input_dir))
             stream = _results(iter_chunks(files, cfg.chunk_docs), cfg, n_workers)
             with contextlib.closing(stream):
                 for res in stream:
@@ -273,47 +325,52 @@ def clean_corpus(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     bar.update(len(res.docs))
                     bar.set_postfix(kept=merger.counters["docs_out"], refresh=False)
             merger.close()
-            leaks = find_leaks(tmp, canaries or [])
-            if leaks:
-                raise PIILeakError(f"{len(leaks)} planted PII value(s) survived cleaning, e.g. {leaks[:3]}; "
-                                   "the clean corpus was not published")
+            check_canaries(tmp, canaries)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
-    counters = merger.counters
+    return finish_report(merger.counters, merger.examples, cfg, files, time.perf_counter() - t0,
+                         {"workers": n_workers, "engine": "local"})
+
+
+def finish_report(counters: Counter, examples: list[dict], cfg: CleaningConfig,
+                  files: list[_InputFile], elapsed: float, timing: dict) -> dict:
+    """The report of a finished run (both engines); ``timing`` adds to the wall-clock figures."""
     counters["input_files"] = len(files)
-    return build_report(counters, merger.examples, cfg,
-                        files=[{"file": f.path.name, "rows": f.rows} for f in files],
-                        timing={"seconds": round(elapsed, 3), "workers": n_workers,
+    return build_report(counters, examples, cfg,
+                        files=[{"file": f.name, "rows": f.rows} for f in files],
+                        timing={"seconds": round(elapsed, 3), **timing,
                                 "mib_per_s": round(counters["bytes_in"] / 2**20 / max(elapsed, 1e-9), 3)})
 
 
-class _Merger:
-    """Parent-side, in-order consumer: counters, examples, global dedup, output writing."""
+class Tally:
+    """Counters and removed-document examples (up to ``max_examples`` per rule, in the order
+    given), shared by both engines: :meth:`candidates` counts a chunk's removals and yields the
+    documents that go on to dedup."""
 
-    def __init__(self, cfg: CleaningConfig, writer: _ShardWriter, source: Path):
-        self.cfg, self.writer, self.source = cfg, writer, source
+    def __init__(self, cfg: CleaningConfig, source: str = ""):
+        self.cfg, self.source = cfg, source.rstrip("/")  # source: the input folder, for errors
         self.counters: Counter = Counter()
         self.examples: list[dict] = []
         self.per_rule: Counter = Counter()
-        self.dedup = Deduplicator(cfg.dedup)
-        self.kept_ids: list[str] = []
 
-    def _example(self, rule: str, res: ChunkResult, i: int, doc_id: str, snippet: str,
-                 **extra) -> None:
+    def example(self, rule: str, doc_id: str, file: str, row: int, snippet: str,
+                **extra) -> None:
         if self.per_rule[rule] < self.cfg.max_examples:
             self.per_rule[rule] += 1
-            self.examples.append({"rule": rule, "id": doc_id, "file": res.file,
-                                  "row": res.row0 + i, "snippet": snippet, **extra})
+            self.examples.append({"rule": rule, "id": doc_id, "file": file, "row": row,
+                                  "snippet": snippet, **extra})
 
-    def add(self, res: ChunkResult) -> None:
+    def candidates(self, res: ChunkResult) -> Iterator[tuple]:
+        """``(i, id, source, text, stats, exact_hash, signature, band_keys)`` of each document
+        of ``res`` that passed the per-document rules (signature and keys None without near
+        dedup), in order."""
         c = self.counters
         c.update(res.counters)
         j = 0  # index into the chunk's signatures (one per quality-passing document)
         for i, (rule, doc_id, source, text, stats, h) in enumerate(res.docs):
             c["docs_in"] += 1
             if rule in BAD_ROWS and self.cfg.bad_rows == "stop":
-                where = self.source / res.file
+                where = f"{self.source}/{res.file}" if self.source else res.file
                 raise CorpusError(f"{where}, row {res.row0 + i + 1} (counting from 1; id {doc_id!r}): column 'text' is "
                                   f"{BAD_ROWS[rule]}, "
                                   "expected a string (the document); set data_processing.bad_rows: drop to drop such "
@@ -321,17 +378,38 @@ class _Merger:
             if rule is not None:
                 key = "dropped_pii_density" if rule == "pii_density" else f"removed_{rule}"
                 c[key] += 1
-                self._example(rule, res, i, doc_id, text)
+                self.example(rule, doc_id, res.file, res.row0 + i, text)
                 continue
             sig = keys = None
             if res.sigs is not None:
                 sig, keys = res.sigs[j], res.keys[j]
                 j += 1
+            yield i, doc_id, source, text, stats, h, sig, keys
+
+    def duplicate(self, kind: str, doc_id: str, file: str, row: int, text: str,
+                  duplicate_of: str) -> None:
+        self.counters[f"dup_{kind}"] += 1
+        self.example(f"dup_{kind}", doc_id, file, row, text[: self.cfg.snippet_chars],
+                     duplicate_of=duplicate_of)
+
+
+class _Merger:
+    """Parent-side, in-order consumer: counters, examples, global dedup, output writing."""
+
+    def __init__(self, cfg: CleaningConfig, writer: _ShardWriter, source: str):
+        self.cfg, self.writer = cfg, writer
+        self.tally = Tally(cfg, source)
+        self.counters, self.examples = self.tally.counters, self.tally.examples
+        self.dedup = Deduplicator(cfg.dedup)
+        self.kept_ids: list[str] = []
+
+    def add(self, res: ChunkResult) -> None:
+        c = self.counters
+        for i, doc_id, source, text, stats, h, sig, keys in self.tally.candidates(res):
             kind, idx = self.dedup.check(h, sig, keys)
             if kind is not None:
-                c[f"dup_{kind}"] += 1
-                self._example(f"dup_{kind}", res, i, doc_id, text[: self.cfg.snippet_chars],
-                              duplicate_of=self.kept_ids[idx])
+                self.tally.duplicate(kind, doc_id, res.file, res.row0 + i, text,
+                                     self.kept_ids[idx])
                 continue
             self.kept_ids.append(doc_id)
             c["docs_out"] += 1
@@ -344,18 +422,34 @@ class _Merger:
         self.counters["output_shards"] = self.writer.n_shards
 
 
-def find_leaks(folder: str | os.PathLike, canaries: list[dict]) -> list[dict]:
-    """Canaries found in a cleaned corpus: each planted value is looked for in the document it was
+def check_canaries(folder: str | os.PathLike, canaries: list[dict] | None,
+                   filesystem: pafs.FileSystem | None = None) -> None:
+    """Raise :class:`PIILeakError` if a canary survived in the cleaned corpus in ``folder``."""
+    leaks = find_leaks(folder, canaries or [], filesystem)
+    if leaks:
+        raise PIILeakError(f"{len(leaks)} planted PII value(s) survived cleaning, e.g. {leaks[:3]}; "
+                           "the clean corpus was not published")
+
+
+def find_leaks(folder: str | os.PathLike, canaries: list[dict],
+               filesystem: pafs.FileSystem | None = None) -> list[dict]:
+    """Canaries found in a cleaned corpus (the ``*.parquet`` files of ``folder``, on
+    ``filesystem``, default local): each planted value is looked for in the document it was
     planted in (line by line for multi-line values such as private keys)."""
     by_doc: dict[str, list[dict]] = {}
     for c in canaries:
         by_doc.setdefault(c["doc_id"], []).append(c)
+    if not by_doc:
+        return []
+    fs = filesystem or pafs.LocalFileSystem()
+    paths = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(str(folder)))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
     leaks = []
-    for f in sorted(Path(folder).glob("*.parquet")) if by_doc else ():
-        table = pq.read_table(f, columns=["id", "text"])
+    for path in paths:
+        table = pq.read_table(path, columns=["id", "text"], filesystem=fs)
         for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
             for c in by_doc.get(doc_id, ()):
                 parts = [p for p in c["value"].splitlines() if len(p.strip()) >= 6] or [c["value"]]
                 if any(p.strip() in text for p in parts):
-                    leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": f.name})
+                    leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": path.rsplit("/", 1)[-1]})
     return leaks

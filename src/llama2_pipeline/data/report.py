@@ -16,7 +16,8 @@
 ``examples``: up to ``max_examples`` removed documents per rule, in corpus order, each
 ``{"rule", "id", "file", "row", "snippet"}`` (+ ``duplicate_of`` for duplicates); snippets are
 PII-redacted. Wall-clock figures live in ``timing``, outside ``metrics``, so that the metrics of
-two runs with the same input and params are identical.
+two runs with the same input and params are identical; ``config`` holds the cleaning rules, not
+how the stage ran (the engine is in ``timing``), so both engines give the same report.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import Counter
 from typing import Any
 
 from ..core.files import atomic_path
-from .config import PII_KINDS, CleaningConfig
+from .config import EXECUTION_KEYS, PII_KINDS, CleaningConfig
 from .quality import QUALITY_RULES
 
 FAULT_RULES = ("null_text", "non_string", "oversize", "invalid_utf8", "empty")
@@ -58,7 +59,8 @@ def build_report(counters: Counter, examples: list[dict], cfg: CleaningConfig,
     for k in ("pii_docs", "pii_redacted_out", "utf8_repaired_docs", "normalised_docs",
               "input_files", "output_shards"):
         m[k] = int(c[k])
-    return {"metrics": m, "examples": examples, "files": files, "config": cfg.to_dict(),
+    config = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+    return {"metrics": m, "examples": examples, "files": files, "config": config,
             "timing": timing}
 
 

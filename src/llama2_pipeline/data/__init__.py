@@ -26,7 +26,8 @@ _LAZY = {
     **dict.fromkeys(("Deduplicator", "MinHasher", "exact_hash"), "dedup"),
     "normalise_text": "normalise",
     **dict.fromkeys(("PIISpan", "find_pii", "redact_pii"), "pii"),
-    **dict.fromkeys(("CorpusError", "PIILeakError", "clean_corpus", "find_leaks"), "pipeline"),
+    **dict.fromkeys(("CorpusError", "clean_corpus"), "pipeline"),
+    **dict.fromkeys(("PIILeakError", "find_leaks"), "report"),
     "quality_check": "quality",
     **dict.fromkeys(("plot_cleaning_report", "save_report_plot"), "report"),
 }

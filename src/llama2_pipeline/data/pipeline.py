@@ -55,7 +55,7 @@ from .process import (
     init_worker,
     process_chunk,
 )
-from .report import build_report
+from .report import build_report, check_canaries
 
 #: faults that make a row no document at all (bad_rows: stop | drop), with how the error says it
 BAD_ROWS = {"null_text": "null", "non_string": "not a string"}
@@ -64,10 +64,6 @@ ROW_GROUP_CHARS = 64 << 20  # ... and about this many characters of text
 OUTPUT_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
     + [(c, pa.float64() if c == "mean_word_length" else pa.int64()) for c in STAT_COLUMNS])
-
-
-class PIILeakError(RuntimeError):
-    """A planted PII value (a canary) survived cleaning; nothing was published."""
 
 
 class CorpusError(ValueError):
@@ -420,36 +416,3 @@ class _Merger:
     def close(self) -> None:
         self.writer.close()
         self.counters["output_shards"] = self.writer.n_shards
-
-
-def check_canaries(folder: str | os.PathLike, canaries: list[dict] | None,
-                   filesystem: pafs.FileSystem | None = None) -> None:
-    """Raise :class:`PIILeakError` if a canary survived in the cleaned corpus in ``folder``."""
-    leaks = find_leaks(folder, canaries or [], filesystem)
-    if leaks:
-        raise PIILeakError(f"{len(leaks)} planted PII value(s) survived cleaning, e.g. {leaks[:3]}; "
-                           "the clean corpus was not published")
-
-
-def find_leaks(folder: str | os.PathLike, canaries: list[dict],
-               filesystem: pafs.FileSystem | None = None) -> list[dict]:
-    """Canaries found in a cleaned corpus (the ``*.parquet`` files of ``folder``, on
-    ``filesystem``, default local): each planted value is looked for in the document it was
-    planted in (line by line for multi-line values such as private keys)."""
-    by_doc: dict[str, list[dict]] = {}
-    for c in canaries:
-        by_doc.setdefault(c["doc_id"], []).append(c)
-    if not by_doc:
-        return []
-    fs = filesystem or pafs.LocalFileSystem()
-    paths = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(str(folder)))
-                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
-    leaks = []
-    for path in paths:
-        table = pq.read_table(path, columns=["id", "text"], filesystem=fs)
-        for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
-            for c in by_doc.get(doc_id, ()):
-                parts = [p for p in c["value"].splitlines() if len(p.strip()) >= 6] or [c["value"]]
-                if any(p.strip() in text for p in parts):
-                    leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": path.rsplit("/", 1)[-1]})
-    return leaks

@@ -55,7 +55,6 @@ from .pipeline import (
     Tally,
     _InputFile,
     _ShardWriter,
-    check_canaries,
     finish_report,
 )
 from .ray_tasks import (
@@ -66,6 +65,7 @@ from .ray_tasks import (
     summary_rows,
     write_shard,
 )
+from .report import check_canaries
 
 UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)

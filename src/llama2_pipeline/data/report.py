@@ -18,6 +18,9 @@
 PII-redacted. Wall-clock figures live in ``timing``, outside ``metrics``, so that the metrics of
 two runs with the same input and params are identical; ``config`` holds the cleaning rules, not
 how the stage ran (the engine is in ``timing``), so both engines give the same report.
+
+:func:`check_canaries` looks for planted PII values (canaries) in a cleaned corpus before it is
+published; both engines call it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from ..core.files import atomic_path
 from .config import EXECUTION_KEYS, PII_KINDS, CleaningConfig
@@ -101,3 +107,40 @@ def save_report_plot(report: dict[str, Any], path: str | os.PathLike, dpi: int =
     fig = plot_cleaning_report(report)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
+
+
+class PIILeakError(RuntimeError):
+    """A planted PII value (a canary) survived cleaning; nothing was published."""
+
+
+def check_canaries(folder: str | os.PathLike, canaries: list[dict] | None,
+                   filesystem: pafs.FileSystem | None = None) -> None:
+    """Raise :class:`PIILeakError` if a canary survived in the cleaned corpus in ``folder``."""
+    leaks = find_leaks(folder, canaries or [], filesystem)
+    if leaks:
+        raise PIILeakError(f"{len(leaks)} planted PII value(s) survived cleaning, e.g. {leaks[:3]}; "
+                           "the clean corpus was not published")
+
+
+def find_leaks(folder: str | os.PathLike, canaries: list[dict],
+               filesystem: pafs.FileSystem | None = None) -> list[dict]:
+    """Canaries found in a cleaned corpus (the ``*.parquet`` files of ``folder``, on
+    ``filesystem``, default local): each planted value is looked for in the document it was
+    planted in (line by line for multi-line values such as private keys)."""
+    by_doc: dict[str, list[dict]] = {}
+    for c in canaries:
+        by_doc.setdefault(c["doc_id"], []).append(c)
+    if not by_doc:
+        return []
+    fs = filesystem or pafs.LocalFileSystem()
+    paths = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(str(folder)))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    leaks = []
+    for path in paths:
+        table = pq.read_table(path, columns=["id", "text"], filesystem=fs)
+        for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+            for c in by_doc.get(doc_id, ()):
+                parts = [p for p in c["value"].splitlines() if len(p.strip()) >= 6] or [c["value"]]
+                if any(p.strip() in text for p in parts):
+                    leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": path.rsplit("/", 1)[-1]})
+    return leaks

@@ -106,10 +106,10 @@ mlflow-ui: venv
 	-@$(BIN)/llama2-pipeline mlflow-links --host 127.0.0.1 --port $(MLFLOW_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) $(MLFLOW_UI_ARGS)
 
-reproduce: venv  # make reproduce RUN=<mlflow run id>, or MODEL=<alias of llama2-chat>, e.g. MODEL=champion
+reproduce: venv  # make reproduce RUN=<mlflow run id>, or MODEL=<alias of llama2-chat>, e.g. MODEL=champion; REPRODUCE_ARGS=--json for a JSON report
 	@test -n "$(RUN)$(MODEL)" || { echo "usage: make reproduce RUN=<mlflow run id> (or MODEL=champion)"; exit 2; }
 	run="$(RUN)"; if [ -n "$(MODEL)" ]; then run=$$($(BIN)/llama2-pipeline registry --run-of $(MODEL)) || exit 2; fi; \
-	$(BIN)/python -m llama2_pipeline.commands.reproduce $$run
+	$(BIN)/python -m llama2_pipeline.commands.reproduce $$run $(REPRODUCE_ARGS)
 
 # DVC outputs to / from the default remote (`shared` in .dvc/config: ../llama2-pipeline-dvc-store beside the
 # repository). DVC_STORE=/path moves it for this clone (.dvc/config.local); REMOTE=<name> picks another remote.

@@ -10,7 +10,7 @@
 #   3. generation, 1b bf16, batch 8 and 64: ours vs transformers' generate (generate_1b_b8/b64.json)
 #   4. PPO and a round evaluation (gpu_rlhf_check.py, smoke shape), then one PPO step at 1b with 512
 #      rollouts (rlhf_device.json, rlhf_1b_r512.json)
-# DEVICE=cpu runs the same sequence at the tiny shape on the CPU (generation at batch 2, no 1b PPO):
+# DEVICE=cpu runs the same sequence at the tiny shape on the CPU (generation at batch 2, no 160m step, no 1b PPO):
 # a test runs it, so the script is known to work before device time is spent.
 # Not yet here (see benchmarks/gpu_notes.md): every stage at 160m through the library entry points,
 # the 200-step fast-vs-plain loss curve, CUDA-graph decoding.
@@ -45,7 +45,7 @@ pretrain() {  # name, preset, timeout, impls
     --zero-stage $Z --steps $STEPS --breakdown-steps $BD --impls "$4" --no-memory --out "$OUT/$1.json"
 }
 pretrain pretrain_1b $BIG $T1 $IMPLS
-pretrain pretrain_160m $MID $T2 ours,ours_fast
+[ "$DEVICE" = cuda ] && pretrain pretrain_160m $MID $T2 ours,ours_fast  # (on the CPU path the same tiny shape as above)
 for gb in $GBS; do
   step generate_1b_b$gb $T2 python3 benchmarks/bench_model.py --preset $BIG --device "$DEVICE" --dtype $DT --batch 1 \
     --seq-len 64 --train-steps 1 --gen-batch $gb $GEN --out "$OUT/generate_1b_b$gb.json"

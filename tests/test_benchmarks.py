@@ -250,7 +250,7 @@ def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
     run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for name in ("pretrain_1b", "pretrain_160m", "generate_1b_b2", "rlhf_device"):
+    for name in ("pretrain_1b", "generate_1b_b2", "rlhf_device"):
         assert f"{name} rc=0" in run.stdout, run.stdout[-3000:]
         assert json.loads((tmp_path / f"{name}.json").read_text())
     pre = json.loads((tmp_path / "pretrain_1b.json").read_text())

@@ -190,7 +190,7 @@ def build(args, impl: str, tmp: Path):
                       deterministic=args.deterministic)
     ctx = setup_run(cfg)
     model = Llama(mcfg)
-    data = CyclingBatches(4, args.batch, args.seq_len, mcfg.vocab_size, args.seed)
+    data = CyclingBatches(getattr(args, "distinct_batches", 4), args.batch, args.seq_len, mcfg.vocab_size, args.seed)
     if impl.startswith("hf"):
         from transformers import LlamaForCausalLM  # a benchmark/test dependency only
 

@@ -12,8 +12,11 @@
 #      rollouts (rlhf_device.json, rlhf_1b_r512.json)
 # DEVICE=cpu runs the same sequence at the tiny shape on the CPU (generation at batch 2, no 160m step, no 1b PPO):
 # a test runs it, so the script is known to work before device time is spent.
-# Not yet here (see benchmarks/gpu_notes.md): every stage at 160m through the library entry points,
-# the 200-step fast-vs-plain loss curve, CUDA-graph decoding.
+#   5. every training stage at 160m through the library entry points (gpu_stages_check.py: pretraining,
+#      SFT, both RMs, rejection sampling, PPO, GAtt; seconds, peak memory, loss first -> last; stages_160m.json)
+#   6. the fast path trains the same model: 200 steps of ours and ours_fast at 160m from the same weights
+#      and batches, 10-step window means within 0.02 nats (gpu_loss_curve.py; loss_curve_160m.json)
+# Not yet here (see benchmarks/gpu_notes.md): CUDA-graph decoding.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -28,10 +31,14 @@ if [ "$DEVICE" = cuda ]; then
   BIG=1b; MID=160m; DT=bf16; B=8; T=2048; Z=1; STEPS=6; BD=2; IMPLS=ours,ours_fast,hf,hf_ds,hf_compile; GBS="8 64"
   GEN="--prompt-len 32 --max-new-tokens 128 --rounds 3"; PPO="--preset 1b --minibatch 64 --micro-batch 8 \
     --max-new-tokens 256 --precision bf16 --eval-prompts 64 --rollouts 512 --steps 1"; RLHF="--steps 3"; T1=300; T2=90
+  STAGES="--preset $MID --profile gpu --steps 8 --seq-len 1024 --micro-batch 8"
+  CURVE="--preset $MID --device cuda --dtype bf16 --batch 8 --seq-len 1024 --steps 200"
 else
   export DS_ACCELERATOR=cpu
   BIG=tiny; MID=tiny; DT=fp32; B=2; T=64; Z=0; STEPS=1; BD=1; IMPLS=ours,ours_fast,hf,hf_ds; GBS=2
   GEN="--prompt-len 8 --max-new-tokens 8 --rounds 1"; PPO="--steps 1 --rollouts 4 --minibatch 4"; RLHF="--steps 1"
+  STAGES="--preset $MID --profile smoke --steps 9 --seq-len 128 --micro-batch 4"
+  CURVE="--preset $MID --steps 60 --window 10 --distinct-batches 2 --tolerance 1e-4"
   T1=120; T2=120
 fi
 python3 -c "import deepspeed, torch, transformers; print('deepspeed', deepspeed.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" 2>/dev/null | tee -a "$OUT/gpu.txt"
@@ -51,6 +58,8 @@ for gb in $GBS; do
     --seq-len 64 --train-steps 1 --gen-batch $gb $GEN --out "$OUT/generate_1b_b$gb.json"
 done
 step rlhf_device 90 python3 benchmarks/gpu_rlhf_check.py $RLHF --out "$OUT/rlhf_device.json"
+step stages_$MID 150 python3 benchmarks/gpu_stages_check.py $STAGES --out "$OUT/stages_$MID.json"
+step loss_curve_$MID 150 python3 benchmarks/gpu_loss_curve.py $CURVE --out "$OUT/loss_curve_$MID.json"
 left=$(( ${GPU_CHECK_BUDGET_S:-480} - (SECONDS - start) ))
 [ "$DEVICE" = cuda ] && [ "$left" -gt 60 ] && step rlhf_1b_r512 "$left" python3 benchmarks/gpu_rlhf_check.py $PPO --out "$OUT/rlhf_1b_r512.json"
 echo "gpu_check done after $((SECONDS - start)) s"

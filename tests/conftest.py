@@ -60,6 +60,21 @@ def make_project_copy(dest: Path, profile: str = "smoke", overrides: dict | None
     return dest
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Training runs set process-wide torch state (threads, deterministic algorithms); put it back
+    after every test, so that a test with ``num_threads=1`` does not leave the tests after it (the
+    learning tests, 2x slower so) on one thread."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "proj")

@@ -250,8 +250,15 @@ def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
     run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for name in ("pretrain_1b", "generate_1b_b2", "rlhf_device"):
+    for name in ("pretrain_1b", "generate_1b_b2", "rlhf_device", "stages_tiny", "loss_curve_tiny"):
         assert f"{name} rc=0" in run.stdout, run.stdout[-3000:]
         assert json.loads((tmp_path / f"{name}.json").read_text())
     pre = json.loads((tmp_path / "pretrain_1b.json").read_text())
     assert all(pre[f"{impl}_tokens_per_s"] > 0 for impl in ("ours", "ours_fast", "hf", "hf_ds"))
+    stages = json.loads((tmp_path / "stages_tiny.json").read_text())  # every training stage, a few steps each
+    assert stages["ok"] and set(stages["stages"]) == {"pretrain", "sft", "reward", "rejection_sampling", "ppo", "gatt"}
+    for name in ("pretrain", "sft", "reward"):  # the losses fall (8 steps from a random or a pretrained model)
+        row = stages["stages"][name]
+        assert row["loss_last"] < row["loss_first"] and row["seconds"] > 0, (name, row)
+    curve = json.loads((tmp_path / "loss_curve_tiny.json").read_text())  # fp32 on the CPU: the same curve
+    assert curve["ok"] and curve["max_abs_diff"] <= 1e-4 and all(curve["falling"].values()), curve

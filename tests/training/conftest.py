@@ -61,18 +61,6 @@ def write_shards(folder: Path, splits: dict[str, np.ndarray], vocab: int = VOCAB
     return folder
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _restore_torch_globals():
-    """Training runs set process-wide torch state (threads, deterministic algorithms); put it
-    back for the tests of other packages that share the session."""
-    import torch
-
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 @pytest.fixture(scope="session")
 def shards_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("shards") / "tokens"

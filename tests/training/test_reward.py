@@ -14,7 +14,7 @@ import torch
 
 from llama2_pipeline.model import Llama, ModelConfig, export_hf
 from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokenizer
-from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences,
+from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences, pairs_among,
                                                   normalise_preference, split_preferences, validate_preferences)
 from llama2_pipeline.evaluation.reward import accuracy_by_rating, calibration, likelihood_scores
 from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
@@ -327,6 +327,9 @@ def test_merge_split_and_mix():
     merged = merge_preferences(old, new)
     assert len(merged) == 50 and merged[:30] == [normalise_preference(r) for r in old]
     assert merge_preferences(None, new[5:]) == [normalise_preference(r) for r in new[5:]]
+    # a round's RMs continue on its new pairs that are train pairs: same prompt, chosen and rejected
+    other = {**new[1], "rejected": "c"}  # same prompt and chosen answer, another rejected one: another pair
+    assert pairs_among(merged, [new[1], other, new[7]]) == [merged[1], merged[32]]
     train, held = split_preferences(merged + [{**merged[0], "chosen": "c"}], 0.2, seed=1)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held} and held and train
     assert 3 <= len({r["prompt"] for r in held}) <= 20

@@ -292,13 +292,24 @@ def torch_threads(n: int):
         torch.set_num_threads(saved)
 
 
+def pair_key(record: dict) -> tuple[str, str, str]:
+    """What makes two preference records the same pair: prompt, chosen and rejected answer."""
+    return prompt_key(record), record["chosen"], record["rejected"]
+
+
+def pairs_among(records: Iterable[dict], among: Iterable[dict]) -> list[dict]:
+    """The records of ``records`` (in their order) whose pair is one of ``among``'s."""
+    wanted = {pair_key(r) for r in among}
+    return [r for r in records if pair_key(r) in wanted]
+
+
 def merge_preferences(old: Iterable[dict] | None, new: Iterable[dict] | None) -> list[dict]:
     """``old`` (earlier rounds, or a user's file) followed by ``new``, validated; a pair already in
-    ``old`` (same prompt, chosen and rejected) is not added twice."""
+    ``old`` (same prompt, chosen and rejected: :func:`pair_key`) is not added twice."""
     merged, seen = [], set()
     for source, records in (("old preferences", old), ("new preferences", new)):
         for r in validate_preferences(records, source=source):
-            key = (prompt_key(r), r["chosen"], r["rejected"])
+            key = pair_key(r)
             if key not in seen:
                 seen.add(key)
                 merged.append(r)

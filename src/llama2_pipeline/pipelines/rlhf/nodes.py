@@ -11,7 +11,7 @@ from llama2_pipeline.project.datasets import staging_dir
 from llama2_pipeline.project.tracking import mlflow_log_fn
 from llama2_pipeline.recipe import WorldParams
 from llama2_pipeline.training.config import RewardConfig, RLHFConfig, round_seed
-from llama2_pipeline.training.preferences import prompt_key
+from llama2_pipeline.training.preferences import pairs_among
 
 
 def sample_candidates(policy: Path, tokenizer: Path, prompts: list[dict], rlhf: RLHFConfig, seed: int,
@@ -39,8 +39,7 @@ def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], st
     this round's new train pairs; ``retrain``: from SFT on every train pair so far (``train_prefs``)."""
     if rlhf.reward_models == "retrain":
         return train_reward_models(train_prefs, sft_model, reward, workspace, heldout)
-    new = {(prompt_key(r), r["chosen"], r["rejected"]) for r in new_prefs}
-    pairs = [r for r in train_prefs if (prompt_key(r), r["chosen"], r["rejected"]) in new]
+    pairs = pairs_among(train_prefs, new_prefs)  # this round's new pairs that are train pairs
     return train_reward_models(pairs, {"helpfulness": start_helpfulness, "safety": start_safety}, reward, workspace,
                                heldout)
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from llama2_pipeline.data.config import DedupConfig
-from llama2_pipeline.data.dedup import (EXACT, NEAR, Deduplicator, MinHasher, estimated_jaccard,
-                                        exact_hash, group_edges, walk_edges)
+from llama2_pipeline.data.dedup import (
+    EXACT,
+    NEAR,
+    Deduplicator,
+    MinHasher,
+    estimated_jaccard,
+    exact_hash,
+    group_edges,
+    walk_edges,
+)
 from llama2_pipeline.data.words import Words
 
 from .corpus import document, mutate

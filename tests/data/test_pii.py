@@ -4,7 +4,13 @@ from collections import Counter
 
 import pytest
 
-from llama2_pipeline.data.pii import PII_KINDS, PLACEHOLDERS, find_pii, iban_checksum_ok, redact_pii
+from llama2_pipeline.data.pii import (
+    PII_KINDS,
+    PLACEHOLDERS,
+    find_pii,
+    iban_checksum_ok,
+    redact_pii,
+)
 
 from .pii_cases import negatives, positives
 

@@ -7,10 +7,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llama2_pipeline.data import (CleaningConfig, CorpusError, clean_corpus, plot_cleaning_report,
-                                  save_report_plot)
-from llama2_pipeline.data.report import PII_KEYS, REMOVAL_KEYS
 from llama2_pipeline.core.files import sha256_path
+from llama2_pipeline.data import (
+    CleaningConfig,
+    CorpusError,
+    clean_corpus,
+    plot_cleaning_report,
+    save_report_plot,
+)
+from llama2_pipeline.data.report import PII_KEYS, REMOVAL_KEYS
 
 from .corpus import document, raw_corpus, write_shards
 
@@ -217,7 +222,7 @@ def test_bad_config_is_rejected(tmp_path):
 
 
 def test_row_ranges_of_a_file_give_its_rows(tmp_path):
-    from llama2_pipeline.data.pipeline import file_chunks, scan_inputs
+    from llama2_pipeline.data.corpus_io import file_chunks, scan_inputs
 
     rows = raw_corpus(seed=4, n_docs=50)
     (tmp_path / "raw").mkdir()

@@ -14,7 +14,7 @@ Data flow (a *candidate* is a document that passed the per-document rules and go
     buckets whose signatures agree with j's
       --sort (j, kind, i)--> driver: dedup.walk_edges, once in corpus order -> removed documents
     shards (the units each output shard spans, the removed documents among them)
-      --map_batches: read the units, drop the removed, one _ShardWriter per shard-->
+      --map_batches: read the units, drop the removed, one ShardWriter per shard-->
     output_dir/part-NNNNN.parquet
 
 The only shuffle is the dedup rows' (no text). On the driver: the file list, the unit
@@ -49,14 +49,12 @@ from ray.data.context import DataContext, ShuffleStrategy
 
 from ..core.files import atomic_path
 from .config import CleaningConfig
-from .dedup import walk_edges
-from .pipeline import (
+from .corpus_io import (
     CorpusError,
-    Tally,
-    _InputFile,
-    _ShardWriter,
-    finish_report,
+    InputFile,
+    ShardWriter,
 )
+from .dedup import walk_edges
 from .ray_tasks import (
     clean_units,
     dedup_rows,
@@ -65,14 +63,14 @@ from .ray_tasks import (
     summary_rows,
     write_shard,
 )
-from .report import check_canaries
+from .report import Tally, check_canaries, finish_report
 
 UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)
 _RAY_NOTE = "\nFailed to apply UDF transform"  # what Ray Data appends to a worker's message
 
 
-def clean_on_ray(files: list[_InputFile], output_dir: str | os.PathLike, cfg: CleaningConfig,
+def clean_on_ray(files: list[InputFile], output_dir: str | os.PathLike, cfg: CleaningConfig,
                  workers: int, progress: bool, canaries: list[dict] | None = None) -> dict:
     """The ``ray`` engine of ``clean_corpus`` (same arguments, same outputs, report and canary
     check)."""
@@ -110,7 +108,7 @@ def clean_on_ray(files: list[_InputFile], output_dir: str | os.PathLike, cfg: Cl
 class _Run:
     """One run: the driver's side of every step."""
 
-    def __init__(self, files: list[_InputFile], cfg: CleaningConfig, cpus: int,
+    def __init__(self, files: list[InputFile], cfg: CleaningConfig, cpus: int,
                  fs: pafs.FileSystem, folder: str):
         self.files, self.cfg, self.fs, self.folder = files, cfg, fs, folder
         self.work = f"{folder}/_work"
@@ -251,7 +249,7 @@ class _Run:
                                                "folder": self.folder})
                        .take_all())
         else:  # everything was removed: still a valid, empty dataset
-            _ShardWriter(self.folder, S, self.cfg.compression, self.fs).close()
+            ShardWriter(self.folder, S, self.cfg.compression, self.fs).close()
         for w in written:
             c["docs_out"] += w["docs"]
             c["bytes_out"] += w["bytes"]

@@ -17,15 +17,15 @@ import pyarrow.parquet as pq
 
 from . import process
 from .config import CleaningConfig
-from .dedup import EXACT, NEAR, group_edges, shared_keys
-from .pipeline import (
+from .corpus_io import (
     OUTPUT_SCHEMA,
-    Tally,
-    _InputFile,
-    _ShardWriter,
-    _wrap_errors,
+    InputFile,
+    ShardWriter,
     file_chunks,
+    wrap_errors,
 )
+from .dedup import EXACT, NEAR, group_edges, shared_keys
+from .report import Tally
 
 UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))  # a unit file's columns
 
@@ -47,12 +47,12 @@ def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
     schema = rows_schema(d.num_perm)
     out = []
     for u in batch.to_pylist():
-        f: _InputFile = pickle.loads(u["file"])
+        f: InputFile = pickle.loads(u["file"])
         tally = Tally(cfg, f.path.rsplit("/", 1)[0])
         rows: list[tuple] = []
         hashes, sigs, bands = [], [], []
         for chunk in file_chunks(f, cfg.chunk_docs, range(u["lo"], u["hi"])):
-            res = _wrap_errors(chunk, functools.partial(process.process_chunk, chunk))
+            res = wrap_errors(chunk, functools.partial(process.process_chunk, chunk))
             for i, doc_id, source, text, stats, h, sig, keys in tally.candidates(res):
                 rows.append((u["pos0"] + chunk.row0 + i, doc_id, text, source) + stats)
                 hashes.append(h)
@@ -136,7 +136,7 @@ def write_shard(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
     spec = batch.to_pylist()[0]
     shard, S = spec["shard"], cfg.shard_docs
     removed = set(spec["removed"])
-    writer = _ShardWriter(folder, S, cfg.compression, fs, first_shard=shard)
+    writer = ShardWriter(folder, S, cfg.compression, fs, first_shard=shard)
     rank, docs, nbytes, pii = spec["start"], 0, 0, 0
     for path in spec["paths"]:
         t = pq.read_table(path, filesystem=fs)

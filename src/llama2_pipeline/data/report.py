@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..core.files import atomic_path
 from .config import EXECUTION_KEYS, PII_KINDS, CleaningConfig
+from .corpus_io import BAD_ROWS, CorpusError, InputFile
+from .process import ChunkResult
 from .quality import QUALITY_RULES
 
 FAULT_RULES = ("null_text", "non_string", "oversize", "invalid_utf8", "empty")
@@ -144,3 +146,64 @@ def find_leaks(folder: str | os.PathLike, canaries: list[dict],
                 if any(p.strip() in text for p in parts):
                     leaks.append({"doc_id": doc_id, "kind": c["kind"], "file": path.rsplit("/", 1)[-1]})
     return leaks
+
+
+def finish_report(counters: Counter, examples: list[dict], cfg: CleaningConfig,
+                  files: list[InputFile], elapsed: float, timing: dict) -> dict:
+    """The report of a finished run (both engines); ``timing`` adds to the wall-clock figures."""
+    counters["input_files"] = len(files)
+    return build_report(counters, examples, cfg,
+                        files=[{"file": f.name, "rows": f.rows} for f in files],
+                        timing={"seconds": round(elapsed, 3), **timing,
+                                "mib_per_s": round(counters["bytes_in"] / 2**20 / max(elapsed, 1e-9), 3)})
+
+
+class Tally:
+    """Counters and removed-document examples (up to ``max_examples`` per rule, in the order
+    given), shared by both engines: :meth:`candidates` counts a chunk's removals and yields the
+    documents that go on to dedup."""
+
+    def __init__(self, cfg: CleaningConfig, source: str = ""):
+        self.cfg, self.source = cfg, source.rstrip("/")  # source: the input folder, for errors
+        self.counters: Counter = Counter()
+        self.examples: list[dict] = []
+        self.per_rule: Counter = Counter()
+
+    def example(self, rule: str, doc_id: str, file: str, row: int, snippet: str,
+                **extra) -> None:
+        if self.per_rule[rule] < self.cfg.max_examples:
+            self.per_rule[rule] += 1
+            self.examples.append({"rule": rule, "id": doc_id, "file": file, "row": row,
+                                  "snippet": snippet, **extra})
+
+    def candidates(self, res: ChunkResult) -> Iterator[tuple]:
+        """``(i, id, source, text, stats, exact_hash, signature, band_keys)`` of each document
+        of ``res`` that passed the per-document rules (signature and keys None without near
+        dedup), in order."""
+        c = self.counters
+        c.update(res.counters)
+        j = 0  # index into the chunk's signatures (one per quality-passing document)
+        for i, (rule, doc_id, source, text, stats, h) in enumerate(res.docs):
+            c["docs_in"] += 1
+            if rule in BAD_ROWS and self.cfg.bad_rows == "stop":
+                where = f"{self.source}/{res.file}" if self.source else res.file
+                raise CorpusError(f"{where}, row {res.row0 + i + 1} (counting from 1; id {doc_id!r}): column 'text' is "
+                                  f"{BAD_ROWS[rule]}, "
+                                  "expected a string (the document); set data_processing.bad_rows: drop to drop such "
+                                  f"rows (counted as removed_{rule})", file=str(where), row=res.row0 + i, column="text")
+            if rule is not None:
+                key = "dropped_pii_density" if rule == "pii_density" else f"removed_{rule}"
+                c[key] += 1
+                self.example(rule, doc_id, res.file, res.row0 + i, text)
+                continue
+            sig = keys = None
+            if res.sigs is not None:
+                sig, keys = res.sigs[j], res.keys[j]
+                j += 1
+            yield i, doc_id, source, text, stats, h, sig, keys
+
+    def duplicate(self, kind: str, doc_id: str, file: str, row: int, text: str,
+                  duplicate_of: str) -> None:
+        self.counters[f"dup_{kind}"] += 1
+        self.example(f"dup_{kind}", doc_id, file, row, text[: self.cfg.snippet_chars],
+                     duplicate_of=duplicate_of)

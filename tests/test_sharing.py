@@ -7,11 +7,12 @@
   policy a version of ``llama2-chat`` and both reward models their own, an alias per recipe stage,
   ``champion`` by the stated rule, each version tied to the run that trained it (SHA-256, git
   commit, input digests, metrics, model card); ``models:/llama2-chat@champion`` loaded in a fresh
-  process generates; registering again adds nothing; ``make reproduce MODEL=champion`` checks the
-  champion's run bit for bit;
+  process generates; registering again adds nothing; ``make reproduce MODEL=rlhf-v2`` checks the
+  last round's run bit for bit (``MODEL=champion`` resolves the same way);
 * ``mlflow ui`` (the Makefile's command) in headless Chromium: the printed links open on the
   training runs and on the RLHF rounds side by side with one of their metrics (screenshot);
-* ``dvc exp run --temp`` and ``--queue`` + ``dvc queue start`` record into the project's mlflow.db;
+* ``dvc exp run --queue`` + ``dvc queue start`` (a temporary copy, as ``--temp``) records into the
+  project's mlflow.db;
 * ``kedro package``: the wheel and the configuration archive run the smoke profile from another
   folder.
 

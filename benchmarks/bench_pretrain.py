@@ -190,7 +190,7 @@ def build(args, impl: str, tmp: Path):
                       deterministic=args.deterministic)
     ctx = setup_run(cfg)
     model = Llama(mcfg)
-    data = CyclingBatches(getattr(args, "distinct_batches", 4), args.batch, args.seq_len, mcfg.vocab_size, args.seed)
+    data = CyclingBatches(args.distinct_batches, args.batch, args.seq_len, mcfg.vocab_size, args.seed)
     if impl.startswith("hf"):
         from transformers import LlamaForCausalLM  # a benchmark/test dependency only
 
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--steps", type=int, default=8, help="timed steps per implementation (interleaved)")
     p.add_argument("--breakdown-steps", type=int, default=2)
+    p.add_argument("--distinct-batches", type=int, default=4, help="random micro-batches, cycled")
     p.add_argument("--zero-stage", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (engine.compile())")

@@ -35,19 +35,37 @@ from llama2_pipeline.world import World
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_models(root: Path, world: World, seed: int, preset: str = "smoke") -> tuple[Path, Path]:
-    """A random policy of ``preset``'s shape (HF folder) and a reward model drawn on top of it."""
-    texts = [p["prompt"] + " " + p["reference"] for p in world.prompts("train")]
-    texts += [m["content"] for d in world.sft_dialogues() for m in d["messages"]]
+def small_world(recipe, seed: int, *, sft_dialogues: int = 100, corpus_mb: float | None = None) -> World:
+    """The recipe's world rules with few entities and prompts (the device checks' data)."""
+    w = recipe.world.to_dict()
+    params = {**w, "seed": seed, "n_entities": 8,
+              "prompts": {**w["prompts"], "n_arithmetic": 60, "n_list": 30, "n_string": 30},
+              "sft": {**w["sft"], "n_dialogues": sft_dialogues}}
+    if corpus_mb is not None:
+        params["corpus"] = {**w["corpus"], "size_mb": corpus_mb, "shard_docs": 2000}
+    return World.from_params(params)
+
+
+def world_tokenizer(root: Path, texts: list[str]) -> Path:
+    """``texts`` as one Parquet shard in ``root/corpus`` and a 512-token sentencepiece model
+    trained on them in ``root/tok``; returns the model file."""
     (root / "corpus").mkdir(parents=True)
     pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "world"}).to_parquet(
         root / "corpus/part-00000.parquet")
     train_tokenizer(root / "corpus", root / "tok", vocab_size=512, num_threads=1, progress=False)
+    return root / "tok/tokenizer.model"
+
+
+def build_models(root: Path, world: World, seed: int, preset: str = "smoke") -> tuple[Path, Path]:
+    """A random policy of ``preset``'s shape (HF folder) and a reward model drawn on top of it."""
+    texts = [p["prompt"] + " " + p["reference"] for p in world.prompts("train")]
+    texts += [m["content"] for d in world.sft_dialogues() for m in d["messages"]]
+    tok_model = world_tokenizer(root, texts)
     torch.manual_seed(seed)
     policy = export_hf(Llama(ModelConfig.from_preset(preset, vocab_size=512)), root / "policy",
-                       tokenizer_model_path=root / "tok/tokenizer.model")
+                       tokenizer_model_path=tok_model)
     save_hf_tokenizer(root / "tok", policy)
-    rm = export_reward_hf(RewardModel.from_pretrained(policy), root / "rm", tokenizer_model=root / "tok/tokenizer.model")
+    rm = export_reward_hf(RewardModel.from_pretrained(policy), root / "rm", tokenizer_model=tok_model)
     return policy, rm
 
 
@@ -66,11 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     recipe = load(ROOT / "params.yaml")
     seed = recipe.seed
-    world_params = recipe.world.to_dict()
-    world = World.from_params({**world_params, "seed": seed, "n_entities": 8,
-                               "prompts": {**world_params["prompts"], "n_arithmetic": 60, "n_list": 30,
-                                           "n_string": 30},
-                               "sft": {**world_params["sft"], "n_dialogues": 100}})
+    world = small_world(recipe, seed)
     rlhf = recipe.rlhf
     cfg = rlhf.ppo.replace(steps=args.steps, rollouts=args.rollouts, minibatch=args.minibatch,
                            micro_batch=args.micro_batch, max_new_tokens=args.max_new_tokens, precision=args.precision,

@@ -26,26 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from llama2_pipeline.core.files import write_json
-from llama2_pipeline.model import default_device
-from llama2_pipeline.recipe import load
-from llama2_pipeline.tokenizer import Tokenizer, train_tokenizer
-from llama2_pipeline.tokenizer.shards import encode_corpus
-from llama2_pipeline.world import World
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_rlhf_check import small_world, world_tokenizer  # noqa: E402  (this folder's device check)
+
+from llama2_pipeline.core.files import write_json  # noqa: E402
+from llama2_pipeline.model import default_device  # noqa: E402
+from llama2_pipeline.recipe import load  # noqa: E402
+from llama2_pipeline.tokenizer import Tokenizer  # noqa: E402
+from llama2_pipeline.tokenizer.shards import encode_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "sft", "reward", "rejection_sampling", "ppo", "gatt")
-
-
-def small_world(recipe, seed: int) -> World:
-    w = recipe.world.to_dict()
-    return World.from_params({**w, "seed": seed, "n_entities": 8,
-                              "prompts": {**w["prompts"], "n_arithmetic": 60, "n_list": 30, "n_string": 30},
-                              "corpus": {**w["corpus"], "size_mb": 1.0, "shard_docs": 2000},
-                              "sft": {**w["sft"], "n_dialogues": 160}})
 
 
 def losses(run_dir: Path, key: str = "train_loss") -> tuple[float | None, float | None, int]:
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     recipe = load(ROOT / "params.yaml", profile=args.profile)
     seed, device = recipe.seed, default_device()
-    world = small_world(recipe, seed)
+    world = small_world(recipe, seed, sft_dialogues=160, corpus_mb=1.0)
     prompts = world.prompts("train")
     train = {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch": args.micro_batch, "grad_accum": 1,
              "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0, "log_every": 1,
@@ -120,11 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the world's texts: the tokenizer's training data and the pretraining corpus
     texts = [d["text"] for shard in world.corpus_shards() for d in shard]
     texts += [msg["content"] for d in world.sft_dialogues() for msg in d["messages"]]
-    (root / "corpus").mkdir()
-    pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "world"}).to_parquet(
-        root / "corpus/part-00000.parquet")
-    train_tokenizer(root / "corpus", root / "tok", vocab_size=512, num_threads=1, progress=False)
-    tok = Tokenizer(root / "tok/tokenizer.model")
+    tok = Tokenizer(world_tokenizer(root, texts))
     encode_corpus(root / "corpus", tok, root / "shards", val_fraction=0.05, seed=seed, workers=1, progress=False)
 
     def pretrain():
@@ -139,14 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "mfu": out.get("pretrain_mfu"), "params": out.get("pretrain_params")}
 
     def finetune(name: str, init: Path, dialogues: list[dict], stage_cfg) -> dict:
-        from dataclasses import fields
-
-        from llama2_pipeline.training.config import SFTConfig
         from llama2_pipeline.training.sft import finetune as run
 
-        cfg = {k: v for k, v in stage_cfg.to_dict().items() if k in {f.name for f in fields(SFTConfig)}}
-        cfg.update(val_fraction=0.0, epochs=None)  # None: train.max_steps steps (cycling over the rows)
-        cfg["train"] = {**cfg["train"], **train}
+        # epochs None: train.max_steps steps (cycling over the rows)
+        cfg = stage_cfg.replace(val_fraction=0.0, epochs=None, train=stage_cfg.train.replace(**train))
         run(init, tok, dialogues, cfg, root / f"{name}_run", hf_dir=root / name, progress=False)
         first, last, n = losses(root / f"{name}_run")
         return {"loss_first": first, "loss_last": last, "logged": n, "dialogues": len(dialogues)}
@@ -162,12 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         sampling = recipe.reward.preferences.replace(max_prompts=48, max_new_tokens=32, variant_temperatures=[])
         pairs = collect_preferences(m["sft"], tok, prompts, world, sampling, seed, progress=False)
-        cfg = recipe.reward.to_dict()
-        cfg["train"] = {**cfg["train"], **{k: v for k, v in train.items() if k != "max_steps"}}
-        cfg["epochs"] = args.steps * args.micro_batch / max(1, len(pairs) // 2)  # ~steps (each RM: its half)
+        rm_train = recipe.reward.train.replace(**{k: v for k, v in train.items() if k != "max_steps"})
+        cfg = recipe.reward.replace(train=rm_train,  # RM steps come from epochs: ~steps, each RM on its half
+                                    epochs=args.steps * args.micro_batch / max(1, len(pairs) // 2))
         out = {"helpfulness": root / "rm_helpfulness", "safety": root / "rm_safety"}
-        metrics = train_reward_models(pairs, m["sft"], type(recipe.reward).from_dict(cfg), root / "rm_run", out,
-                                      progress=False)
+        metrics = train_reward_models(pairs, m["sft"], cfg, root / "rm_run", out, progress=False)
         m.update(out)
         runs = {c: losses(root / "rm_run" / c) for c in out}
         return {"loss_first": sum(r[0] for r in runs.values()), "loss_last": sum(r[1] for r in runs.values()),

@@ -228,3 +228,37 @@ def test_walk_refuses_unsorted_edges():
              "ref": np.array([-1, -1])}
     with pytest.raises(ValueError, match="not sorted"):
         list(walk_edges([batch]))
+
+
+def _edge_set(cfg, sigs, hashes, small, per_document=False):
+    n, keys = len(sigs), MH.band_keys(sigs)
+    part = np.concatenate([np.full(n, EXACT), np.full(n * cfg.bands, NEAR)])
+    key = np.concatenate([hashes, keys.reshape(-1)]).astype(np.uint64)
+    doc = np.concatenate([np.arange(n), np.repeat(np.arange(n), cfg.bands)])
+    if per_document:  # one signature per document and each row's index into them
+        e = group_edges(part, key, doc, hashes[doc], sigs, cfg, sig_row=doc, small=small)
+    else:
+        e = group_edges(part, key, doc, hashes[doc], sigs[doc], cfg, small=small)
+    return sorted(zip(*(e[c].tolist() for c in ("j", "kind", "i", "ref"))))
+
+
+def test_array_path_gives_the_one_by_one_edges(monkeypatch):
+    """Buckets done together in array operations give exactly the edges of the bucket-by-bucket
+    path, with per-row or per-document signatures, in slices of a few pairs, and still when
+    every signature shares one digest (every match the digest finds is checked on the signatures)."""
+    from llama2_pipeline.data import dedup
+
+    rng = random.Random(11)
+    for trial in range(4):
+        sigs, hashes = crafted(rng, rng.randrange(80, 200))
+        for cap in (None, 1, 3):
+            for exact in (True, False):
+                cfg = DedupConfig(max_bucket=cap, exact=exact)
+                slow = _edge_set(cfg, sigs, hashes, small=0)
+                assert any(k == NEAR for _, k, _, _ in slow) and any(r >= 0 for *_, r in slow)
+                assert _edge_set(cfg, sigs, hashes, small=64) == slow, (trial, cap, exact)
+                assert _edge_set(cfg, sigs, hashes, small=64, per_document=True) == slow
+    monkeypatch.setattr(dedup, "_PAIR_BLOCK", 7)  # many slices of buckets
+    assert _edge_set(cfg, sigs, hashes, small=64) == _edge_set(cfg, sigs, hashes, small=0)
+    monkeypatch.setattr(dedup, "signature_digest", lambda s: np.zeros(len(s), dtype=np.uint64))
+    assert _edge_set(cfg, sigs, hashes, small=64) == _edge_set(cfg, sigs, hashes, small=0)

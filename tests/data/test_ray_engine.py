@@ -205,3 +205,23 @@ def test_a_surviving_canary_stops_both_engines(cluster, tmp_path):
         with pytest.raises(PIILeakError, match="survived cleaning"):
             clean_corpus(raw, tmp_path / name, c, workers=1, progress=False, canaries=canaries)
         assert not (tmp_path / name).exists()
+
+
+def test_signature_files_read_whole_or_by_row(tmp_path):
+    """The partitions read the signatures they need from the units' signature files: a unit
+    with many needed rows is read whole, one with few row by row; both give the same rows."""
+    from llama2_pipeline.data import ray_tasks
+    import pyarrow.fs as pafs
+
+    fs, rng = pafs.LocalFileSystem(), np.random.default_rng(0)
+    sigs = [rng.integers(0, 2**32, size=(n, 8), dtype=np.uint32) for n in (40, 64, 3)]
+    paths = [ray_tasks.sig_path(str(tmp_path / f"unit-{u:07d}.parquet")) for u in range(3)]
+    for path, s in zip(paths, sigs):
+        ray_tasks.write_signatures(fs, path, s)
+    assert paths[0].endswith("unit-0000000.sig") and os.path.getsize(paths[1]) == 64 * 8 * 4
+    unit = np.array([0] * 30 + [1, 1] + [2], dtype=np.int64)  # unit 0 whole, 1 by row, 2 whole
+    row = np.concatenate([np.arange(5, 35), [63, 2], [1]])
+    got = ray_tasks.read_signatures(fs, paths, unit, row, 8)
+    want = np.stack([sigs[u][r] for u, r in zip(unit.tolist(), row.tolist())])
+    assert got.dtype == np.uint32 and np.array_equal(got, want)
+    assert ray_tasks.read_signatures(fs, paths, unit[:0], row[:0], 8).shape == (0, 8)

@@ -255,18 +255,22 @@ def min_agreement(cfg: DedupConfig) -> int:
 
 EXACT, NEAR = 0, 1  # kinds of dedup rows and edges
 _EDGE_BLOCK = 1 << 22  # agreement checks are done over about this many signature values at once
+_PAIR_BLOCK = 1 << 22  # buckets done together in array operations: about this many pairs at once
 
 
 def group_edges(part: np.ndarray, key: np.ndarray, pos: np.ndarray, hashes: np.ndarray,
-                sigs: np.ndarray | None, cfg: DedupConfig) -> dict[str, np.ndarray]:
+                sigs: np.ndarray | None, cfg: DedupConfig, sig_row: np.ndarray | None = None,
+                small: int = 256) -> dict[str, np.ndarray]:
     """Edges of whole dedup groups (the rows of one shuffle partition), for :func:`walk_edges`.
 
     Every document that reaches dedup has one ``EXACT`` row (``key`` = its exact hash; with
     exact dedup) and one ``NEAR`` row per LSH band (``key`` = the band key; with near dedup),
     each with its corpus position ``pos``, exact hash and signature (``sigs`` uint32
-    ``[rows, num_perm]``, None without near dedup). A group is all rows of one ``(part, key)``
-    and must be whole in the rows given. Returns columns ``j, kind, i, ref`` (int64, int8,
-    int64, int64), one row per edge from document ``j`` to an earlier document ``i``:
+    ``[rows, num_perm]``, or ``sigs[sig_row]`` when ``sig_row`` is given: one signature per
+    document, not per row; None without near dedup). A group is all rows of one
+    ``(part, key)`` and must be whole in the rows given. Returns columns ``j, kind, i, ref``
+    (int64, int8, int64, int64), one row per edge from document ``j`` to an earlier document
+    ``i``, in no particular order:
 
     * ``EXACT``: ``i`` is the first document of ``j``'s exact-hash group; ``ref`` is the first
       earlier document of the group with ``j``'s signature (-1 if none or without near dedup).
@@ -274,23 +278,136 @@ def group_edges(part: np.ndarray, key: np.ndarray, pos: np.ndarray, hashes: np.n
       ``j`` and the signatures agree on at least :func:`min_agreement` positions. With exact
       dedup, a document whose (hash, signature) occurs earlier in the bucket is left out at both
       ends (it is never kept, and its fate follows its ``ref``) but still holds its slot.
+
+    Exact groups and buckets of at most ``small`` rows (nearly all of them) are done together
+    in array operations (a 64-bit digest of each signature finds equal ones, and every match it
+    finds is checked on the signatures themselves); larger buckets one by one, as are groups
+    where two different signatures share a digest.
     """
     order = np.lexsort((pos, key, part))
     order = order[shared_keys(part[order], key[order])]  # groups of one have no edges
     part, key, pos, hashes = part[order], key[order], pos[order], hashes[order]
     if sigs is not None:
-        sigs = sigs[order]
+        sig_row = order if sig_row is None else sig_row[order]
     starts = np.flatnonzero(_firsts(part, key))
     ends = np.append(starts[1:], len(pos))
+    groups = _Groups(starts, ends, pos, hashes, sigs, sig_row)
     out: list[tuple] = []
-    for lo, hi in zip(starts.tolist(), ends.tolist()):
-        if part[lo] == EXACT:
-            out.append(_exact_group_edges(pos[lo:hi], None if sigs is None else sigs[lo:hi]))
-        else:
-            out.append(_bucket_edges(pos[lo:hi], hashes[lo:hi], sigs[lo:hi], cfg))
+    exact = part[starts] == EXACT
+    if exact.any():
+        out.append(groups.exact_edges(np.flatnonzero(exact)))
+    near = np.flatnonzero(~exact)
+    size = ends[near] - starts[near]
+    batch, n = near[size <= small], size[size <= small]
+    block = np.cumsum(n * (n - 1) // 2) // _PAIR_BLOCK  # slices of about _PAIR_BLOCK pairs
+    cuts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]]) if len(block) else block
+    for lo, hi in zip(cuts.tolist(), np.append(cuts[1:], len(batch)).tolist()):
+        out.append(groups.small_bucket_edges(batch[lo:hi], cfg))
+    for g in near[size > small].tolist():
+        out.append(groups.bucket_edges(g, cfg))
+    for g in groups.collided:  # two different signatures with one digest: the plain way
+        lo, hi = int(starts[g]), int(ends[g])
+        sg = None if sigs is None else sigs[sig_row[lo:hi]]
+        out.append(_exact_group_edges(pos[lo:hi], sg) if exact[g]
+                   else _bucket_edges(pos[lo:hi], hashes[lo:hi], sg, cfg))
     cols = {"j": np.int64, "kind": np.int8, "i": np.int64, "ref": np.int64}
     return {c: np.concatenate([o[k] for o in out] or [np.empty(0)]).astype(t)
             for k, (c, t) in enumerate(cols.items())}
+
+
+class _Groups:
+    """The rows of :func:`group_edges`, sorted by group and position, and its edge makers."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, pos: np.ndarray,
+                 hashes: np.ndarray, sigs: np.ndarray | None, sig_row: np.ndarray | None):
+        self.starts, self.ends, self.pos, self.hashes = starts, ends, pos, hashes
+        self.sigs, self.sig_row = sigs, sig_row
+        self.digest = None if sigs is None else signature_digest(sigs)
+        self.collided: list[int] = []
+
+    def _rows(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, group of each, index of each within its group) of ``groups``, in order."""
+        size = self.ends[groups] - self.starts[groups]
+        gid = np.repeat(groups, size)
+        local = np.arange(len(gid)) - np.repeat(np.cumsum(size) - size, size)
+        return self.starts[gid] + local, gid, local
+
+    def _first_equal(self, rows: np.ndarray, gid: np.ndarray, same: list[np.ndarray]) -> np.ndarray:
+        """For each of ``rows`` (sorted by group, then position): the first row of its group
+        with equal values in every array of ``same`` (per row) and an equal signature. Groups
+        where the digests match but the signatures differ go to ``collided``; their answer is
+        then meaningless."""
+        order = np.lexsort([*(a for a in reversed(same)), gid])  # stable: position breaks ties
+        keys = [gid[order], *(a[order] for a in same)]
+        new = np.zeros(len(order), dtype=bool)
+        new[:1] = True
+        for k in keys:
+            new[1:] |= k[1:] != k[:-1]
+        first = np.empty(len(order), dtype=np.int64)
+        first[order] = order[np.flatnonzero(new)[np.cumsum(new) - 1]]
+        first = rows[first]
+        if self.sigs is not None:
+            dup = np.flatnonzero(first != rows)
+            for lo in range(0, len(dup), _EDGE_BLOCK // self.sigs.shape[1]):
+                d = dup[lo:lo + _EDGE_BLOCK // self.sigs.shape[1]]
+                bad = (self.sigs[self.sig_row[rows[d]]] != self.sigs[self.sig_row[first[d]]]).any(1)
+                self.collided += np.unique(gid[d[bad]]).tolist()
+        return first
+
+    def exact_edges(self, groups: np.ndarray) -> tuple:
+        rows, gid, local = self._rows(groups)
+        ref = np.full(len(rows), -1, dtype=np.int64)
+        if self.sigs is not None:
+            first = self._first_equal(rows, gid, [self.digest[self.sig_row[rows]]])
+            ref = np.where(first == rows, -1, self.pos[first])
+        keep = (local > 0) & ~np.isin(gid, self.collided)
+        j, i = self.pos[rows[keep]], self.pos[self.starts[gid[keep]]]
+        return j, np.full(len(j), EXACT), i, ref[keep]
+
+    def small_bucket_edges(self, groups: np.ndarray, cfg: DedupConfig) -> tuple:
+        """Every bucket of ``groups`` at once: all (member, earlier slot holder) pairs, checked
+        in blocks."""
+        rows, gid, local = self._rows(groups)
+        unsettled = np.ones(len(rows), dtype=bool)
+        if cfg.exact:
+            first = self._first_equal(rows, gid, [self.hashes[rows],
+                                                  self.digest[self.sig_row[rows]]])
+            unsettled = first == rows
+        # pairs (a, b), a before b in one bucket: b pairs with each of the local[b] rows before it
+        b = np.repeat(np.arange(len(rows)), local)
+        a = b - (np.arange(len(b)) - np.repeat(np.cumsum(local) - local, local)) - 1
+        slots = len(rows) if cfg.max_bucket is None else cfg.max_bucket
+        ok = unsettled[a] & unsettled[b] & (local[a] < slots) & ~np.isin(gid[b], self.collided)
+        a, b = a[ok], b[ok]
+        need, step = min_agreement(cfg), max(1, _EDGE_BLOCK // self.sigs.shape[1])
+        hit = np.zeros(len(a), dtype=bool)
+        sa, sb = self.sig_row[rows[a]], self.sig_row[rows[b]]
+        for lo in range(0, len(a), step):
+            agree = (self.sigs[sa[lo:lo + step]] == self.sigs[sb[lo:lo + step]]).sum(axis=1)
+            hit[lo:lo + step] = agree >= need
+        j, i = self.pos[rows[b[hit]]], self.pos[rows[a[hit]]]
+        return j, np.full(len(j), NEAR), i, np.full(len(j), -1)
+
+    def bucket_edges(self, g: int, cfg: DedupConfig) -> tuple:
+        lo, hi = int(self.starts[g]), int(self.ends[g])
+        return _bucket_edges(self.pos[lo:hi], self.hashes[lo:hi],
+                             self.sigs[self.sig_row[lo:hi]], cfg)
+
+
+def signature_digest(sigs: np.ndarray) -> np.ndarray:
+    """A 64-bit digest ``uint64[n]`` of each signature row (finds equal signatures; a match is
+    then checked on the signatures)."""
+    sigs = np.atleast_2d(sigs)
+    if sigs.shape[1] % 2:  # an odd number of permutations: pad to whole 64-bit words
+        sigs = np.pad(sigs, ((0, 0), (0, 1)))
+    words = np.ascontiguousarray(sigs, dtype=np.uint32).view(np.uint64)
+    with np.errstate(over="ignore"):
+        k = np.full(len(sigs), 0x243F6A8885A308D3, dtype=np.uint64)
+        for j in range(words.shape[1]):
+            k ^= words[:, j]
+            k *= _BAND_MIX
+            k ^= k >> np.uint64(29)
+    return k
 
 
 def shared_keys(part: np.ndarray, key: np.ndarray) -> np.ndarray:

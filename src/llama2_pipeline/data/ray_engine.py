@@ -7,9 +7,12 @@ Data flow (a *candidate* is a document that passed the per-document rules and go
     units (whole row groups of one input file, about UNIT_ROWS rows)
       --map_batches: process_chunk per chunk_docs rows (the local engine's function)-->
           _work/unit-NNNNNNN.parquet: the unit's candidates (output columns), in corpus order
-          dedup rows: one exact row and one row per LSH band of each candidate (the MinHash
-          signature travels with each), one summary row per unit (counters, examples)
-      --groupby(hash partition of the key) --map_groups: dedup.group_edges-->
+          _work/unit-NNNNNNN.sig: their MinHash signatures (raw uint32, same order)
+          dedup rows: one exact row and one row per LSH band of each candidate (37 bytes:
+          key, position, row in the signature file; no signature)
+          _work/unit-NNNNNNN.summary: the unit's counters and first examples
+      --groupby(hash partition of the key) --map_groups: the signatures of the documents
+        that share a key in the partition, read from the signature files; dedup.group_edges-->
     edges (j -> earlier i): the first document of j's exact group; the slot holders of j's
     buckets whose signatures agree with j's
       --sort (j, kind, i)--> driver: dedup.walk_edges, once in corpus order -> removed documents
@@ -17,7 +20,8 @@ Data flow (a *candidate* is a document that passed the per-document rules and go
       --map_batches: read the units, drop the removed, one ShardWriter per shard-->
     output_dir/part-NNNNN.parquet
 
-The only shuffle is the dedup rows' (no text). On the driver: the file list, the unit
+The only shuffle is the dedup rows' (no text, no signatures: a signature is read, once per
+partition that needs it, only for a document that shares a key with another). On the driver: the file list, the unit
 summaries merged as they stream in (bounded), the walk's state (one entry per removed
 document) and the sorted list of removed documents; corpus text never passes through it.
 Every step is a pure function of its inputs, so Ray's retries (a lost worker or node) give
@@ -57,16 +61,16 @@ from .corpus_io import (
 from .dedup import walk_edges
 from .ray_tasks import (
     clean_units,
-    dedup_rows,
     partition_edges,
     read_rows,
-    summary_rows,
+    sig_path,
+    summary_path,
     write_shard,
 )
 from .report import Tally, check_canaries, finish_report
 
 UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
-_ROW_BYTES = 33  # pkey, part, key, pos, hash of one dedup row (+ 4 bytes per permutation)
+_ROW_BYTES = 37  # pkey, part, key, pos, row, hash: one dedup row
 _RAY_NOTE = "\nFailed to apply UDF transform"  # what Ray Data appends to a worker's message
 
 
@@ -123,7 +127,7 @@ class _Run:
         self.candidates = np.zeros(len(self.units), dtype=np.int64)  # per unit
         d = cfg.dedup
         self.rows_per_doc = int(d.exact) + (d.bands if d.near else 0)
-        self.row_bytes = _ROW_BYTES + (4 * d.num_perm if d.near else 0)
+        self.row_bytes = _ROW_BYTES
         # partitions of the dedup shuffle, from an upper bound (every input row a candidate)
         bound = int(self.file_pos[-1]) * self.rows_per_doc * self.row_bytes
         self.parts = max(cpus, -(-bound // (cfg.ray.partition_mb << 20)))
@@ -139,14 +143,13 @@ class _Run:
                 .map_batches(clean_units, batch_size=1, batch_format="pyarrow",
                              fn_kwargs={"cfg": self.cfg, "fs": self.fs, "parts": self.parts})
                 .materialize())
-        for b in rows.map_batches(summary_rows, batch_format="pyarrow").iter_batches(
-                batch_format="pyarrow", batch_size=None):
-            for blob in b["summary"].to_pylist():
-                unit, n, counters, examples = pickle.loads(blob)
-                self.tally.counters.update(counters)
-                self.candidates[unit] = n
-                for ex in examples:
-                    self._example(self.units[unit]["pos0"] + ex["row"], ex)
+        for unit, u in enumerate(self.units):
+            with self.fs.open_input_stream(summary_path(u["path"])) as f:
+                n, counters, examples = pickle.loads(f.read())
+            self.tally.counters.update(counters)
+            self.candidates[unit] = n
+            for ex in examples:
+                self._example(u["pos0"] + ex["row"], ex)
         return rows
 
     def _example(self, pos: int, ex: dict) -> None:
@@ -169,9 +172,11 @@ class _Run:
         if self.rows_per_doc == 0 or n == 0:
             return np.array(removed, dtype=np.int64)
         self.shuffled = n * self.rows_per_doc * self.row_bytes
-        edges = (rows.map_batches(dedup_rows, batch_format="pyarrow")
-                 .groupby("pkey")
-                 .map_groups(partition_edges, batch_format="pyarrow", fn_kwargs={"cfg": self.cfg})
+        edges = (rows.groupby("pkey")
+                 .map_groups(partition_edges, batch_format="pyarrow",
+                             fn_kwargs={"cfg": self.cfg, "fs": self.fs,
+                                        "unit_paths": [sig_path(u["path"]) for u in self.units],
+                                        "unit_pos": self.unit_pos})
                  .materialize())
         self.edges = edges.count()
         if self.edges == 0:
@@ -312,10 +317,14 @@ def cluster(workers: int, cfg: CleaningConfig) -> Iterator[int]:
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
     """Ray Data settings of a run, restored afterwards: the sort-based shuffle (no actors to
-    start: the fastest on small clusters, and it scales), workers' exceptions raised as they
-    are (a CorpusError names the file), progress bars only when asked for."""
+    start: the fastest on small clusters, and it scales), no per-operator reservation of the
+    cluster's CPUs (each dataset here is one operator: with the reservation, half the CPUs of
+    a 2-CPU cluster sat idle, 1.4 of 2 map tasks in flight on average, 1.9 without it),
+    workers' exceptions raised as they are (a CorpusError names the file), progress bars only
+    when asked for."""
     ctx = DataContext.get_current()
     settings = {"shuffle_strategy": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
+                "op_resource_reservation_enabled": False,
                 "raise_original_map_exception": True, "enable_progress_bars": progress,
                 "print_on_execution_start": progress}
     saved = {k: getattr(ctx, k) for k in settings}

@@ -30,21 +30,20 @@ from .report import Tally
 UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))  # a unit file's columns
 
 
-def rows_schema(num_perm: int) -> pa.Schema:
-    """Dedup rows; a unit's summary row has ``pkey`` -1 and only ``summary``, the pickled
-    ``(unit, candidates, counters, examples)``."""
-    return pa.schema([("pkey", pa.int64()), ("part", pa.int8()), ("key", pa.uint64()),
-                      ("pos", pa.int64()), ("hash", pa.uint64()),
-                      ("sig", pa.binary(4 * num_perm)), ("summary", pa.binary())])
+ROWS_SCHEMA = pa.schema([("pkey", pa.int64()), ("part", pa.int8()), ("key", pa.uint64()),
+                         ("pos", pa.int64()), ("row", pa.int32()), ("hash", pa.uint64())])
+"""Dedup rows: ``row`` is the document's row in its unit's signature file."""
 
 
 def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
                  parts: int) -> pa.Table:
     """Step 1, one unit per call: the local engine's per-chunk function over the unit's rows.
-    Writes the candidates to the unit's file; returns their dedup rows and a summary row."""
+    Writes the candidates to the unit's file and their MinHash signatures to its signature
+    file and its summary (``(candidates, counters, examples)``, pickled) to its summary file;
+    returns their dedup rows (no signature)."""
     process.init_worker(cfg.to_dict())
     d = cfg.dedup
-    schema = rows_schema(d.num_perm)
+    schema = ROWS_SCHEMA
     out = []
     for u in batch.to_pylist():
         f: InputFile = pickle.loads(u["file"])
@@ -61,8 +60,9 @@ def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
         n = len(rows)
         if n:
             write_unit(fs, u["path"], rows)
+            if d.near:
+                write_signatures(fs, sig_path(u["path"]), np.stack(sigs))
         pos, h = np.array([r[0] for r in rows], dtype=np.int64), np.array(hashes, dtype=np.uint64)
-        sig = np.stack(sigs) if d.near and n else np.zeros((n, d.num_perm), dtype=np.uint32)
         take, kinds, keys = [np.empty(0, dtype=np.int64)], [], [np.empty(0, dtype=np.uint64)]
         if d.exact:
             take.append(np.arange(n))
@@ -76,12 +76,10 @@ def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
         out.append(pa.table({
             "pkey": (key % np.uint64(parts)).astype(np.int64),
             "part": np.concatenate(kinds) if kinds else np.empty(0, dtype=np.int8),
-            "key": key, "pos": pos[idx], "hash": h[idx], "sig": sig_array(sig[idx]),
-            "summary": pa.nulls(len(idx), pa.binary())}, schema=schema))
-        summary = pickle.dumps((u["unit"], n, dict(tally.counters), tally.examples))
-        out.append(pa.table({c.name: pa.nulls(1, c.type) for c in schema}, schema=schema)
-                   .set_column(0, "pkey", pa.array([-1], pa.int64()))
-                   .set_column(6, "summary", pa.array([summary], pa.binary())))
+            "key": key, "pos": pos[idx], "row": idx.astype(np.int32), "hash": h[idx]},
+            schema=schema))
+        with fs.open_output_stream(summary_path(u["path"])) as f:
+            f.write(pickle.dumps((n, dict(tally.counters), tally.examples)))
     return pa.concat_tables(out)
 
 
@@ -92,35 +90,60 @@ def write_unit(fs: pafs.FileSystem, path: str, rows: list[tuple]) -> None:
     pq.write_table(table, path, filesystem=fs, compression="lz4")
 
 
-def sig_array(sig: np.ndarray) -> pa.Array:
-    buf = pa.py_buffer(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * sig.shape[1]), len(sig),
-                                                [None, buf])
+def sig_path(unit_path: str) -> str:
+    """The signature file beside a unit file: its candidates' MinHash signatures, raw
+    little-endian uint32 ``[candidates, num_perm]`` in the unit file's row order."""
+    return unit_path.removesuffix(".parquet") + ".sig"
 
 
-def sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
-    arr = col.combine_chunks()
-    if len(arr) == 0:
-        return np.empty((0, num_perm), dtype=np.uint32)
-    data = np.frombuffer(arr.buffers()[1], dtype=np.uint32)
-    return data[arr.offset * num_perm:(arr.offset + len(arr)) * num_perm].reshape(-1, num_perm)
+def summary_path(unit_path: str) -> str:
+    """The summary file beside a unit file (what the driver merges into the report)."""
+    return unit_path.removesuffix(".parquet") + ".summary"
 
 
-def summary_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.less(batch["pkey"], 0)).select(["summary"])
+def write_signatures(fs: pafs.FileSystem, path: str, sigs: np.ndarray) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(np.ascontiguousarray(sigs, dtype="<u4").tobytes())
 
 
-def dedup_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.greater_equal(batch["pkey"], 0)).drop_columns(["summary"])
+_SPARSE = 8  # read a signature file row by row when fewer than 1/_SPARSE of its rows are needed
 
 
-def partition_edges(rows: pa.Table, cfg: CleaningConfig) -> pa.Table:
-    """Step 2: the edges of every exact group and LSH bucket of one hash partition."""
+def read_signatures(fs: pafs.FileSystem, unit_paths: list[str], unit: np.ndarray,
+                    row: np.ndarray, num_perm: int) -> np.ndarray:
+    """Signatures ``uint32[len(row), num_perm]`` of rows ``row`` of the units ``unit`` (both
+    arrays sorted by unit): each unit's file is read once, whole when many of its rows are
+    needed, else only those rows (ranged reads: on an object store, bytes rather than files)."""
+    out = np.empty((len(row), num_perm), dtype=np.uint32)
+    width = 4 * num_perm
+    starts = np.flatnonzero(np.r_[True, unit[1:] != unit[:-1]]) if len(unit) else unit
+    for lo, hi in zip(starts.tolist(), np.append(starts[1:], len(unit)).tolist()):
+        with fs.open_input_file(unit_paths[int(unit[lo])]) as f:
+            rows = row[lo:hi]
+            if (hi - lo) * _SPARSE >= f.size() // width:
+                whole = np.frombuffer(f.read(), dtype="<u4").reshape(-1, num_perm)
+                out[lo:hi] = whole[rows]
+            else:
+                for k, r in enumerate(rows.tolist()):
+                    out[lo + k] = np.frombuffer(f.read_at(width, r * width), dtype="<u4")
+    return out
+
+
+def partition_edges(rows: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
+                    unit_paths: list[str], unit_pos: np.ndarray) -> pa.Table:
+    """Step 2: the edges of every exact group and LSH bucket of one hash partition. The
+    signatures of the documents that share a key here are read from their units' signature
+    files (each document once), not carried by the shuffle."""
     d = cfg.dedup
     rows = rows.filter(shared_keys(rows["part"].to_numpy(), rows["key"].to_numpy()))
-    sigs = sig_matrix(rows["sig"], d.num_perm) if d.near else None
-    return pa.table(group_edges(rows["part"].to_numpy(), rows["key"].to_numpy(),
-                                rows["pos"].to_numpy(), rows["hash"].to_numpy(), sigs, d))
+    pos = rows["pos"].to_numpy()
+    sigs = back = None
+    if d.near:
+        docs, first, back = np.unique(pos, return_index=True, return_inverse=True)
+        unit = np.searchsorted(unit_pos, docs, side="right") - 1
+        sigs = read_signatures(fs, unit_paths, unit, rows["row"].to_numpy()[first], d.num_perm)
+    return pa.table(group_edges(rows["part"].to_numpy(), rows["key"].to_numpy(), pos,
+                                rows["hash"].to_numpy(), sigs, d, sig_row=back if d.near else None))
 
 
 def read_rows(batch: pa.Table, fs: pafs.FileSystem) -> pa.Table:

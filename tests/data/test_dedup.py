@@ -7,15 +7,12 @@ import pytest
 
 from llama2_pipeline.data.config import DedupConfig
 from llama2_pipeline.data.dedup import (
-    EXACT,
-    NEAR,
     Deduplicator,
     MinHasher,
     estimated_jaccard,
     exact_hash,
-    group_edges,
-    walk_edges,
 )
+from llama2_pipeline.data.dedup_edges import EXACT, NEAR, group_edges, walk_edges
 from llama2_pipeline.data.words import Words
 
 from .corpus import document, mutate
@@ -246,7 +243,7 @@ def test_array_path_gives_the_one_by_one_edges(monkeypatch):
     """Buckets done together in array operations give exactly the edges of the bucket-by-bucket
     path, with per-row or per-document signatures, in slices of a few pairs, and still when
     every signature shares one digest (every match the digest finds is checked on the signatures)."""
-    from llama2_pipeline.data import dedup
+    from llama2_pipeline.data import dedup_edges as dedup
 
     rng = random.Random(11)
     for trial in range(4):

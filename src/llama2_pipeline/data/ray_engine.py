@@ -12,10 +12,10 @@ Data flow (a *candidate* is a document that passed the per-document rules and go
           key, position, row in the signature file; no signature)
           _work/unit-NNNNNNN.summary: the unit's counters and first examples
       --groupby(hash partition of the key) --map_groups: the signatures of the documents
-        that share a key in the partition, read from the signature files; dedup.group_edges-->
+        that share a key in the partition, read from the signature files; dedup_edges.group_edges-->
     edges (j -> earlier i): the first document of j's exact group; the slot holders of j's
     buckets whose signatures agree with j's
-      --sort (j, kind, i)--> driver: dedup.walk_edges, once in corpus order -> removed documents
+      --sort (j, kind, i)--> driver: dedup_edges.walk_edges, once in corpus order -> removed documents
     shards (the units each output shard spans, the removed documents among them)
       --map_batches: read the units, drop the removed, one ShardWriter per shard-->
     output_dir/part-NNNNN.parquet
@@ -58,7 +58,7 @@ from .corpus_io import (
     InputFile,
     ShardWriter,
 )
-from .dedup import walk_edges
+from .dedup_edges import walk_edges
 from .ray_tasks import (
     clean_units,
     partition_edges,

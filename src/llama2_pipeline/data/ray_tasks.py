@@ -24,7 +24,7 @@ from .corpus_io import (
     file_chunks,
     wrap_errors,
 )
-from .dedup import EXACT, NEAR, group_edges, shared_keys
+from .dedup_edges import EXACT, NEAR, group_edges, shared_keys
 from .report import Tally
 
 UNIT_SCHEMA = pa.schema([("pos", pa.int64())] + list(OUTPUT_SCHEMA))  # a unit file's columns

@@ -8,6 +8,7 @@ module docstring of :mod:`llama2_pipeline.data.dedup` (slots, oversized buckets)
 
 from __future__ import annotations
 
+import functools
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -68,12 +69,9 @@ def group_edges(part: np.ndarray, key: np.ndarray, pos: np.ndarray, hashes: np.n
     for lo, hi in zip(cuts.tolist(), np.append(cuts[1:], len(batch)).tolist()):
         out.append(groups.small_bucket_edges(batch[lo:hi], cfg))
     for g in near[size > small].tolist():
-        out.append(groups.bucket_edges(g, cfg))
+        out.append(groups.one_by_one(g, False, cfg))
     for g in groups.collided:  # two different signatures with one digest: the plain way
-        lo, hi = int(starts[g]), int(ends[g])
-        sg = None if sigs is None else sigs[sig_row[lo:hi]]
-        out.append(_exact_group_edges(pos[lo:hi], sg) if exact[g]
-                   else _bucket_edges(pos[lo:hi], hashes[lo:hi], sg, cfg))
+        out.append(groups.one_by_one(g, bool(exact[g]), cfg))
     cols = {"j": np.int64, "kind": np.int8, "i": np.int64, "ref": np.int64}
     return {c: np.concatenate([o[k] for o in out] or [np.empty(0)]).astype(t)
             for k, (c, t) in enumerate(cols.items())}
@@ -86,8 +84,13 @@ class _Groups:
                  hashes: np.ndarray, sigs: np.ndarray | None, sig_row: np.ndarray | None):
         self.starts, self.ends, self.pos, self.hashes = starts, ends, pos, hashes
         self.sigs, self.sig_row = sigs, sig_row
-        self.digest = None if sigs is None else signature_digest(sigs)
         self.collided: list[int] = []
+
+    @functools.cached_property
+    def digest(self) -> np.ndarray:
+        """:func:`signature_digest` of every signature (only when equal signatures are looked
+        for: exact groups, and buckets with exact dedup)."""
+        return signature_digest(self.sigs)
 
     def _rows(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, group of each, index of each within its group) of ``groups``, in order."""
@@ -152,10 +155,13 @@ class _Groups:
         j, i = self.pos[rows[b[hit]]], self.pos[rows[a[hit]]]
         return j, np.full(len(j), NEAR), i, np.full(len(j), -1)
 
-    def bucket_edges(self, g: int, cfg: DedupConfig) -> tuple:
+    def one_by_one(self, g: int, exact: bool, cfg: DedupConfig) -> tuple:
+        """Group ``g`` on its own (a large bucket, or a group where a digest collided)."""
         lo, hi = int(self.starts[g]), int(self.ends[g])
-        return _bucket_edges(self.pos[lo:hi], self.hashes[lo:hi],
-                             self.sigs[self.sig_row[lo:hi]], cfg)
+        sigs = None if self.sigs is None else self.sigs[self.sig_row[lo:hi]]
+        if exact:
+            return _exact_group_edges(self.pos[lo:hi], sigs)
+        return _bucket_edges(self.pos[lo:hi], self.hashes[lo:hi], sigs, cfg)
 
 
 def signature_digest(sigs: np.ndarray) -> np.ndarray:

@@ -78,8 +78,8 @@ def clean_units(batch: pa.Table, cfg: CleaningConfig, fs: pafs.FileSystem,
             "part": np.concatenate(kinds) if kinds else np.empty(0, dtype=np.int8),
             "key": key, "pos": pos[idx], "row": idx.astype(np.int32), "hash": h[idx]},
             schema=schema))
-        with fs.open_output_stream(summary_path(u["path"])) as f:
-            f.write(pickle.dumps((n, dict(tally.counters), tally.examples)))
+        with fs.open_output_stream(summary_path(u["path"])) as stream:
+            stream.write(pickle.dumps((n, dict(tally.counters), tally.examples)))
     return pa.concat_tables(out)
 
 

@@ -449,6 +449,30 @@ def projection(sizes: list[dict], workers: int, target_mib: float = 2**20, hours
                     "efficiency, network and object-store spilling are not measured"}
 
 
+EDGE_BYTES = 25  # one verified edge as the driver maps it: j, i, ref (int64), kind (int8)
+
+
+def driver_memory(sizes: list[dict], workers: int) -> dict:
+    """The Ray driver's peak memory per corpus size on ``workers`` CPUs, first run on a fresh
+    cluster and warm run, and its growth from the smallest to the largest corpus beside the edge
+    list's (the one thing the driver maps in proportion to the corpus). RSS counts the object
+    store's pages the driver maps (the edge list; in a warm run also pages of the run before);
+    private is the driver's own memory."""
+    out: dict = {"workers": workers, "edges": {}, "edge_list_growth_mib": None}
+    edges = [r[f"workers_{workers}"]["ray_cold"]["timing"]["edges"] for r in sizes]
+    out["edges"] = {f"{r['mib']:.0f}_mib": e for r, e in zip(sizes, edges, strict=True)}
+    out["edge_list_growth_mib"] = round((edges[-1] - edges[0]) * EDGE_BYTES / 2**20, 1)
+    for run in ("ray_cold", "ray_warm"):
+        rows = [r[f"workers_{workers}"][run] for r in sizes]
+        row: dict = {}
+        for kind, key in (("rss", "peak_driver_rss_mib"), ("private", "peak_driver_private_mib")):
+            row[f"peak_{kind}_mib"] = {f"{r['mib']:.0f}_mib": round(w[key], 1)
+                                       for r, w in zip(sizes, rows, strict=True)}
+            row[f"{kind}_growth_mib"] = round(rows[-1][key] - rows[0][key], 1)
+        out[run] = row
+    return {"driver_memory": out}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -562,15 +586,7 @@ def main_engines(args) -> dict:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if len(results["sizes"]) > 1:
-        small, big = results["sizes"][0], results["sizes"][-1]
-        results["driver_peak_rss_mib"] = {
-            f"{r['mib']:.0f}_mib": r[f"workers_{n_all}"]["ray_warm"]["peak_driver_rss_mib"]
-            for r in results["sizes"]}
-        results["driver_growth_mib"] = round(
-            big[f"workers_{n_all}"]["ray_warm"]["peak_driver_rss_mib"]
-            - small[f"workers_{n_all}"]["ray_warm"]["peak_driver_rss_mib"], 1)
-        results["edges"] = {f"{r['mib']:.0f}_mib": r[f"workers_{n_all}"]["ray_warm"]["timing"]["edges"]
-                            for r in results["sizes"]}
+        results.update(driver_memory(results["sizes"], n_all))
     results["projection_1tb_in_1h"] = projection(results["sizes"], n_all)
     print("projection (1 TB in an hour):", results["projection_1tb_in_1h"])
     if args.json:

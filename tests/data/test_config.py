@@ -37,6 +37,7 @@ def test_null_disables_a_rule():
     ({"dedup": {"max_bucket": 0}}, "dedup.max_bucket"),
     ({"engine": "spark"}, "engine"),
     ({"ray": {"partition_mb": 0}}, "ray.partition_mb"),
+    ({"ray": {"unit_rows": 0}}, "ray.unit_rows"),
     ({"ray": {"num_cpus": 2}}, "ray.num_cpus"),
 ])
 def test_bad_params_name_the_key(params, key):

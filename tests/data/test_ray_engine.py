@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llama2_pipeline.data import CorpusError, PIILeakError, clean_corpus, ray_engine
+from llama2_pipeline.data import CorpusError, PIILeakError, clean_corpus
 from llama2_pipeline.data.dedup import MinHasher
 from llama2_pipeline.world import World
 
@@ -85,15 +85,16 @@ def test_world_corpus_same_bytes_and_report(cluster, world_corpus, tmp_path):
     assert m["dup_exact"] and m["dup_near"] and m["dropped_pii_density"] and m["removed_min_words"]
 
 
-def test_worker_killed_mid_run_gives_the_same_bytes(cluster, world_corpus, tmp_path, monkeypatch):
+def test_worker_killed_mid_run_gives_the_same_bytes(cluster, world_corpus, tmp_path):
     raw, local_out, local = world_corpus
-    monkeypatch.setattr(ray_engine, "UNIT_ROWS", 200)  # row groups cut in pieces: more, smaller tasks
     Path(f"{cluster}.armed").touch()
-    try:
-        report = clean_corpus(raw, tmp_path / "clean", on_ray(WORLD_CLEANING), progress=False)
+    try:  # ray.unit_rows 200: row groups cut in pieces, more and smaller tasks
+        report = clean_corpus(raw, tmp_path / "clean", on_ray({**WORLD_CLEANING, "ray": {"unit_rows": 200}}),
+                              progress=False)
     finally:
         Path(f"{cluster}.armed").unlink()
     assert Path(f"{cluster}.fired").exists()  # a worker did die, and its task was retried
+    assert report["timing"]["units"] > len(list(Path(raw).glob("*.parquet")))  # files cut into units
     assert_same_output(local_out, tmp_path / "clean")
     assert_same_report(local, report)
 
@@ -210,8 +211,9 @@ def test_a_surviving_canary_stops_both_engines(cluster, tmp_path):
 def test_signature_files_read_whole_or_by_row(tmp_path):
     """The partitions read the signatures they need from the units' signature files: a unit
     with many needed rows is read whole, one with few row by row; both give the same rows."""
-    from llama2_pipeline.data import ray_tasks
     import pyarrow.fs as pafs
+
+    from llama2_pipeline.data import ray_tasks
 
     fs, rng = pafs.LocalFileSystem(), np.random.default_rng(0)
     sigs = [rng.integers(0, 2**32, size=(n, 8), dtype=np.uint32) for n in (40, 64, 3)]

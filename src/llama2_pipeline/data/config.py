@@ -89,6 +89,7 @@ class RayConfig(Config):
 
     object_store_mb: int | None = None  # the in-process local cluster's object store (None = Ray's default)
     partition_mb: int = 64  # target size of one partition of the dedup shuffle
+    unit_rows: int = 2048  # about this many rows of one input file make one map task's unit of work
 
 
 EXECUTION_KEYS = ("engine", "ray", "workers")  # how the stage runs: not in the report's config
@@ -126,6 +127,7 @@ class CleaningConfig(Config):
         require(self.ray.object_store_mb is None or self.ray.object_store_mb >= 64, "ray.object_store_mb",
                 "an integer >= 64 or null", self.ray.object_store_mb)
         require(self.ray.partition_mb >= 1, "ray.partition_mb", "an integer >= 1", self.ray.partition_mb)
+        require(self.ray.unit_rows >= 1, "ray.unit_rows", "an integer >= 1", self.ray.unit_rows)
         for key in ("max_doc_chars", "shard_docs", "chunk_docs"):
             require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
         for key in ("max_examples", "snippet_chars", "workers"):

@@ -4,13 +4,14 @@ same bytes as the local engine. Imported only when that engine is chosen.
 
 Data flow (a *candidate* is a document that passed the per-document rules and goes to dedup)::
 
-    units (whole row groups of one input file, about UNIT_ROWS rows)
+    units (whole row groups of one input file, about `ray.unit_rows` rows)
       --map_batches: process_chunk per chunk_docs rows (the local engine's function)-->
           _work/unit-NNNNNNN.parquet: the unit's candidates (output columns), in corpus order
           _work/unit-NNNNNNN.sig: their MinHash signatures (raw uint32, same order)
           dedup rows: one exact row and one row per LSH band of each candidate (37 bytes:
           key, position, row in the signature file; no signature)
           _work/unit-NNNNNNN.summary: the unit's counters and first examples
+      --repartition into `parts` blocks (adjacent units, no shuffle)
       --groupby(hash partition of the key) --map_groups: the signatures of the documents
         that share a key in the partition, read from the signature files; dedup_edges.group_edges-->
     edges (j -> earlier i): the first document of j's exact group; the slot holders of j's
@@ -69,7 +70,6 @@ from .ray_tasks import (
 )
 from .report import Tally, check_canaries, finish_report
 
-UNIT_ROWS = 2048  # about this many rows of one file make the unit of work of one map task
 _ROW_BYTES = 37  # pkey, part, key, pos, row, hash: one dedup row
 _RAY_NOTE = "\nFailed to apply UDF transform"  # what Ray Data appends to a worker's message
 
@@ -119,7 +119,7 @@ class _Run:
         self.file_pos = np.cumsum([0] + [f.rows for f in files])  # corpus position of each file
         self.units: list[dict] = []
         for k, f in enumerate(files):
-            for lo, hi in _unit_rows(f.row_groups):
+            for lo, hi in _unit_rows(f.row_groups, cfg.ray.unit_rows):
                 self.units.append({"unit": len(self.units), "file": pickle.dumps(f),
                                    "lo": lo, "hi": hi, "pos0": int(self.file_pos[k]),
                                    "path": f"{self.work}/unit-{len(self.units):07d}.parquet"})
@@ -172,7 +172,11 @@ class _Run:
         if self.rows_per_doc == 0 or n == 0:
             return np.array(removed, dtype=np.int64)
         self.shuffled = n * self.rows_per_doc * self.row_bytes
-        edges = (rows.groupby("pkey")
+        # the sort shuffle splits each of its M input blocks into M pieces: on the units'
+        # blocks that is M^2 small objects, each held in the driver's in-process memory store (at
+        # 200 MiB of text, 27k of them: +130 MiB of driver memory). Merged first into
+        # ``parts`` adjacent blocks (no shuffle), the groupby moves parts^2 pieces.
+        edges = (rows.repartition(self.parts).groupby("pkey")
                  .map_groups(partition_edges, batch_format="pyarrow",
                              fn_kwargs={"cfg": self.cfg, "fs": self.fs,
                                         "unit_paths": [sig_path(u["path"]) for u in self.units],
@@ -264,21 +268,21 @@ class _Run:
             raise RuntimeError(f"ray engine: wrote {c['docs_out']} documents, expected {start[-1]}")
 
 
-def _unit_rows(row_groups: list[int]) -> list[tuple[int, int]]:
-    """Row ranges of one file's units: runs of whole row groups of about UNIT_ROWS rows (a
+def _unit_rows(row_groups: list[int], unit: int) -> list[tuple[int, int]]:
+    """Row ranges of one file's units: runs of whole row groups of about ``unit`` rows (a
     row group is read whole, so splitting one costs a re-read); a row group of more than
-    2 * UNIT_ROWS rows is cut into pieces of about UNIT_ROWS."""
+    2 * ``unit`` rows is cut into pieces of about ``unit``."""
     out, lo, row = [], 0, 0
     for n in row_groups:
-        if n > 2 * UNIT_ROWS:
+        if n > 2 * unit:
             if row > lo:
                 out.append((lo, row))
-            k = -(-n // UNIT_ROWS)
+            k = -(-n // unit)
             out += [(row + i * n // k, row + (i + 1) * n // k) for i in range(k)]
             lo = row = row + n
             continue
         row += n
-        if row - lo >= UNIT_ROWS:
+        if row - lo >= unit:
             out.append((lo, row))
             lo = row
     if row > lo:

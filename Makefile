@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?=
 PYTEST_ARGS ?=
+# make test: pytest-xdist processes, each running whole test files (TEST_WORKERS=0: one process)
+TEST_WORKERS ?= 2
 TORCH_VERSION ?= 2.13.0
 
 export DO_NOT_TRACK := true
@@ -89,7 +91,7 @@ test: venv
 	      || echo "WARNING: apt-get could not install chromium: tests/test_ui.py and tests/test_sharing.py fail without it" >&2; \
 	  fi; \
 	fi
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # kedro viz on http://127.0.0.1:$(VIZ_PORT) (make viz VIZ_PORT=4242 for another port)
 viz: VIZ_PORT ?= 4141

@@ -60,6 +60,11 @@ def make_project_copy(dest: Path, profile: str = "smoke", overrides: dict | None
     return dest
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two test processes on the cores: their
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads sleep when idle (spinning, they
+    # starved each other: one learning test 14x slower); the results do not depend on it
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
     """Training runs set process-wide torch state (threads, deterministic algorithms); put it back

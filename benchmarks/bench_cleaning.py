@@ -458,18 +458,16 @@ def driver_memory(sizes: list[dict], workers: int) -> dict:
     list's (the one thing the driver maps in proportion to the corpus). RSS counts the object
     store's pages the driver maps (the edge list; in a warm run also pages of the run before);
     private is the driver's own memory."""
-    out: dict = {"workers": workers, "edges": {}, "edge_list_growth_mib": None}
+    names = [f"{r['mib']:.0f}_mib" for r in sizes]
     edges = [r[f"workers_{workers}"]["ray_cold"]["timing"]["edges"] for r in sizes]
-    out["edges"] = {f"{r['mib']:.0f}_mib": e for r, e in zip(sizes, edges, strict=True)}
-    out["edge_list_growth_mib"] = round((edges[-1] - edges[0]) * EDGE_BYTES / 2**20, 1)
+    out: dict = {"workers": workers, "edges": dict(zip(names, edges, strict=True)),
+                 "edge_list_growth_mib": round((edges[-1] - edges[0]) * EDGE_BYTES / 2**20, 1)}
     for run in ("ray_cold", "ray_warm"):
         rows = [r[f"workers_{workers}"][run] for r in sizes]
-        row: dict = {}
+        out[run] = {}
         for kind, key in (("rss", "peak_driver_rss_mib"), ("private", "peak_driver_private_mib")):
-            row[f"peak_{kind}_mib"] = {f"{r['mib']:.0f}_mib": round(w[key], 1)
-                                       for r, w in zip(sizes, rows, strict=True)}
-            row[f"{kind}_growth_mib"] = round(rows[-1][key] - rows[0][key], 1)
-        out[run] = row
+            out[run][f"peak_{kind}_mib"] = {n: round(w[key], 1) for n, w in zip(names, rows, strict=True)}
+            out[run][f"{kind}_growth_mib"] = round(rows[-1][key] - rows[0][key], 1)
     return {"driver_memory": out}
 
 

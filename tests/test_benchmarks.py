@@ -192,6 +192,24 @@ def test_cleaning_benchmark_compares_the_engines(tmp_path):
     assert res["projection_1tb_in_1h"]["cores"] >= 1
 
 
+def test_cleaning_benchmark_sets_the_drivers_growth_beside_the_edge_list():
+    """``driver_memory``: per size and run, the driver's peak RSS and private memory, their
+    growth from the smallest corpus to the largest, and the edge list's growth (25 bytes an edge)."""
+    bench = _bench("bench_cleaning")
+
+    def size(mib, edges, rss, private):
+        run = {"timing": {"edges": edges}, "peak_driver_rss_mib": rss, "peak_driver_private_mib": private}
+        return {"mib": mib, "workers_2": {"ray_cold": run, "ray_warm": {**run, "peak_driver_rss_mib": rss + 10}}}
+
+    out = bench.driver_memory([size(100.1, 1 << 20, 250.0, 150.0), size(200.0, 3 << 20, 290.0, 161.5)], 2)
+    mem = out["driver_memory"]
+    assert mem["edges"] == {"100_mib": 1 << 20, "200_mib": 3 << 20}
+    assert mem["edge_list_growth_mib"] == 50.0
+    assert mem["ray_cold"]["peak_rss_mib"] == {"100_mib": 250.0, "200_mib": 290.0}
+    assert mem["ray_cold"]["rss_growth_mib"] == 40.0 and mem["ray_cold"]["private_growth_mib"] == 11.5
+    assert mem["ray_warm"]["peak_rss_mib"]["200_mib"] == 300.0
+
+
 def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
     """Per-seed figures from each copy's metrics, gains over SFT and round over round, mean ± sd."""
     import json

@@ -7,7 +7,8 @@ be ranked by knowing the fact; a pair that differs only in style is what prefere
 demonstrations do not. Pairs are sorted by :func:`llama2_pipeline.evaluation.reward.pair_kind`
 (correctness, style, mixed, other). For the project's helpfulness RM
 (`data/06_models/reward_helpfulness`) and, next to it, the SFT model's own answer likelihood (the
-reward stage's untrained baseline), this prints the accuracy on the helpfulness pairs of the
+reward stage's untrained baseline) and the world's noise-free judgement (the ceiling the
+annotators' label noise leaves), this prints the accuracy on the helpfulness pairs of the
 training and the held-out split, per kind and for the "significantly better" level, and writes JSON.
 
     dvc repro reward
@@ -79,18 +80,22 @@ def main(argv=None) -> dict:
         records = [r for r in read_jsonl(path)[0] if r.get("category") == "helpfulness"]
         if not records:
             raise ValueError(f"{path}: no helpfulness pairs")
-        judges = {"rm": evaluate_scores(rm, records, batch), "likelihood": likelihood_scores(lm, tok, records, batch)}
+        judges = {"rm": evaluate_scores(rm, records, batch), "likelihood": likelihood_scores(lm, tok, records, batch),
+                  "world": tuple([world.helpfulness(r["prompt"], r[side]) for r in records]
+                                 for side in ("chosen", "rejected"))}
         kinds = [pair_kind(world, r) for r in records]
         out["splits"][split] = accuracy_table(kinds, [r["rating"] for r in records], judges)
     out["seconds"] = round(time.perf_counter() - t0, 1)
 
-    print("helpfulness pairs: accuracy of the helpfulness RM and of the SFT model's answer likelihood")
-    print(f"{'split':<9}{'pairs differ in':<14}{'level':<22}{'n':>6}{'RM':>8}{'likelihood':>12}")
+    print("helpfulness pairs: accuracy of the helpfulness RM, of the SFT model's answer likelihood and of the\n"
+          "world's noise-free judgement (the ceiling the annotators' label noise leaves any RM)")
+    print(f"{'split':<9}{'pairs differ in':<14}{'level':<22}{'n':>6}{'RM':>8}{'likelihood':>12}{'world':>8}")
     for split, table in out["splits"].items():
         for kind, rows in table.items():
             for subset, row in rows.items():
-                rm_acc, lik_acc = (("–" if row[j] is None else f"{row[j]:.3f}") for j in ("rm", "likelihood"))
-                print(f"{split:<9}{kind:<14}{subset:<22}{row['n']:>6}{rm_acc:>8}{lik_acc:>12}")
+                rm_acc, lik_acc, world_acc = (("–" if row[j] is None else f"{row[j]:.3f}")
+                                              for j in ("rm", "likelihood", "world"))
+                print(f"{split:<9}{kind:<14}{subset:<22}{row['n']:>6}{rm_acc:>8}{lik_acc:>12}{world_acc:>8}")
     if args.out:
         write_json(args.out, out)
     return out

@@ -33,9 +33,8 @@ def test_fresh_copy_keeps_params_link_and_switches_profile(tmp_path):
 
 
 def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
-    import math
-
     import gc
+    import math
 
     from llama2_pipeline.model import Llama
 
@@ -168,6 +167,8 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
     for rows in table.values():
         for row in rows.values():
             assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in ("rm", "likelihood"))
+    # every chosen answer is the world's ideal one: its own judgement ranks every pair right
+    assert {k: table[k]["all"]["world"] for k in table} == dict.fromkeys(table, 1.0)
     assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]
 
 

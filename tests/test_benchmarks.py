@@ -41,6 +41,7 @@ def test_rlhf_device_check_runs_ppo_and_evaluation(tmp_path):
     def alive() -> int:
         return sum(isinstance(o, Llama) for o in gc.get_objects())
 
+    gc.collect()  # models earlier tests of this process left in reference cycles: not this check's
     before = alive()
     result = _bench("gpu_rlhf_check").main(["--steps", "2", "--out", str(tmp_path / "r.json")])
     assert alive() == before  # PPO's five models and the evaluation's four are all gone (GPU memory free)

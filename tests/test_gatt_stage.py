@@ -1,5 +1,6 @@
 """The ``gatt`` pipeline through a real ``kedro run`` in a smoke project copy (starting from the
-"SFT" model, so that the test needs no RLHF round)."""
+"SFT" model, so that the test needs no RLHF round; so without replay, which needs a round's
+rejection-sampling dialogues)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.test_reward_stage import write_upstream
 
 @pytest.fixture(scope="module")
 def gatt_project(tmp_path_factory) -> Path:
-    project = make_project_copy(tmp_path_factory.mktemp("gatt") / "proj", "smoke", {"gatt": {"after": "sft"}})
+    project = make_project_copy(tmp_path_factory.mktemp("gatt") / "proj", "smoke", {"gatt": {"after": "sft", "replay": False}})
     params = write_upstream(project)
     from llama2_pipeline.world import World
 

@@ -125,6 +125,7 @@ def _set(data: dict, dotted: str, value):
     ("gatt.min_turns", 99, "key 'gatt.min_turns' is 99, expected at most gatt.turns (6)"),
     ("gatt.cuts", "all", "key 'gatt.cuts' is 'all', expected one of 'every', 'random'"),
     ("gatt.context", "chat", "key 'gatt.context' is 'chat', expected one of 'turn', 'dialogue'"),
+    ("gatt.after", "sft", "key 'gatt.replay' is True, expected false when gatt.after is sft"),
     ("gatt.extra", 1, "unknown key 'gatt.extra'"),
     ("rlhf.rounds.v1", {"after": "sft"}, "missing key 'rlhf.rounds.v1.ppo' (true or false)"),
     ("gatt.finetune.train.betas", [0.9], "key 'gatt.finetune.train.betas' is [0.9], expected a list of 2 values"),

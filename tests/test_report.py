@@ -82,6 +82,10 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert metrics["report_rlhf_v2_win_rate_vs_sft"] == v2["win_rate_vs_sft"]
     assert metrics["report_gatt_helpfulness"] == gatt["gatt_model_helpfulness"]
     assert 0.0 <= metrics["report_pretrained_win_rate_vs_sft"] <= 1.0
+    # GAtt (gatt.replay) fine-tuned on the last round's rejection-sampling dialogues beside its own
+    replayed = (smoke_repro / "data/06_models/rlhf_v2/rs_dialogues.jsonl").read_text().splitlines()
+    gatt_stage = json.loads((smoke_repro / "metrics/gatt.json").read_text())
+    assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
 
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}

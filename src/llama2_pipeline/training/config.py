@@ -387,6 +387,7 @@ class GattConfig(Config):
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
+    replay: bool = False  # also fine-tune on the starting round's rejection-sampling dialogues (needs a round)
     num_threads: int = 0  # torch CPU threads for sampling and evaluation (0 = all cores)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the answers are sampled
     finetune: SFTConfig = field(default_factory=SFTConfig)  # the SFT machinery's settings
@@ -400,3 +401,5 @@ class GattConfig(Config):
         require(self.after == "sft" or self.after.startswith("rlhf_"), "after",
                 "sft or an RLHF round (rlhf_v2, ...)", self.after)
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
+        require(not (self.replay and self.after == "sft"), "replay",
+                "false when gatt.after is sft (it replays an RLHF round's rejection-sampling dialogues)", self.replay)

@@ -21,8 +21,15 @@ def build_dialogues(policy: Path, prompts: list[dict], gatt: GattConfig, seed: i
     return records, stats
 
 
-def finetune_gatt(dialogues: list[dict], policy: Path, workspace: Path, gatt: GattConfig):
-    return finetune_model(dialogues, policy, workspace, gatt.finetune, prefix="gatt")
+def finetune_gatt(dialogues: list[dict], policy: Path, workspace: Path, gatt: GattConfig,
+                  replay: list[dict] | None = None):
+    """Fine-tune the policy on the GAtt dialogues (loss on the last answer) and, with ``gatt.replay``,
+    on the starting round's rejection-sampling dialogues too (loss on every answer, as the round had
+    it): without them a fine-tune strong enough to teach the instructions forgets what the rounds
+    taught, the refusals first. Returns (model, training metrics, loss curve)."""
+    records = list(dialogues) + [dict(r, only_last_answer=False) for r in replay or ()]
+    model, metrics, curve = finetune_model(records, policy, workspace, gatt.finetune, prefix="gatt")
+    return model, {**metrics, "gatt_replay_dialogues": len(replay or ())}, curve
 
 
 def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: WorldParams, gatt: GattConfig, seed: int,

@@ -1,5 +1,6 @@
 """``gatt``: GAtt dialogues from the policy of ``gatt.after`` (the last RLHF round), fine-tuning
-with the loss on the last answer only, adherence by turn before and after."""
+with the loss on the last answer only (with ``gatt.replay``, beside the round's rejection-sampling
+dialogues), adherence by turn before and after."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ def start_policy(after: str) -> str:
 
 
 def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
-    policy = start_policy((recipe or session_recipe()).gatt.after)
+    gatt = (recipe or session_recipe()).gatt
+    policy = start_policy(gatt.after)
+    replay = {"replay": f"{gatt.after}.rs_dialogues"} if gatt.replay else {}
     return Pipeline([
         Node(build_dialogues, {"policy": policy, "prompts": "prompts_train", "gatt": "params:gatt",
                                "seed": "params:seed"}, ["gatt_dialogues", "gatt_build_stats"], name="gatt_build"),
         Node(finetune_gatt, {"dialogues": "gatt_dialogues", "policy": policy, "workspace": "gatt_workspace",
-                             "gatt": "params:gatt"},
+                             "gatt": "params:gatt", **replay},
              ["gatt_model", "gatt_training", "gatt_loss_curve_plot"], name="gatt_finetune"),
         Node(evaluate_gatt, {"before": policy, "after": "gatt_model", "prompts": "prompts_eval",
                              "world": "params:world", "gatt": "params:gatt", "seed": "params:seed",

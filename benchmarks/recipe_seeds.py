@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tabulate:
         for project in args.tabulate:
             seed = re.search(r"(?m)^seed: *(\d+)", (project / "params.yaml").read_text())
-            per_seed[int(seed.group(1)) if seed else str(project)] = figures(project)
+            key = int(seed.group(1)) if seed else str(project)
+            per_seed[key] = figures(project)
+            runs[key] = {"project": str(project.resolve()), "tabulated": True}
     else:
         tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="llama2-seeds-"))
         for seed in args.seeds:

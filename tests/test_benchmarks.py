@@ -232,6 +232,7 @@ def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
 
     out = bench.main(["--tabulate", *map(str, projects), "--out", str(tmp_path / "s.json")])
     assert out["seeds"] == [1234, 7]
+    assert out["runs"][7] == {"project": str(projects[1].resolve()), "tabulated": True}
     assert out["per_seed"]["1234"]["gain.final_vs_sft"] == pytest.approx(0.2)
     assert out["per_seed"]["7"]["gain.rlhf_v2_vs_rlhf_v1"] == pytest.approx(0.0)
     assert out["per_seed"]["7"]["gain.final_safety_vs_sft"] == pytest.approx(0.05)

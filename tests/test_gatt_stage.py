@@ -56,6 +56,11 @@ def test_adherence_by_turn_before_and_after(gatt_project):
     assert "gatt_turn4plus_over_turn1" in m and "gatt_helpfulness_change" in m and m["gatt_steps"] >= 1
     report = json.loads((gatt_project / "data/08_reporting/gatt_adherence.json").read_text())
     assert report["turns"] == [1, 2, 3, 4] and len(report["after"]["turn"]) == 4
+    # helpfulness per instruction, before and after: its change is the metric's, instruction by instruction
+    per = report["after"]["helpfulness_by_constraint"]
+    assert per and set(per) <= set(report["after"]["by_constraint"])
+    for c, h in per.items():
+        assert m[f"gatt_helpfulness_change_{c}"] == pytest.approx(h - report["before"]["helpfulness_by_constraint"][c])
     assert (gatt_project / "data/08_reporting/gatt_adherence.png").read_bytes()[:4] == b"\x89PNG"
     from llama2_pipeline.model import load_hf
 

@@ -69,6 +69,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
         assert f"| {model} |" in md
     for section in ("Reward models", "Ghost Attention", "Data cleaning", "Pretraining", "Stages"):
         assert f"## {section}" in md
+    assert "| instruction | adherence before | after | helpfulness before | after | change |" in md
     # the rounds' progress, the answer components per model, RM calibration, GAtt, cleaning, pretraining
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 6
     assert not re.search(r'(?:src|href)="(?!data:|#)', page), "the HTML must not reference any file or URL"

@@ -79,6 +79,15 @@ def test_adherence_by_turn_on_hand_made_dialogues():
                                     "uppercase": [1.0, 0.0, 1.0]}
 
 
+def test_helpfulness_by_constraint_counts_a_two_instruction_dialogue_for_both():
+    from llama2_pipeline.training.gatt import helpfulness_by_constraint
+
+    dialogues = [{"constraints": ["ahoy"]}, {"constraints": ["uppercase", "five_words"]}, {"constraints": ["ahoy"]}]
+    out = helpfulness_by_constraint(dialogues, [[1.0, 0.5], [0.2, 0.4], [0.0, 0.5]])
+    assert list(out) == ["ahoy", "five_words", "uppercase"]
+    assert out["ahoy"] == pytest.approx(0.5) and out["uppercase"] == out["five_words"] == pytest.approx(0.3)
+
+
 def test_drawn_dialogues_are_seeded_safe_and_compatible():
     prompts = [{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(20)] + \
               [{"prompt": "How do I build a bomb?", "safety": True}]

@@ -218,6 +218,16 @@ def adherence_by_turn(dialogues: Sequence[dict], answers: Sequence[Sequence[str]
             "by_constraint": {n: [h / c if c else None for h, c in v] for n, v in sorted(per.items())}}
 
 
+def helpfulness_by_constraint(dialogues: Sequence[dict], helpful: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Mean helpfulness of the answers given under each constraint (``helpful[i][t]``: answer t of
+    dialogue i, judged under its constraints); a dialogue with two constraints counts for both."""
+    per: dict[str, list[float]] = {}
+    for d, row in zip(dialogues, helpful):
+        for n in d["constraints"]:
+            per.setdefault(n, []).extend(row)
+    return {n: sum(v) / len(v) for n, v in sorted(per.items()) if v}
+
+
 def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bool = False) -> list[dict]:
     """The records cut so that the last answer (the one learned) falls at every turn position and
     adherence is taught at turn 2 as at turn 6: each record cut after a seeded number of turns in
@@ -297,10 +307,14 @@ def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cf
             model = load_hf(folder, device=default_device()).eval()
             answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
             adh = adherence_by_turn(dialogues, answers)
+            helpful = [[world.helpfulness(u, a, constraints=tuple(d["constraints"])) for u, a in zip(d["users"], row)]
+                       for d, row in zip(dialogues, answers)]
+            adh["helpfulness_by_constraint"] = helpfulness_by_constraint(dialogues, helpful)
             report[name] = adh
-            helpful = [world.helpfulness(u, a, constraints=tuple(d["constraints"]))
-                       for d, row in zip(dialogues, answers) for u, a in zip(d["users"], row)]
-            metrics[f"gatt_{name}_helpfulness"] = sum(helpful) / len(helpful)
+            flat = [h for row in helpful for h in row]
+            metrics[f"gatt_{name}_helpfulness"] = sum(flat) / len(flat)
+            for c, v in adh["helpfulness_by_constraint"].items():
+                metrics[f"gatt_{name}_helpfulness_{c}"] = v
             for t, v in enumerate(adh["turn"], 1):
                 metrics[f"gatt_{name}_adherence_turn{t}"] = v
             late = [v for v in adh["turn"][3:] if v is not None]
@@ -312,4 +326,6 @@ def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cf
     a1 = metrics["gatt_after_adherence_turn1"]
     metrics["gatt_turn4plus_over_turn1"] = metrics["gatt_after_adherence_turn4plus"] / a1 if a1 else 0.0
     metrics["gatt_helpfulness_change"] = metrics["gatt_after_helpfulness"] - metrics["gatt_before_helpfulness"]
+    for c in report["after"]["helpfulness_by_constraint"]:  # where following the instruction costs content
+        metrics[f"gatt_helpfulness_change_{c}"] = metrics[f"gatt_after_helpfulness_{c}"] - metrics[f"gatt_before_helpfulness_{c}"]
     return metrics, report, samples

@@ -10,7 +10,8 @@ world itself judges (an RM that is never wrong). Every fine-tuning arm uses the 
 * ``longest``         the longest of the K samples (a length heuristic);
 * ``ideal``           the world's ideal answers (``Task.reference``): the ceiling a fine-tune can learn;
 * ``best_of_k``       the best of the K samples by the world's judgement: rejection sampling with a
-                      perfect reward model;
+                      perfect reward model; with ``--best-of 4 16 32`` also ``best_of_4`` … at those K
+                      (each K its own samples): how the arm's gain grows with K;
 * ``ppo``             PPO (``rlhf.ppo`` settings, ``--ppo-steps`` steps) from SFT with the world's
                       judgement as its reward.
 
@@ -21,7 +22,7 @@ does. Printed and written as JSON: held-out helpfulness, safety and the answer c
 arm, the gain over SFT, and the world's score of the answers each arm trained on.
 
     dvc repro reward                                   # the SFT model and the helpfulness RM
-    python benchmarks/rlhf_headroom.py --out benchmarks/results/cpu_rlhf_headroom.json
+    python benchmarks/rlhf_headroom.py --best-of 4 16 32 --out benchmarks/results/cpu_rlhf_headroom.json
 """
 
 from __future__ import annotations
@@ -118,8 +119,12 @@ def main(argv=None) -> dict:
     p.add_argument("--train-prompts", type=int, default=0, help="train prompts to sample (0 = all; else seeded)")
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to judge (0 = all; else the first N)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"fine-tuning arms to run (of {', '.join(ARMS)})")
+    p.add_argument("--best-of", type=int, nargs="*", default=[], metavar="K",
+                   help="more best-of-K arms at these K (best_of_<K>; each K its own samples)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if any(n < 1 for n in args.best_of):
+        p.error(f"--best-of takes sample counts >= 1, got {args.best_of}")
 
     t0 = time.perf_counter()
     root = args.project
@@ -130,7 +135,7 @@ def main(argv=None) -> dict:
     for folder in (sft_dir, rm_dir):
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder}: no model (run `dvc repro reward` in the project first)")
-    train = records(root / "data/01_raw/prompts_train.jsonl")
+    train_prompts = records(root / "data/01_raw/prompts_train.jsonl")
     held_out = records(root / "data/01_raw/prompts_eval.jsonl")
     if args.eval_prompts:
         held_out = held_out[:args.eval_prompts]
@@ -148,20 +153,29 @@ def main(argv=None) -> dict:
                                             if c.startswith(f"{arm}_helpfulness_")}}
 
     results = {"sft": judge(load_hf(sft_dir), "sft")}
-    candidates = sample_candidates(sft_dir, tok, train, rlhf.candidates.replace(k=k, max_prompts=args.train_prompts),
-                                   seed, progress=False)
+    candidates = sample_candidates(sft_dir, tok, train_prompts,
+                                   rlhf.candidates.replace(k=k, max_prompts=args.train_prompts), seed, progress=False)
     arms, train_scores = selections(world, candidates, demos, seed)
     wanted = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(wanted) - set(ARMS))
     if unknown:
         p.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
+    more = sorted(set(args.best_of) - {k})
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in wanted:  # the round's fine-tuning settings, as finetune_policy
-            hf_dir = Path(tmp) / arm / "model"
-            finetune(sft_dir, tok, arms[arm], rlhf.rejection_sampling, Path(tmp) / arm / "run", hf_dir=hf_dir,
+        def train(arm: str, dialogues: list[dict], score: float, **extra) -> None:
+            hf_dir = Path(tmp) / arm / "model"  # the round's fine-tuning settings, as finetune_policy
+            finetune(sft_dir, tok, dialogues, rlhf.rejection_sampling, Path(tmp) / arm / "run", hf_dir=hf_dir,
                      prefix="rs", progress=False)
-            results[arm] = {**judge(load_hf(hf_dir), arm), "train_answers": len(arms[arm]),
-                            "train_world_score": round(train_scores[arm], 6)}
+            results[arm] = {**judge(load_hf(hf_dir), arm), "train_answers": len(dialogues),
+                            "train_world_score": round(score, 6), **extra}
+
+        for arm in wanted:
+            train(arm, arms[arm], train_scores[arm], **({"k": k} if arm == "best_of_k" else {}))
+        for n in more:  # the best-of-K arm at other K, from samples of its own
+            cfg_n = rlhf.candidates.replace(k=n, max_prompts=args.train_prompts)
+            cands = sample_candidates(sft_dir, tok, train_prompts, cfg_n, seed, progress=False)
+            picked, scores = selections(world, cands, demos, seed)
+            train(f"best_of_{n}", picked["best_of_k"], scores["best_of_k"], k=n)
     if ppo_steps > 0:
         cfg: PPOConfig = rlhf.ppo.replace(steps=ppo_steps, seed=seed)
         policy, history, _ = ppo_finetune(sft_dir, rm_dir, candidates, cfg, rlhf.safety_threshold,

@@ -95,9 +95,11 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
                                                                                    unsafe["reference"])
 
     out = bench.main(["--project", str(tmp_path), "--train-prompts", "16", "--eval-prompts", "8", "--ppo-steps", "2",
-                      "--out", str(tmp_path / "headroom.json")])
+                      "--best-of", "2", "--out", str(tmp_path / "headroom.json")])
     arms = out["arms"]
-    assert set(arms) == {"sft", "random", "demonstrations", "longest", "ideal", "best_of_k", "ppo"}
+    assert set(arms) == {"sft", "random", "demonstrations", "longest", "ideal", "best_of_k", "best_of_2", "ppo"}
+    assert arms["best_of_2"]["k"] == 2 and arms["best_of_k"]["k"] == out["k"] != 2
+    assert arms["best_of_2"]["train_answers"] <= 16
     assert out["train_prompts"] == 16 and out["held_out_prompts"] == 8 and arms["ppo"]["steps"] == 2
     for r in arms.values():
         assert 0.0 <= r["helpfulness"] <= 1.0 and 0.0 <= r["safety"] <= 1.0
@@ -108,6 +110,8 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
     assert arms["best_of_k"]["train_world_score"] >= arms["longest"]["train_world_score"]
     assert arms["ideal"]["train_world_score"] >= arms["best_of_k"]["train_world_score"]
     assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]
+    with pytest.raises(SystemExit):  # argparse's error: a sample count must be >= 1
+        bench.main(["--project", str(tmp_path), "--arms", "", "--ppo-steps", "0", "--best-of", "0"])
 
 
 def test_model_benchmark_breaks_the_training_step_down(tmp_path):

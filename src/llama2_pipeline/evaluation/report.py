@@ -196,15 +196,11 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
     out += ["", f"Turns ≥ 4 over turn 1 after GAtt: {_num(gatt.get('gatt_turn4plus_over_turn1'))}; helpfulness of "
             f"the same answers: {_num(gatt.get('gatt_before_helpfulness'))} before, "
             f"{_num(gatt.get('gatt_after_helpfulness'))} after."]
-    before, after = gatt_adherence.get("before", {}), gatt_adherence.get("after", {})
-    if after.get("helpfulness_by_constraint"):
-        def adh(side: dict, c: str) -> float | None:
-            v = [x for x in side.get("by_constraint", {}).get(c, []) if x is not None]
-            return sum(v) / len(v) if v else None
-        rows = []
-        for c, h in after["helpfulness_by_constraint"].items():
-            h0 = before.get("helpfulness_by_constraint", {}).get(c)
-            rows.append([c, adh(before, c), adh(after, c), h0, h, None if h0 is None else h - h0])
+    change = "gatt_helpfulness_change_"  # per instruction, with its gatt_{before,after}_* figures
+    rows = [[c, gatt.get(f"gatt_before_adherence_{c}"), gatt.get(f"gatt_after_adherence_{c}"),
+             gatt.get(f"gatt_before_helpfulness_{c}"), gatt.get(f"gatt_after_helpfulness_{c}"), v]
+            for c, v in ((k.removeprefix(change), v) for k, v in gatt.items() if k.startswith(change))]
+    if rows:
         out += ["", "By instruction (a dialogue under two instructions counts for both): adherence over all turns "
                 "and the helpfulness of the same answers, judged under the instruction.", "",
                 table(["instruction", "adherence before", "after", "helpfulness before", "after", "change"], rows)]

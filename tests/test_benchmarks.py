@@ -287,3 +287,32 @@ def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
         assert row["loss_last"] < row["loss_first"] and row["seconds"] > 0, (name, row)
     curve = json.loads((tmp_path / "loss_curve_tiny.json").read_text())  # fp32 on the CPU: the same curve
     assert curve["ok"] and curve["max_abs_diff"] <= 1e-4 and all(curve["falling"].values()), curve
+
+
+def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smoke_repro, tmp_path):
+    """The GAtt data-selection benchmark on the smoke project: its ``first`` arm at draw 0 is the
+    gatt stage itself (the same figures); every arm runs at every draw and is paired with ``first``."""
+    import statistics
+
+    bench = _bench("gatt_headroom")
+    out = bench.main(["--project", str(smoke_repro), "--draws", "0", "1", "--out", str(tmp_path / "gatt.json")])
+    stage = {**json.loads((smoke_repro / "metrics/gatt.json").read_text()),
+             **json.loads((smoke_repro / "metrics/gatt_model.json").read_text())}
+    first = out["runs"]["first"]["0"]
+    for key in ("helpfulness_change", "after_helpfulness", "after_adherence_turn1", "turn4plus_over_turn1",
+                "model_helpfulness"):
+        assert first[key] == pytest.approx(stage[f"gatt_{key}"], abs=1e-6), key
+    assert set(out["runs"]) == set(bench.ARMS) and all(set(r) == {"0", "1"} for r in out["runs"].values())
+    runs = out["runs"]
+    assert runs["first"]["1"]["before_helpfulness"] == first["before_helpfulness"]  # the evaluation is fixed
+    for arm in ("reward", "world"):
+        diffs = [runs[arm][d]["helpfulness_change"] - runs["first"][d]["helpfulness_change"] for d in ("0", "1")]
+        assert out["summary"][arm]["vs_first"]["helpfulness_change"]["mean"] == pytest.approx(statistics.fmean(diffs),
+                                                                                             abs=1e-6)
+        assert runs[arm]["0"]["adherent_share"] >= 0 and runs[arm]["0"]["examples"] > 0
+    for r in (row for arm in runs.values() for row in arm.values()):
+        assert 0.0 <= r["train_answer_helpfulness"] <= 1.0 and -1.0 <= r["helpfulness_change"] <= 1.0
+    assert json.loads((tmp_path / "gatt.json").read_text())["summary"] == out["summary"]
+    for bad in (["--arms", "first,best"], ["--draws", "0", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--project", str(smoke_repro), *bad])

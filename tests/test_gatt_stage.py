@@ -16,7 +16,7 @@ from tests.test_reward_stage import write_upstream
 @pytest.fixture(scope="module")
 def gatt_project(tmp_path_factory) -> Path:
     project = make_project_copy(tmp_path_factory.mktemp("gatt") / "proj", "smoke",
-                                {"gatt": {"after": "sft", "replay": False}})
+                                {"gatt": {"after": "sft", "replay": False, "select": "first"}})
     params = write_upstream(project)
     from llama2_pipeline.world import World
 

@@ -97,7 +97,7 @@ def test_registering_the_pipelines_imports_no_torch():
 
 def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(project):
     """The pipelines' shape follows Kedro's configuration: an environment's parameters add a round
-    and move gatt.after (and the dialogues GAtt replays with it), for `kedro run --env` and for
+    and move gatt.after (and the dialogues GAtt replays and the RM that ranks its samples with it), for `kedro run --env` and for
     conf/local alike."""
     (project / "conf/exp").mkdir()
     (project / "conf/exp/parameters.yml").write_text(yaml.safe_dump(
@@ -109,10 +109,10 @@ def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(proje
             "from kedro.framework.project import pipelines; "
             "g = pipelines['gatt'].inputs(); "
             "print(ctx.params['gatt'].after, 'rlhf_v3' in pipelines, 'rlhf_v3.policy' in g, "
-            "sorted(x for x in g if x.endswith('rs_dialogues')))")
-    moved = ["rlhf_v3", "True", "True", "['rlhf_v3.rs_dialogues']"]
+            "','.join(sorted(x for x in g if x.endswith(('rs_dialogues', 'helpfulness')))))")
+    moved = ["rlhf_v3", "True", "True", "rlhf_v3.reward_model_helpfulness,rlhf_v3.rs_dialogues"]
     assert run([sys.executable, "-c", code, "exp"], project).stdout.split()[-4:] == moved
     assert run([sys.executable, "-c", code], project).stdout.split()[-4:] == [
-        "rlhf_v2", "False", "False", "['rlhf_v2.rs_dialogues']"]
+        "rlhf_v2", "False", "False", "rlhf_v2.reward_model_helpfulness,rlhf_v2.rs_dialogues"]
     (project / "conf/local/parameters.yml").write_text((project / "conf/exp/parameters.yml").read_text())
     assert run([sys.executable, "-c", code], project).stdout.split()[-4:] == moved

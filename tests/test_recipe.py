@@ -126,6 +126,7 @@ def _set(data: dict, dotted: str, value):
     ("gatt.cuts", "all", "key 'gatt.cuts' is 'all', expected one of 'every', 'random'"),
     ("gatt.context", "chat", "key 'gatt.context' is 'chat', expected one of 'turn', 'dialogue'"),
     ("gatt.after", "sft", "key 'gatt.replay' is True, expected false when gatt.after is sft"),
+    ("gatt.select", "best", "key 'gatt.select' is 'best', expected one of 'first', 'reward'"),
     ("gatt.extra", 1, "unknown key 'gatt.extra'"),
     ("rlhf.rounds.v1", {"after": "sft"}, "missing key 'rlhf.rounds.v1.ppo' (true or false)"),
     ("gatt.finetune.train.betas", [0.9], "key 'gatt.finetune.train.betas' is [0.9], expected a list of 2 values"),
@@ -137,6 +138,15 @@ def test_a_bad_key_is_named_by_its_dotted_path(key, value, message):
         R.resolve(data, source="params.yaml")
     assert message in str(e.value), str(e.value)
     assert str(e.value).startswith("params.yaml is not valid (profile 'default')")
+
+
+def test_gatt_ranks_samples_with_a_round_reward_model_only():
+    data = raw()
+    data["gatt"].update(after="sft", replay=False)
+    with pytest.raises(R.ParamsError, match="key 'gatt.select' is 'reward', expected first when gatt.after is sft"):
+        R.resolve(data, source="params.yaml")
+    data["gatt"]["select"] = "first"
+    assert R.resolve(data, source="params.yaml").gatt.select == "first"
 
 
 def test_every_problem_is_listed_at_once():

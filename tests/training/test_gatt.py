@@ -138,6 +138,42 @@ def test_sample_adherent_retries_swaps_and_stops_a_dialogue_at_its_first_broken_
     assert [len(r["messages"]) for r in records] == [6, 2]
 
 
+def test_sample_adherent_with_a_scorer_keeps_the_best_adherent_of_all_tries(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.gatt import sample_adherent
+
+    calls = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        calls.append(desc)
+        k = sampling.seed - 10  # try k: "<user> <k>" adheres (ends "Cheers!") on tries 0 and 2, not on 1 or 3
+        return [{"answer": f"{c[-1]['content']} {k} {'Cheers!' if k in (0, 2) and 'never' not in c[-1]['content'] else 'Bye.'}"}
+                for c in chats]
+
+    seen = []
+
+    def score(users, answers, names):  # the later try scores higher; "Bye." (never adherent) would score highest
+        seen.extend(zip(users, answers, names))
+        return [10.0 if "Bye." in a else float(a.split()[1]) for a in answers]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["a", "b"], "constraints": ["cheers"]},
+                 {"users": ["c", "never"], "constraints": ["cheers"], "spare": ["d"]}]
+    out, answers, stats = sample_adherent(None, None, dialogues, SamplingConfig(seed=10), tries=4, prefix_only=True,
+                                          score=score)
+    assert answers == [["a 2 Cheers!", "b 2 Cheers!"], ["c 2 Cheers!", "d 2 Cheers!"]]  # try 2 beats try 0
+    assert out[1]["users"] == ["c", "d"] and stats["gatt_swapped_messages"] == 1
+    assert all(a.endswith("Cheers!") and n == ("cheers",) for _, a, n in seen)  # only adherent answers are scored
+    assert calls.count("gatt turn 1 try 4") == 1 and calls.count("gatt turn 2 try 4") == 2  # every try is sampled
+    assert stats["gatt_answer_adherent_share"] == pytest.approx(8 / 20)  # 20 samples, 2 adherent per message
+    # equal scores keep the first adherent answer, as without a scorer
+    _, first, _ = sample_adherent(None, None, dialogues, SamplingConfig(seed=10), tries=4, prefix_only=True)
+    _, tied, _ = sample_adherent(None, None, dialogues, SamplingConfig(seed=10), tries=4, prefix_only=True,
+                                 score=lambda users, answers, names: [0.0] * len(answers))
+    assert first == tied == [["a 0 Cheers!", "b 0 Cheers!"], ["c 0 Cheers!", "d 0 Cheers!"]]
+
+
 def test_drawn_dialogues_with_spare_messages():
     prompts = [{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(20)]
     plain = draw_dialogues(prompts, 5, 4, seed=1)

@@ -147,7 +147,8 @@ def test_gatt_raises_late_turn_adherence(mini):
     from llama2_pipeline.training.sft import finetune
 
     gatt = mini.recipe.gatt
-    records, _ = build_gatt_dialogues(mini.policy, mini.prompts, gatt.replace(dialogues=60, tries=4), SEED)
+    records, _ = build_gatt_dialogues(mini.policy, mini.prompts, gatt.replace(dialogues=60, tries=4), SEED,
+                                      reward_dir=mini.helpfulness)  # gatt.select: reward ranks the samples
     ft = gatt.finetune.replace(val_fraction=0.0, epochs=3, train=gatt.finetune.train.replace(
         eval_every=0, checkpoint_every=0, lr=1e-3))
     finetune(mini.policy, mini.tokenizer, records, ft, mini.root / "gatt_run", hf_dir=mini.root / "gatt",

@@ -384,6 +384,7 @@ class GattConfig(Config):
     cuts: Literal["every", "random"] = "every"  # one example per cut after each turn, or one seeded cut
     max_constraints: int = 2  # instructions combine up to this many compatible constraints
     tries: int = 2  # samples per answer until one follows the instruction
+    select: Literal["first", "reward"] = "first"  # the first adherent sample, or the best adherent of all tries by the round's helpfulness RM
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
@@ -403,3 +404,6 @@ class GattConfig(Config):
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
         require(not (self.replay and self.after == "sft"), "replay",
                 "false when gatt.after is sft (it replays an RLHF round's rejection-sampling dialogues)", self.replay)
+        require(not (self.select == "reward" and self.after == "sft"), "select",
+                "first when gatt.after is sft (reward ranks the samples with an RLHF round's helpfulness RM)",
+                self.select)

@@ -22,7 +22,7 @@ Nothing here imports Kedro or MLflow.
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..model.config import SamplingConfig
 from ..world import constraints
@@ -88,7 +88,8 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
 
 
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
-                    prefix_only: bool = False, context: str = "turn", progress: bool = False
+                    prefix_only: bool = False, context: str = "turn", progress: bool = False,
+                    score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None
                     ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
     samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
@@ -101,6 +102,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     ``tries`` samples is replaced by the dialogue's next ``spare`` message, if any, and tried
     again (some pairs cannot be followed: "answer in uppercase" and "What is 2 plus 2?"); a
     dialogue whose spares are used up is not answered past that turn (later answers ``""``).
+
+    With ``score`` (``score(user_messages, answers, instructions)``, higher is better: a reward
+    model's, or the world's judgement under the instruction) every message gets all ``tries``
+    samples and keeps its best-scored adherent one (the first of equals).
 
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
@@ -125,6 +130,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     for t in range(turns):
         todo, kept = list(alive), []
         while todo:
+            best: dict[int, float] = {}
             for k in range(tries):
                 if not todo:
                     break
@@ -132,19 +138,30 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                                        dataclasses.replace(sampling, seed=sampling.seed + k),
                                        desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
                 sampled += len(todo)
-                failed = []
-                for i, o in zip(todo, out):
-                    answers[i][t] = o["answer"]
-                    if o["answer"].strip() and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"]):
-                        kept.append(i)
-                    else:
-                        failed.append(i)
-                todo = failed
+                ok = [bool(o["answer"].strip()) and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"])
+                      for i, o in zip(todo, out)]
+                good = [(i, o["answer"]) for i, o, y in zip(todo, out, ok) if y]
+                adherent += len(good)
+                values = (list(score([out_dialogues[i]["users"][t] for i, _ in good], [a for _, a in good],
+                                     [tuple(dialogues[i]["constraints"]) for i, _ in good]))
+                          if score is not None and good else [0.0] * len(good))
+                for (i, a), v in zip(good, values):
+                    if i not in best or v > best[i]:
+                        best[i] = v
+                        answers[i][t] = a
+                for i, o, y in zip(todo, out, ok):
+                    if i not in best:
+                        answers[i][t] = o["answer"]
+                if score is None:  # the first adherent answer is kept
+                    kept.extend(i for i, y in zip(todo, ok) if y)
+                    todo = [i for i, y in zip(todo, ok) if not y]
+            if score is not None:  # every message had all its tries
+                kept.extend(best)
+                todo = [i for i in todo if i not in best]
             todo = [i for i in todo if spares[i]]  # swap in a spare message and try again
             for i in todo:
                 out_dialogues[i]["users"][t] = spares[i].pop(0)
                 swapped += 1
-        adherent += len(kept)
         if prefix_only:
             alive = sorted(kept)
     return out_dialogues, answers, {"gatt_answer_adherent_share": adherent / max(1, sampled),
@@ -255,10 +272,22 @@ CONTEXTS = ("turn", "dialogue")
 # --------------------------------------------------------------------------------------------
 
 
-def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int
+def reward_scorer(reward_dir, batch_size: int = 64) -> Callable[[list[str], list[str], list[tuple[str, ...]]], list[float]]:
+    """:func:`sample_adherent`'s ``score`` from a helpfulness reward model's folder: the RM's score
+    of each (user message, answer); the instruction is not shown to it (every candidate of a
+    message is under the same one)."""
+    from ..model import default_device
+    from ..model.reward import RewardModel
+
+    rm = RewardModel.load(reward_dir, device=default_device())
+    return lambda users, answers, _names: rm.score(users, answers, batch_size)
+
+
+def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int, reward_dir=None
                          ) -> tuple[list[dict], dict[str, float]]:
     """GAtt training records: dialogues drawn from ``prompts``, answered by the policy with the
-    instruction (:func:`sample_adherent`), the instruction kept in the first turn only
+    instruction (:func:`sample_adherent`; with ``gatt.select: reward`` the best adherent of all
+    tries by the helpfulness RM in ``reward_dir``), the instruction kept in the first turn only
     (:func:`construct`), cut after every turn (:func:`truncations`). Returns (records, stats)."""
     from pathlib import Path
 
@@ -266,13 +295,16 @@ def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, s
     from ..tokenizer import Tokenizer
     from .preferences import torch_threads
 
+    if cfg.select == "reward" and reward_dir is None:
+        raise ValueError("gatt.select is reward but no helpfulness reward model was given (reward_dir)")
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
                                spare=cfg.spare_messages if cfg.keep_adherent else 0)
     with torch_threads(cfg.num_threads):
         model = load_hf(policy_dir, device=default_device()).eval()
         tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
+        score = reward_scorer(reward_dir) if cfg.select == "reward" else None
         dialogues, answers, stats = sample_adherent(model, tok, dialogues, cfg.sampling, cfg.tries,
-                                                    prefix_only=cfg.keep_adherent, context=cfg.context)
+                                                    prefix_only=cfg.keep_adherent, context=cfg.context, score=score)
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
                               min_turns=cfg.min_turns)
     stats.update(more)

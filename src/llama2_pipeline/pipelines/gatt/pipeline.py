@@ -1,4 +1,5 @@
-"""``gatt``: GAtt dialogues from the policy of ``gatt.after`` (the last RLHF round), fine-tuning
+"""``gatt``: GAtt dialogues from the policy of ``gatt.after`` (the last RLHF round; with
+``gatt.select: reward`` the best adherent samples by that round's helpfulness RM), fine-tuning
 with the loss on the last answer only (with ``gatt.replay``, beside the round's rejection-sampling
 dialogues), adherence by turn before and after."""
 
@@ -21,9 +22,11 @@ def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
     gatt = (recipe or session_recipe()).gatt
     policy = start_policy(gatt.after)
     replay = {"replay": f"{gatt.after}.rs_dialogues"} if gatt.replay else {}
+    ranker = {"reward_model": f"{gatt.after}.reward_model_helpfulness"} if gatt.select == "reward" else {}
     return Pipeline([
         Node(build_dialogues, {"policy": policy, "prompts": "prompts_train", "gatt": "params:gatt",
-                               "seed": "params:seed"}, ["gatt_dialogues", "gatt_build_stats"], name="gatt_build"),
+                               "seed": "params:seed", **ranker}, ["gatt_dialogues", "gatt_build_stats"],
+             name="gatt_build"),
         Node(finetune_gatt, {"dialogues": "gatt_dialogues", "policy": policy, "workspace": "gatt_workspace",
                              "gatt": "params:gatt", **replay},
              ["gatt_model", "gatt_training", "gatt_loss_curve_plot"], name="gatt_finetune"),

@@ -72,6 +72,7 @@ def main(argv=None) -> dict:
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (of {', '.join(ARMS)})")
     p.add_argument("--draws", type=int, nargs="+", default=[0], metavar="D",
                    help="GAtt draws: dialogues, samples and cuts of seed + D (the evaluation stays the seed's)")
+    p.add_argument("--tries", type=int, default=None, help="samples per user message (default: gatt.tries)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     wanted = [a for a in args.arms.split(",") if a]
@@ -80,11 +81,14 @@ def main(argv=None) -> dict:
         p.error(f"unknown arm(s) {unknown or wanted}; expected some of {list(ARMS)}")
     if any(d < 0 for d in args.draws) or len(set(args.draws)) != len(args.draws):
         p.error(f"--draws takes distinct offsets >= 0, got {args.draws}")
+    if args.tries is not None and args.tries < 1:
+        p.error(f"--tries takes a sample count >= 1, got {args.tries}")
 
     t0 = time.perf_counter()
     root = args.project
     recipe = load(root / "params.yaml")
     seed, cfg = recipe.seed, recipe.gatt
+    cfg = cfg.replace(tries=args.tries or cfg.tries)
     if cfg.after == "sft":
         p.error("gatt.after is sft: this script compares selections on an RLHF round's policy and RMs")
     world = recipe.world.world(seed)

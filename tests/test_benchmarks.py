@@ -313,6 +313,7 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
     for r in (row for arm in runs.values() for row in arm.values()):
         assert 0.0 <= r["train_answer_helpfulness"] <= 1.0 and -1.0 <= r["helpfulness_change"] <= 1.0
     assert json.loads((tmp_path / "gatt.json").read_text())["summary"] == out["summary"]
-    for bad in (["--arms", "first,best"], ["--draws", "0", "0"]):
+    assert out["tries"] == 2  # the smoke profile's gatt.tries
+    for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"]):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), *bad])

@@ -212,3 +212,12 @@ def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):
     assert seen[-1] == [{"role": "system", "content": instruction}, {"role": "user", "content": "u3?"}]
     with pytest.raises(ValueError, match="context"):
         sample_adherent(None, None, dialogues, SamplingConfig(), 1, context="chat")
+
+
+def test_ranking_by_reward_needs_the_reward_model():
+    from llama2_pipeline.training.config import GattConfig
+    from llama2_pipeline.training.gatt import build_gatt_dialogues
+
+    cfg = GattConfig.from_dict({"after": "rlhf_v2", "select": "reward"})
+    with pytest.raises(ValueError, match="gatt.select is reward but no helpfulness reward model"):
+        build_gatt_dialogues("no-policy-here", [], cfg, seed=0)

@@ -1,18 +1,21 @@
 """How much of GAtt's helpfulness cost can its training data recover? Arms with a perfect judge.
 
-The gatt stage keeps, per user message, the first of up to ``gatt.tries`` sampled answers that
-follows the instruction. Following an instruction costs content (an answer in capitals restates and
-explains less: the corpus the policy learned from has almost no text in capitals), so the stage
-reports the helpfulness of the same held-out answers before and after. This script asks whether
-better answers to learn from would shrink that cost. From the project's GAtt starting policy
+The gatt stage keeps, per user message, one of ``gatt.tries`` sampled answers that follows the
+instruction. Following an instruction costs content (an answer in capitals restates and explains
+less: the corpus the policy learned from has almost no text in capitals), so the stage reports the
+helpfulness of the same held-out answers before and after. This script asks whether better
+answers to learn from would shrink that cost. From the project's GAtt starting policy
 (``gatt.after``), the GAtt dialogues are built three ways and each set is fine-tuned and evaluated
 exactly as the stage does (``gatt.finetune`` with the round's rejection-sampling dialogues replayed,
 ``gatt.eval``):
 
-* ``first``   the stage's data: the first adherent of up to ``gatt.tries`` samples;
-* ``reward``  the best adherent of all ``gatt.tries`` samples by the round's helpfulness RM;
+* ``first``   the first adherent of up to ``gatt.tries`` samples (``gatt.select: first``);
+* ``reward``  the best adherent of all ``gatt.tries`` samples by the round's helpfulness RM
+              (``gatt.select: reward``, the default);
 * ``world``   the best adherent of all ``gatt.tries`` samples by the world's judgement (the
               helpfulness of the answer under its instruction): selection with a perfect RM.
+
+The arm of the project's ``gatt.select`` at draw 0 is the stage itself (``stage_arm`` in the JSON).
 
 ``--draws 0 1 2`` repeats every arm with the GAtt draws (dialogues, samples, cuts) of seed + d, the
 held-out evaluation fixed, so an arm's difference from ``first`` is paired per draw and told apart
@@ -147,7 +150,7 @@ def main(argv=None) -> dict:
                                                         for d in args.draws]) for f in FIGURES}
     out = {"benchmark": "gatt_headroom", "argv": list(argv if argv is not None else sys.argv[1:]),
            "profile": recipe.profile, "seed": seed, "world_version": recipe.world.version, "after": cfg.after,
-           "tries": cfg.tries, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
+           "tries": cfg.tries, "stage_arm": cfg.select, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
            "runs": runs, "summary": summary}
     print(f"\nGAtt from {cfg.after} (seed {seed}), {len(args.draws)} draw(s): mean ± sd over draws")
     print(f"{'figure':<32}" + "".join(f"{a:>18}" for a in wanted))

@@ -290,18 +290,20 @@ def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
 
 
 def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smoke_repro, tmp_path):
-    """The GAtt data-selection benchmark on the smoke project: its ``first`` arm at draw 0 is the
-    gatt stage itself (the same figures); every arm runs at every draw and is paired with ``first``."""
+    """The GAtt data-selection benchmark on the smoke project: the arm of its ``gatt.select`` at
+    draw 0 is the gatt stage itself (the same figures); every arm runs at every draw and is paired
+    with ``first``."""
     import statistics
 
     bench = _bench("gatt_headroom")
     out = bench.main(["--project", str(smoke_repro), "--draws", "0", "1", "--out", str(tmp_path / "gatt.json")])
     stage = {**json.loads((smoke_repro / "metrics/gatt.json").read_text()),
              **json.loads((smoke_repro / "metrics/gatt_model.json").read_text())}
-    first = out["runs"]["first"]["0"]
+    assert out["stage_arm"] == "reward"  # the default gatt.select
+    first, same = out["runs"]["first"]["0"], out["runs"]["reward"]["0"]
     for key in ("helpfulness_change", "after_helpfulness", "after_adherence_turn1", "turn4plus_over_turn1",
                 "model_helpfulness"):
-        assert first[key] == pytest.approx(stage[f"gatt_{key}"], abs=1e-6), key
+        assert same[key] == pytest.approx(stage[f"gatt_{key}"], abs=1e-6), key
     assert set(out["runs"]) == set(bench.ARMS) and all(set(r) == {"0", "1"} for r in out["runs"].values())
     runs = out["runs"]
     assert runs["first"]["1"]["before_helpfulness"] == first["before_helpfulness"]  # the evaluation is fixed

@@ -97,8 +97,8 @@ def test_registering_the_pipelines_imports_no_torch():
 
 def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(project):
     """The pipelines' shape follows Kedro's configuration: an environment's parameters add a round
-    and move gatt.after (and the dialogues GAtt replays and the RM that ranks its samples with it), for `kedro run --env` and for
-    conf/local alike."""
+    and move gatt.after (and with it the dialogues GAtt replays and the RM that ranks its samples),
+    for `kedro run --env` and for conf/local alike."""
     (project / "conf/exp").mkdir()
     (project / "conf/exp/parameters.yml").write_text(yaml.safe_dump(
         {"rlhf": {"rounds": {"v3": {"after": "rlhf_v2", "ppo": True}}}, "gatt": {"after": "rlhf_v3"}}))

@@ -31,7 +31,6 @@ answers trained on; then each arm's mean ± sd over draws and its paired differe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -113,18 +112,10 @@ def main(argv=None) -> dict:
     runs: dict[str, dict[str, dict]] = {a: {} for a in wanted}
     with tempfile.TemporaryDirectory() as tmp:
         for d in args.draws:
-            sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * d)
+            draw = cfg.replace(sampling=cfg.sampling.replace(seed=cfg.sampling.seed + 1000 * d))
             for arm in wanted:
-                t = time.perf_counter()
-                drawn = G.draw_dialogues(prompts_train, cfg.dialogues, cfg.turns, seed + d,
-                                         max_constraints=cfg.max_constraints,
-                                         spare=cfg.spare_messages if cfg.keep_adherent else 0)
-                drawn, answers, stats = G.sample_adherent(model, tok, drawn, sampling, cfg.tries,
-                                                          prefix_only=cfg.keep_adherent, context=cfg.context,
-                                                          score=scorers[arm])
-                built, more = G.construct(drawn, answers, keep_adherent=cfg.keep_adherent, system=True,
-                                          min_turns=cfg.min_turns)
-                cut = G.truncations(built, cfg.min_turns, seed + d, every=cfg.cuts == "every")
+                t = time.perf_counter()  # the stage's construction (build_gatt_dialogues) at this draw
+                built, cut, stats = G.gatt_records(model, tok, prompts_train, draw, seed + d, score=scorers[arm])
                 hf_dir = Path(tmp) / f"{arm}-{d}" / "model"
                 finetune(policy, tok, cut + replay, cfg.finetune, Path(tmp) / f"{arm}-{d}" / "run", hf_dir=hf_dir,
                          prefix="gatt", progress=False)

@@ -283,28 +283,17 @@ def reward_scorer(reward_dir, batch_size: int = 64) -> Callable[[list[str], list
     return lambda users, answers, _names: rm.score(users, answers, batch_size)
 
 
-def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int, reward_dir=None
-                         ) -> tuple[list[dict], dict[str, float]]:
-    """GAtt training records: dialogues drawn from ``prompts``, answered by the policy with the
-    instruction (:func:`sample_adherent`; with ``gatt.select: reward`` the best adherent of all
-    tries by the helpfulness RM in ``reward_dir``), the instruction kept in the first turn only
-    (:func:`construct`), cut after every turn (:func:`truncations`). Returns (records, stats)."""
-    from pathlib import Path
-
-    from ..model import default_device, load_hf
-    from ..tokenizer import Tokenizer
-    from .preferences import torch_threads
-
-    if cfg.select == "reward" and reward_dir is None:
-        raise ValueError("gatt.select is reward but no helpfulness reward model was given (reward_dir)")
+def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, seed: int, *,
+                 score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None
+                 ) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """GAtt training records from a loaded policy: dialogues drawn from ``prompts`` (``seed``),
+    answered with the instruction (:func:`sample_adherent`, ``cfg.sampling``; ranked by ``score``
+    if given), the instruction kept in the first turn only (:func:`construct`), cut after every
+    turn (:func:`truncations`). Returns (the records, their cuts: the training examples, stats)."""
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
                                spare=cfg.spare_messages if cfg.keep_adherent else 0)
-    with torch_threads(cfg.num_threads):
-        model = load_hf(policy_dir, device=default_device()).eval()
-        tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
-        score = reward_scorer(reward_dir) if cfg.select == "reward" else None
-        dialogues, answers, stats = sample_adherent(model, tok, dialogues, cfg.sampling, cfg.tries,
-                                                    prefix_only=cfg.keep_adherent, context=cfg.context, score=score)
+    dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
+                                                prefix_only=cfg.keep_adherent, context=cfg.context, score=score)
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
                               min_turns=cfg.min_turns)
     stats.update(more)
@@ -313,6 +302,29 @@ def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, s
                          f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
     cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every")
     stats["gatt_examples"] = len(cut)
+    return records, cut, stats
+
+
+def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int, reward_dir=None
+                         ) -> tuple[list[dict], dict[str, float]]:
+    """GAtt training records: dialogues drawn from ``prompts``, answered by the policy with the
+    instruction (:func:`sample_adherent`; with ``gatt.select: reward`` the best adherent of all
+    tries by the helpfulness RM in ``reward_dir``), the instruction kept in the first turn only
+    (:func:`construct`), cut after every turn (:func:`truncations`): :func:`gatt_records` with the
+    policy in ``policy_dir``. Returns (the training examples, stats)."""
+    from pathlib import Path
+
+    from ..model import default_device, load_hf
+    from ..tokenizer import Tokenizer
+    from .preferences import torch_threads
+
+    if cfg.select == "reward" and reward_dir is None:
+        raise ValueError("gatt.select is reward but no helpfulness reward model was given (reward_dir)")
+    with torch_threads(cfg.num_threads):
+        model = load_hf(policy_dir, device=default_device()).eval()
+        tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
+        score = reward_scorer(reward_dir) if cfg.select == "reward" else None
+        _, cut, stats = gatt_records(model, tok, prompts, cfg, seed, score=score)
     return cut, stats
 
 

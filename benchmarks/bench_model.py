@@ -3,7 +3,12 @@
 Measures, in one run:
 * training tokens/s: forward + backward + AdamW step (same batch, sequence length, optimiser);
 * generation new tokens/s: our ``generate`` vs transformers' ``generate`` (same prompts, batch,
-  max_new_tokens, sampling settings; EOS disabled on both so every row makes max_new_tokens).
+  max_new_tokens, sampling settings; EOS disabled on both so every row makes max_new_tokens);
+  ``ours`` decodes as ``generate`` does by default (a CUDA graph per step on CUDA, eager on CPU),
+  ``--decode-arms`` times other decoding modes of ours beside it (``gen_tokens_per_s_ours_<mode>``);
+* greedy outputs (``--greedy-tokens``): ours (default decoding) against transformers on the same
+  prompts in float32, where two correct implementations agree token for token (in bf16 a random
+  model's near-ties flip on rounding), and ours in each timed arm against ours eager in the run's dtype.
 
 The HF model is loaded from our exported folder, so both start from identical weights.
 Timings alternate between the two implementations (``--rounds``) and report the median.
@@ -104,6 +109,36 @@ def step_breakdown(step, device: torch.device, steps: int) -> dict[str, float]:
     return out
 
 
+def greedy_identity(ours, hf, prompts, prompt_len, new_tokens, arms) -> dict:
+    """Shares of rows whose greedy tokens are identical: ours (default decoding) against transformers'
+    ``generate`` on float32 copies of both models, and each of our decoding modes against ours eager in
+    the models' own dtype."""
+    import copy
+
+    device, pad = ours.tok_embeddings.weight.device, 0
+    ids = torch.tensor([[pad] * (prompt_len - len(q)) + q for q in prompts], device=device)
+    mask = (torch.arange(prompt_len, device=device) >= torch.tensor(
+        [prompt_len - len(q) for q in prompts], device=device)[:, None]).long()
+
+    def same(a, b):
+        return sum(x == y for x, y in zip(a, b)) / len(a)
+
+    def ours_greedy(model, decode="auto"):
+        return generate(model, prompts, new_tokens, temperature=0, eos_id=[], decode=decode).tokens
+
+    with torch.inference_mode():
+        runs = {a: ours_greedy(ours, a) for a in {"eager", *arms}}
+        res = {f"greedy_identical_{a}_vs_eager": same(runs[a], runs["eager"]) for a in arms if a != "eager"}
+        res["greedy_identical_default_vs_eager"] = same(ours_greedy(ours), runs["eager"])
+        ours32, hf32 = copy.deepcopy(ours).float(), copy.deepcopy(hf).float()
+        theirs = hf32.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                               pad_token_id=pad)[:, prompt_len:].tolist()
+        res["greedy_identical_vs_hf"] = same(ours_greedy(ours32), theirs)
+        del ours32, hf32
+    res["greedy_tokens"], res["greedy_check_dtype_vs_hf"] = new_tokens, "fp32"
+    return res
+
+
 def time_it(fn, device, steps, clock=time.perf_counter):
     _sync(device)
     t0 = clock()
@@ -128,6 +163,11 @@ def main(argv=None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--decode-arms", default=None,
+                   help="comma-separated decode modes of ours timed beside the default (eager | static | graph; "
+                        "default: eager on CUDA, static on CPU)")
+    p.add_argument("--greedy-tokens", type=int, default=32,
+                   help="new tokens of the greedy-identity check (0 = skip it)")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="cpu = process CPU time: with --threads 1 on a shared CPU it ignores time "
@@ -177,9 +217,11 @@ def main(argv=None) -> dict:
     ours.train(), hf.train()
     gen_ours = torch.Generator(device).manual_seed(args.seed)
 
-    def run_gen_ours():
+    arms = [a for a in (args.decode_arms or ("eager" if device.type == "cuda" else "static")).split(",") if a]
+
+    def run_gen_ours(decode="auto"):
         out = generate(ours, prompts, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       eos_id=[], generator=gen_ours)
+                       eos_id=[], generator=gen_ours, decode=decode)
         assert all(len(t) == args.max_new_tokens for t in out.tokens)
 
     def run_gen_hf():
@@ -194,20 +236,27 @@ def main(argv=None) -> dict:
     def step_hf():
         return train_step_hf(hf, opt_hf, tokens)
 
+    # before any training step: the two models still have the same weights
+    greedy = greedy_identity(ours, hf, prompts, args.prompt_len, args.greedy_tokens, arms) if args.greedy_tokens else {}
+
     # warm-up (allocator, kernels, HF's first-call setup)
     for _ in range(2):
         step_ours()
         step_hf()
     run_gen_ours(), run_gen_hf()
+    for arm in arms:
+        run_gen_ours(arm)
 
     # alternate the two implementations so that load from other processes hits both alike
     t_train = {"ours": [], "hf": []}
-    t_gen = {"ours": [], "hf": []}
+    t_gen = {"ours": [], "hf": [], **{f"ours_{a}": [] for a in arms}}
     for _ in range(args.rounds):
         t_train["ours"].append(time_it(step_ours, device, args.train_steps, clock))
         t_train["hf"].append(time_it(step_hf, device, args.train_steps, clock))
         t_gen["ours"].append(time_it(run_gen_ours, device, 1, clock))
         t_gen["hf"].append(time_it(run_gen_hf, device, 1, clock))
+        for arm in arms:
+            t_gen[f"ours_{arm}"].append(time_it(lambda a=arm: run_gen_ours(a), device, 1, clock))
 
     train_tokens = args.batch * args.seq_len
     new_tokens = args.gen_batch * args.max_new_tokens
@@ -225,6 +274,11 @@ def main(argv=None) -> dict:
             res[f"{kind}_tokens_per_s_{name}_best"] = n / min(times[name])
         res[f"{kind}_speedup"] = res[f"{kind}_tokens_per_s_ours"] / res[f"{kind}_tokens_per_s_hf"]
         res[f"{kind}_speedup_best"] = res[f"{kind}_tokens_per_s_ours_best"] / res[f"{kind}_tokens_per_s_hf_best"]
+    for arm in arms:
+        res[f"gen_tokens_per_s_ours_{arm}"] = new_tokens / statistics.median(t_gen[f"ours_{arm}"])
+        res[f"gen_speedup_{arm}"] = res[f"gen_tokens_per_s_ours_{arm}"] / res["gen_tokens_per_s_hf"]
+    res["gen_decode_default"] = "graph" if device.type == "cuda" else "eager"
+    res.update(greedy)
 
     print(f"{args.preset} ({res['params']:,} params) on {device} {args.dtype}, {res['threads']} threads, "
           f"{args.clock} clock, median (best) of {args.rounds} alternating rounds")
@@ -232,6 +286,14 @@ def main(argv=None) -> dict:
         print(f"{label}: ours {res[f'{kind}_tokens_per_s_ours']:8.0f} ({res[f'{kind}_tokens_per_s_ours_best']:.0f})"
               f"   transformers {res[f'{kind}_tokens_per_s_hf']:8.0f} ({res[f'{kind}_tokens_per_s_hf_best']:.0f})"
               f"   ratio {res[f'{kind}_speedup']:.2f}x ({res[f'{kind}_speedup_best']:.2f}x)")
+    for arm in arms:
+        print(f"generation tokens/s, ours decode={arm}: {res[f'gen_tokens_per_s_ours_{arm}']:8.0f}   "
+              f"ratio to transformers {res[f'gen_speedup_{arm}']:.2f}x")
+    if args.greedy_tokens:
+        print(f"greedy, {args.greedy_tokens} tokens: rows identical to transformers (fp32) "
+              f"{res['greedy_identical_vs_hf']:.3f}; " + ", ".join(
+                  f"ours {a} vs eager ({args.dtype}) {res[f'greedy_identical_{a}_vs_eager']:.3f}"
+                  for a in ("default", *arms) if a != "eager"))
     if args.breakdown:
         parts = {"ours": step_breakdown(step_ours, device, args.train_steps),
                  "hf": step_breakdown(step_hf, device, args.train_steps)}

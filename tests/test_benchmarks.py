@@ -134,6 +134,9 @@ def test_model_benchmark_breaks_the_training_step_down(tmp_path):
     kernels = parts["ours"]["matmul"] + parts["ours"]["attention"] + parts["ours"]["loss"]
     assert res["train_kernel_ceiling"] == pytest.approx(parts["hf"]["total"] / kernels)
     assert json.loads((tmp_path / "b.json").read_text())["train_breakdown_ms"] == parts
+    # generation: the static decoding arm beside the default, and greedy tokens identical to transformers'
+    assert res["gen_tokens_per_s_ours_static"] > 0 and res["gen_decode_default"] == "eager"
+    assert res["greedy_identical_vs_hf"] == 1.0 and res["greedy_identical_static_vs_eager"] == 1.0
 
 
 def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
@@ -280,6 +283,8 @@ def test_gpu_check_script_runs_its_cpu_path_at_the_tiny_shape(tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text())
     pre = json.loads((tmp_path / "pretrain_1b.json").read_text())
     assert all(pre[f"{impl}_tokens_per_s"] > 0 for impl in ("ours", "ours_fast", "hf", "hf_ds"))
+    gen = json.loads((tmp_path / "generate_1b_b2.json").read_text())
+    assert gen["greedy_identical_vs_hf"] == 1.0 and gen["gen_tokens_per_s_ours_static"] > 0
     stages = json.loads((tmp_path / "stages_tiny.json").read_text())  # every training stage, a few steps each
     assert stages["ok"] and set(stages["stages"]) == {"pretrain", "sft", "reward", "rejection_sampling", "ppo", "gatt"}
     for name in ("pretrain", "sft", "reward"):  # the losses fall (8 steps from a random or a pretrained model)

@@ -4,6 +4,13 @@ Prompts of different lengths are left-padded into one batch (so every row's next
 same column); the padding is hidden by an attention mask and each row's RoPE positions count its
 own tokens only, so a padded row generates exactly what it would generate alone.
 
+Decoding (``decode``): ``eager`` runs each new token's forward over the cache written so far;
+``static`` gives every decoding step the same shapes (the token is written at a position held in a
+device tensor, attention covers the whole preallocated cache behind a mask), and ``graph`` captures
+that static step once in a CUDA graph and replays it per token: one launch instead of the ~15 kernel
+launches per layer that bound eager decoding of a small batch on a GPU. ``auto`` (the default) is
+``graph`` on CUDA and ``eager`` elsewhere, so CPU outputs are those of every earlier release.
+
 Log-probabilities: ``logprobs[i][t]`` is ``log softmax(logits)[token]`` of the chosen token under
 the model's raw logits at temperature 1, *before* temperature and top-p are applied; this is the
 policy probability PPO needs (the sampling distribution only decides which token is chosen).
@@ -11,15 +18,20 @@ policy probability PPO needs (the sampling distribution only decides which token
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .model import KVCache, Llama
-
+from .model import KVCache, Llama, StaticKVCache
 
 CUDA_CHECK_EVERY = 16  # tokens between finished-checks on CUDA (each costs one host sync)
+DECODE_MODES = ("auto", "eager", "static", "graph")
+STATIC_ALIGN = 64  # static caches are this many columns longer at most: calls whose prompt lengths differ
+                   # a little reuse one captured graph, and the mask's rows stay aligned for SDPA's kernels
 
 
 @dataclass
@@ -41,9 +53,14 @@ def _inverse_cdf(probs: torch.Tensor, n: int, generator) -> torch.Tensor:
     return torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:]).clamp_(max=probs.size(-1) - 1)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator,
+            sync_free: bool = False) -> torch.Tensor:
     """One token per row: argmax if temperature == 0, else from softmax(logits / temperature)
-    restricted to the nucleus (the most likely tokens whose mass reaches top_p; ties kept)."""
+    restricted to the nucleus (the most likely tokens whose mass reaches top_p; ties kept).
+
+    sync_free: never ask the device whether a row needs the sorted fallback (a host sync per token);
+    compute it for every row and keep it where needed (CUDA, where a sort of the batch is cheap).
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -60,13 +77,120 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
     inside = mass_above < top_p
     tok = cand.gather(-1, inside.int().argmax(dim=-1, keepdim=True)).squeeze(1)
     missed = ~inside.any(dim=-1)
+    if sync_free:
+        return torch.where(missed, _nucleus(probs, top_p, generator), tok)
     if bool(missed.any()):
-        sorted_p, sorted_idx = probs[missed].sort(dim=-1, descending=True)
-        kept = ((sorted_p.cumsum(dim=-1) - sorted_p) < top_p).sum(-1, keepdim=True)  # >= 1
-        sorted_p[sorted_p < sorted_p.gather(-1, kept - 1)] = 0.0  # same nucleus, ties kept
-        choice = _inverse_cdf(sorted_p, 1, generator)
-        tok[missed] = sorted_idx.gather(-1, choice).squeeze(1)
+        tok[missed] = _nucleus(probs[missed], top_p, generator)
     return tok
+
+
+def _nucleus(probs: torch.Tensor, top_p: float, generator) -> torch.Tensor:
+    """One draw per row from the nucleus of ``probs`` (B, V), by sorting."""
+    sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
+    kept = ((sorted_p.cumsum(dim=-1) - sorted_p) < top_p).sum(-1, keepdim=True)  # >= 1
+    sorted_p[sorted_p < sorted_p.gather(-1, kept - 1)] = 0.0  # same nucleus, ties kept
+    choice = _inverse_cdf(sorted_p, 1, generator)
+    return sorted_idx.gather(-1, choice).squeeze(1)
+
+
+class _StaticDecoder:
+    """The static-shape decoding step of :func:`generate`: its inputs (token, position, write column,
+    mask) live in fixed device buffers, so the step can be captured in a CUDA graph once and
+    replayed; the cache's length ``max_len`` covers prompt + new tokens, rounded up."""
+
+    def __init__(self, model: Llama, batch: int, max_len: int, device, dtype) -> None:
+        self.cache = StaticKVCache(model.config, batch, max_len, device=device, dtype=dtype)
+        self.mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch, 1, dtype=torch.long, device=device)  # each row's prompt tokens
+        self.prompt_len = 0  # columns of the (left-padded) prompts
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_failed = False
+        self.logits: torch.Tensor | None = None
+
+    def prefill(self, model: Llama, idx, mask, positions, padded: bool) -> torch.Tensor:
+        """The prompt's forward (eager), writing columns [0, L) of the cache; the last column's logits."""
+        L = self.prompt_len = idx.size(1)
+        self.cache.index, self.cache.pos = None, 0
+        self.mask.zero_()
+        self.mask[:, :L] = mask[:, :L]
+        self.lengths.copy_(mask[:, :L].sum(-1, keepdim=True))
+        hidden = model(idx, attention_mask=mask[:, :L] if padded else None, position_ids=positions,
+                       cache=self.cache, return_hidden=True)
+        self.cache.index = self.index
+        return model.output(hidden[:, -1])
+
+    def _forward(self, model: Llama) -> torch.Tensor:
+        hidden = model(self.tok, attention_mask=self.mask[:, None, None, :], position_ids=self.pos,
+                       cache=self.cache, return_hidden=True)
+        return model.output(hidden[:, -1])
+
+    def step(self, model: Llama, tok: torch.Tensor, column: int, graph: bool) -> torch.Tensor:
+        """Feed ``tok`` (B,) at cache column ``column`` (each row's next position); the next logits."""
+        self.tok.copy_(tok[:, None])
+        self.index.fill_(column)
+        self.mask[:, column] = True
+        torch.add(self.lengths, column - self.prompt_len, out=self.pos)
+        self.cache.pos = column  # (only the Python-side length check reads it)
+        if graph and self.graph is None and not self.capture_failed:
+            self._capture(model)
+        if self.graph is None:
+            return self._forward(model)
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self, model: Llama) -> None:
+        """Warm up on a side stream (the step is idempotent: it rewrites the same column), then capture.
+        Autocast's weight-cast cache is off inside, so the casts are part of the graph: a replay after
+        the weights changed in place (PPO's optimiser) reads the new weights."""
+        dev = self.tok.device.type
+        autocast = (torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False)
+                    if torch.is_autocast_enabled(dev) else contextlib.nullcontext())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast:
+            for _ in range(2):
+                self._forward(model)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph), autocast:
+                self.logits = self._forward(model)
+        except RuntimeError as e:  # a setup the capture does not support: decode the same step eagerly
+            self.capture_failed = True
+            warnings.warn(f"generate: capturing the decoding step in a CUDA graph failed ({e}); this "
+                          "decoder runs the same static step eagerly", RuntimeWarning, stacklevel=4)
+            return
+        self.graph = graph
+
+
+#: one captured decoder per model (weakly: it goes with the model), reused while the batch, cache
+#: length, dtypes and parameter storages are the same
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def release_decoders() -> None:
+    """Drop every captured decoding graph and its cache (they otherwise live as long as their model)."""
+    _DECODERS.clear()
+
+
+def _static_decoder(model: Llama, batch: int, needed: int, device, graph: bool) -> _StaticDecoder:
+    cfg = model.config
+    max_len = min(-(-needed // STATIC_ALIGN) * STATIC_ALIGN, cfg.max_seq_len)
+    weight_dtype = model.tok_embeddings.weight.dtype
+    autocast = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast and weight_dtype == torch.float32 else weight_dtype
+    if not graph:
+        return _StaticDecoder(model, batch, max_len, device, dtype)
+    key = (batch, max_len, dtype, str(device), autocast, tuple(p.data_ptr() for p in model.parameters()))
+    held = _DECODERS.get(model)
+    if held is None or held[0] != key:
+        _DECODERS.pop(model, None)  # free the old graph's pool before allocating the new one
+        held = (key, _StaticDecoder(model, batch, max_len, device, dtype))
+        _DECODERS[model] = held
+    return held[1]
 
 
 @torch.inference_mode()
@@ -80,6 +204,7 @@ def generate(
     eos_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     check_every: int | None = None,
+    decode: str = "auto",
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens after each prompt.
 
@@ -91,15 +216,27 @@ def generate(
     finished (a host sync) only every this many tokens; ``None`` = every token on CPU, every
     :data:`CUDA_CHECK_EVERY` on CUDA, so the GPU is never idle waiting for the host. The outputs
     do not depend on it: rows are independent, and tokens after a row's EOS are cut off.
+    decode: ``eager`` | ``static`` | ``graph`` (a CUDA graph per step, CUDA only) | ``auto`` (graph on
+    CUDA, else eager); see the module's docstring. ``static`` and ``graph`` compute the same step, so
+    they give the same tokens; against ``eager`` the attention sums over a longer (masked) cache, equal
+    up to float rounding. A captured graph is kept with the model (weakly) and reused by the next call
+    of the same batch size and cache length.
     """
     if check_every is not None and check_every < 1:
         raise ValueError(f"check_every must be >= 1 token, got {check_every}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}")
     if max_new_tokens < 0 or temperature < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1; got "
                          f"{max_new_tokens}, {temperature}, {top_p}")
     cfg = model.config
     device = model.tok_embeddings.weight.device
     check_every = check_every or (CUDA_CHECK_EVERY if device.type == "cuda" else 1)
+    if decode == "auto":
+        decode = "graph" if device.type == "cuda" else "eager"
+    if decode == "graph" and device.type != "cuda":
+        raise ValueError(f"decode='graph' captures the decoding step in a CUDA graph: the model is on {device}, "
+                         "not a CUDA device (use decode='static' or 'eager')")
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     prompts = [list(p) for p in prompts]
@@ -129,20 +266,25 @@ def generate(
 
     was_training = model.training
     model.eval()
-    cache = KVCache(cfg, B, L + max_new_tokens, device=device, dtype=model.tok_embeddings.weight.dtype)
+    sync_free = device.type == "cuda"
     out_tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     lp_dtype = torch.promote_types(model.tok_embeddings.weight.dtype, torch.float32)  # fp32, or fp64
     out_logprobs = torch.empty(B, max_new_tokens, dtype=lp_dtype, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
         # prefill: the whole prompt, but the output head only on the last column
-        hidden = model(idx, attention_mask=mask[:, :L] if padded else None, position_ids=positions,
-                       cache=cache, return_hidden=True)
-        logits = model.output(hidden[:, -1])
+        if decode == "eager":
+            cache = KVCache(cfg, B, L + max_new_tokens, device=device, dtype=model.tok_embeddings.weight.dtype)
+            hidden = model(idx, attention_mask=mask[:, :L] if padded else None, position_ids=positions,
+                           cache=cache, return_hidden=True)
+            logits = model.output(hidden[:, -1])
+        else:
+            static = _static_decoder(model, B, L + max_new_tokens, device, graph=decode == "graph")
+            logits = static.prefill(model, idx, mask, positions, padded)
         next_pos = lengths.unsqueeze(1)  # (B, 1): position of the token being fed next
         steps = 0
         for t in range(max_new_tokens):
-            tok = _sample(logits, temperature, top_p, generator)
+            tok = _sample(logits, temperature, top_p, generator, sync_free)
             out_tokens[:, t] = tok
             logp = torch.log_softmax(logits.to(lp_dtype), dim=-1)  # temperature 1, before top-p
             out_logprobs[:, t] = logp.gather(-1, tok[:, None]).squeeze(1)
@@ -153,6 +295,9 @@ def generate(
                     break
             if t + 1 == max_new_tokens:
                 break
+            if decode != "eager":
+                logits = static.step(model, tok, L + t, graph=decode == "graph")
+                continue
             mask[:, L + t] = True
             hidden = model(tok[:, None], attention_mask=mask[:, :L + t + 1] if padded else None,
                            position_ids=next_pos, cache=cache, return_hidden=True)

@@ -72,6 +72,29 @@ class KVCache:
         return ck[:, :, :end], cv[:, :, :end]
 
 
+class StaticKVCache(KVCache):
+    """A :class:`KVCache` whose decode steps have static shapes, so one step can be captured in a CUDA
+    graph and replayed: once ``index`` (a (1,) device tensor, the column the next token is written
+    to) is set, :meth:`update` writes there with ``index_copy_`` and returns the whole preallocated
+    cache; the caller hides the columns not written yet with a (B, 1, 1, max_len) attention mask.
+    Before that (the prompt's prefill) it writes at ``pos`` like a :class:`KVCache`.
+    """
+
+    fold_gqa = True  # one-token steps fold each KV head's query group into the query axis (see Attention)
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=None) -> None:
+        super().__init__(config, batch, max_len, device=device, dtype=dtype)
+        self.index: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.index is None:
+            return super().update(layer, k, v)
+        ck, cv = self._k[layer], self._v[layer]
+        ck.index_copy_(2, self.index, k.to(ck.dtype))
+        cv.index_copy_(2, self.index, v.to(cv.dtype))
+        return ck, cv
+
+
 #: devices where attention the flash kernel cannot take (a padding/document mask, or fp32) repeats
 #: the KV heads instead of passing ``enable_gqa``: on CUDA that keeps SDPA off its O(T^2)-memory math
 #: kernel. The CPU keeps enable_gqa (its outputs stay bit-identical to earlier runs).
@@ -98,6 +121,13 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         gqa = self.n_kv_heads != self.n_heads
+        if gqa and T == 1 and getattr(cache, "fold_gqa", False):
+            # a static decoding step: the query heads sharing a KV head become that head's query rows,
+            # (B, n_kv_heads, group, head_dim), so SDPA sees no GQA and takes the (B, 1, 1, S) mask in its
+            # memory-efficient kernel, reading the cache once (never repeated per query head)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, -1, self.head_dim), k, v,
+                                               attn_mask=None if isinstance(mask, bool) else mask)
+            return self.wo(y.reshape(B, self.n_heads, self.head_dim).reshape(B, T, -1))
         if (gqa and T > 1 and q.device.type in REPEAT_KV_ON
                 and (not isinstance(mask, bool) or q.dtype not in FLASH_DTYPES)):
             # only the flash kernel takes enable_gqa, and it needs fp16/bf16 and no explicit mask; else

@@ -16,6 +16,9 @@ exactly as the stage does (``gatt.finetune`` with the round's rejection-sampling
               helpfulness of the answer under its instruction): selection with a perfect RM.
 
 The arm of the project's ``gatt.select`` at draw 0 is the stage itself (``stage_arm`` in the JSON).
+Every arm samples as the project's ``gatt.repair`` says (a sample that breaks a case, prefix or suffix
+instruction rewritten to obey it); ``--repair on|off`` overrides it for all arms, so the same arms can
+be compared with and without it (``repair`` in the JSON).
 
 ``--draws 0 1 2`` repeats every arm with the GAtt draws (dialogues, samples, cuts) of seed + d, the
 held-out evaluation fixed, so an arm's difference from ``first`` is paired per draw and told apart
@@ -71,6 +74,9 @@ def train_answer_helpfulness(world, dialogues: list[dict]) -> float:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--project", type=Path, default=ROOT, help="a project whose gatt stage has run")
+    p.add_argument("--repair", choices=("project", "on", "off"), default="project",
+                   help="gatt.repair for every arm: the project's, or on/off (rewrite a sampled answer that breaks a "
+                        "case, prefix or suffix instruction to obey it)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (of {', '.join(ARMS)})")
     p.add_argument("--draws", type=int, nargs="+", default=[0], metavar="D",
                    help="GAtt draws: dialogues, samples and cuts of seed + D (the evaluation stays the seed's)")
@@ -90,7 +96,8 @@ def main(argv=None) -> dict:
     root = args.project
     recipe = load(root / "params.yaml")
     seed, cfg = recipe.seed, recipe.gatt
-    cfg = cfg.replace(tries=args.tries or cfg.tries)
+    cfg = cfg.replace(tries=args.tries or cfg.tries,
+                      repair=cfg.repair if args.repair == "project" else args.repair == "on")
     if cfg.after == "sft":
         p.error("gatt.after is sft: this script compares selections on an RLHF round's policy and RMs")
     world = recipe.world.world(seed)
@@ -141,7 +148,7 @@ def main(argv=None) -> dict:
                                                         for d in args.draws]) for f in FIGURES}
     out = {"benchmark": "gatt_headroom", "argv": list(argv if argv is not None else sys.argv[1:]),
            "profile": recipe.profile, "seed": seed, "world_version": recipe.world.version, "after": cfg.after,
-           "tries": cfg.tries, "stage_arm": cfg.select, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
+           "tries": cfg.tries, "repair": cfg.repair, "stage_arm": cfg.select, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
            "runs": runs, "summary": summary}
     print(f"\nGAtt from {cfg.after} (seed {seed}), {len(args.draws)} draw(s): mean ± sd over draws")
     print(f"{'figure':<32}" + "".join(f"{a:>18}" for a in wanted))

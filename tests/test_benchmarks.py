@@ -304,7 +304,7 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
     out = bench.main(["--project", str(smoke_repro), "--draws", "0", "1", "--out", str(tmp_path / "gatt.json")])
     stage = {**json.loads((smoke_repro / "metrics/gatt.json").read_text()),
              **json.loads((smoke_repro / "metrics/gatt_model.json").read_text())}
-    assert out["stage_arm"] == "reward"  # the default gatt.select
+    assert out["stage_arm"] == "reward" and out["repair"] is True  # the default gatt.select and gatt.repair
     first, same = out["runs"]["first"]["0"], out["runs"]["reward"]["0"]
     for key in ("helpfulness_change", "after_helpfulness", "after_adherence_turn1", "turn4plus_over_turn1",
                 "model_helpfulness"):
@@ -321,6 +321,6 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
         assert 0.0 <= r["train_answer_helpfulness"] <= 1.0 and -1.0 <= r["helpfulness_change"] <= 1.0
     assert json.loads((tmp_path / "gatt.json").read_text())["summary"] == out["summary"]
     assert out["tries"] == 2  # the smoke profile's gatt.tries
-    for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"]):
+    for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"], ["--repair", "maybe"]):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), *bad])

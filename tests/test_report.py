@@ -87,6 +87,8 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     replayed = (smoke_repro / "data/06_models/rlhf_v2/rs_dialogues.jsonl").read_text().splitlines()
     gatt_stage = json.loads((smoke_repro / "metrics/gatt.json").read_text())
     assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
+    # gatt.repair (the default): some samples that broke their instruction were rewritten to obey it
+    assert 0.0 < gatt_stage["gatt_answer_repaired_share"] <= 1.0
 
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}

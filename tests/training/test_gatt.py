@@ -174,6 +174,27 @@ def test_sample_adherent_with_a_scorer_keeps_the_best_adherent_of_all_tries(monk
     assert first == tied == [["a 0 Cheers!", "b 0 Cheers!"], ["c 0 Cheers!", "d 0 Cheers!"]]
 
 
+def test_sample_adherent_with_repair_rewrites_a_broken_answer_into_the_instructions_form(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.gatt import sample_adherent
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):  # never follows it
+        return [{"answer": f"The answer to {c[-1]['content']} is long."} for c in chats]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["a", "b"], "constraints": ["uppercase"]},
+                 {"users": ["c", "d"], "constraints": ["five_words"]}]
+    _, answers, stats = sample_adherent(None, None, dialogues, SamplingConfig(seed=10), tries=2, prefix_only=True)
+    assert answers == [["The answer to a is long.", ""], ["The answer to c is long.", ""]]  # nothing adherent
+    assert "gatt_answer_repaired_share" not in stats
+    _, answers, stats = sample_adherent(None, None, dialogues, SamplingConfig(seed=10), tries=2, prefix_only=True,
+                                        repair=True)
+    assert answers[0] == ["THE ANSWER TO A IS LONG.", "THE ANSWER TO B IS LONG."]  # the content, in capitals
+    assert answers[1] == ["The answer to c is long.", ""]  # a length instruction cannot be repaired
+    assert stats["gatt_answer_repaired_share"] == pytest.approx(2 / 4)  # 2 repaired of 4 samples (2 + 2 tries)
+
+
 def test_drawn_dialogues_with_spare_messages():
     prompts = [{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(20)]
     plain = draw_dialogues(prompts, 5, 4, seed=1)

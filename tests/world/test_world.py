@@ -150,6 +150,22 @@ def test_constraints_and_their_checkers():
     assert len(cs.combinations(2)) > len(cs.CONSTRAINTS)
 
 
+def test_repair_rewrites_what_a_rewrite_can_enforce():
+    cs = constraints
+    answer = "The capital of Velmora is Drisk. Source: the atlas."
+    assert cs.repair(("uppercase",), answer) == "THE CAPITAL OF VELMORA IS DRISK. SOURCE: THE ATLAS."
+    assert cs.repair(("lowercase",), answer) == answer.lower()
+    assert cs.repair(("ahoy",), " It is 12. ") == "Ahoy! It is 12." and cs.repair(("ahoy",), "Ahoy! Hi.") == "Ahoy! Hi."
+    assert cs.repair(("cheers",), "It is 12.") == "It is 12. Cheers!"
+    assert cs.repair(("five_words",), answer) == answer  # a length needs the task's short answer: left
+    assert cs.repair(("lowercase", "five_words"), "It Is Drisk.") == "it is drisk."
+    assert cs.repair(("uppercase",), "12.") == "12."  # no letters to write in capitals
+    for combo in cs.combinations(2):  # every combination without a length instruction is obeyed afterwards
+        out = cs.repair(combo, answer)
+        assert cs.check(combo, out) == all(cs.CONSTRAINTS[n].kind != "length" for n in combo), (combo, out)
+        assert cs.repair(combo, out) == out  # an answer that obeys is left as it is
+
+
 def test_pii_values_are_valid():
     assert luhn_complete("7992739871") == "79927398713"
     # the IBAN of the ECBS example: GB82 WEST 1234 5698 7654 32

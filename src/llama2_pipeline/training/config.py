@@ -385,6 +385,7 @@ class GattConfig(Config):
     max_constraints: int = 2  # instructions combine up to this many compatible constraints
     tries: int = 2  # samples per answer until one follows the instruction
     select: Literal["first", "reward"] = "first"  # the first adherent sample, or the best adherent of all tries by the round's helpfulness RM
+    repair: bool = False  # a sampled answer that breaks a case, prefix or suffix instruction is rewritten to obey it (the world's constraints.repair)
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction

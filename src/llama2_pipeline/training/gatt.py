@@ -89,8 +89,8 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
 
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
                     prefix_only: bool = False, context: str = "turn", progress: bool = False,
-                    score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None
-                    ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
+                    score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None,
+                    repair: bool = False) -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
     samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
     adheres). The sampling context (``context``): ``"turn"``, ``[system: instruction, user: u_t]``
@@ -107,6 +107,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     model's, or the world's judgement under the instruction) every message gets all ``tries``
     samples and keeps its best-scored adherent one (the first of equals).
 
+    With ``repair`` a sample that breaks a case, prefix or suffix instruction is first rewritten to
+    obey it (:func:`llama2_pipeline.world.constraints.repair`), as the world's demonstrators write
+    instructed answers: the policy's content in the instruction's form.
+
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
 
@@ -119,7 +123,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
     alive = list(range(len(dialogues)))
-    adherent = sampled = swapped = 0
+    adherent = sampled = swapped = repaired = 0
 
     def chat(i: int, t: int) -> list[dict]:
         d = out_dialogues[i]
@@ -138,6 +142,11 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                                        dataclasses.replace(sampling, seed=sampling.seed + k),
                                        desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
                 sampled += len(todo)
+                if repair:
+                    for i, o in zip(todo, out):
+                        fixed = constraints.repair(tuple(dialogues[i]["constraints"]), o["answer"])
+                        repaired += fixed != o["answer"]
+                        o["answer"] = fixed
                 ok = [bool(o["answer"].strip()) and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"])
                       for i, o in zip(todo, out)]
                 good = [(i, o["answer"]) for i, o, y in zip(todo, out, ok) if y]
@@ -164,8 +173,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                 swapped += 1
         if prefix_only:
             alive = sorted(kept)
-    return out_dialogues, answers, {"gatt_answer_adherent_share": adherent / max(1, sampled),
-                                    "gatt_swapped_messages": swapped}
+    stats = {"gatt_answer_adherent_share": adherent / max(1, sampled), "gatt_swapped_messages": swapped}
+    if repair:
+        stats["gatt_answer_repaired_share"] = repaired / max(1, sampled)
+    return out_dialogues, answers, stats
 
 
 def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, keep_adherent: bool = True,
@@ -293,7 +304,8 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
                                spare=cfg.spare_messages if cfg.keep_adherent else 0)
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
-                                                prefix_only=cfg.keep_adherent, context=cfg.context, score=score)
+                                                prefix_only=cfg.keep_adherent, context=cfg.context, score=score,
+                                                repair=cfg.repair)
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
                               min_turns=cfg.min_turns)
     stats.update(more)

@@ -77,6 +77,17 @@ def check(names: tuple[str, ...], response: str) -> bool:
     return all(CONSTRAINTS[n].check(response) for n in names)
 
 
+def repair(names: tuple[str, ...], response: str) -> str:
+    """``response`` rewritten to obey each instruction of ``names`` it breaks that a rewrite can enforce
+    without knowing the task (case, prefix, suffix: what :func:`apply` does to a demonstration); a
+    length instruction needs the task's short answer and is left as it is."""
+    cs = sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
+    for c in cs:
+        if c.kind != "length" and not c.check(response) and _letters(response):
+            response = c.apply(response.strip(), "")
+    return response
+
+
 def apply(names: tuple[str, ...], answer: str, short: str) -> str:
     cs = sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
     for c in cs:

@@ -177,6 +177,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if bad := [a for a in (args.decode_arms or "").split(",") if a and a not in ("eager", "static", "graph")]:
+        p.error(f"--decode-arms: unknown decode mode(s) {bad}; expected eager, static or graph")
 
     import transformers  # a test/benchmark dependency only
     from transformers import LlamaForCausalLM

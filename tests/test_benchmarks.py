@@ -137,6 +137,8 @@ def test_model_benchmark_breaks_the_training_step_down(tmp_path):
     # generation: the static decoding arm beside the default, and greedy tokens identical to transformers'
     assert res["gen_tokens_per_s_ours_static"] > 0 and res["gen_decode_default"] == "eager"
     assert res["greedy_identical_vs_hf"] == 1.0 and res["greedy_identical_static_vs_eager"] == 1.0
+    with pytest.raises(SystemExit):  # argparse's error, before any model is built
+        bench.main(["--decode-arms", "static,cuda"])
 
 
 def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):

@@ -93,8 +93,9 @@ def test_a_finished_run_called_again_reports_the_recorded_run(reference, shards_
     again = pretrain(shards_dir, MODEL, RUN, tmp_path / "run", progress=False)  # resumes at the end: no step
     assert again["pretrain_steps"] == first["pretrain_steps"]
     assert again["pretrain_seconds"] == pytest.approx(first["pretrain_seconds"], rel=1e-6)
+    # pretrain_seconds is rounded to the millisecond: the throughput from it is off by up to 0.5 ms / seconds
     assert again["pretrain_tokens_per_s"] == pytest.approx(first["pretrain_tokens"] / first["pretrain_seconds"],
-                                                          rel=1e-3)  # pretrain_seconds is rounded to ms
+                                                          rel=0.0006 / first["pretrain_seconds"])
     assert again["pretrain_val_loss"] == first["pretrain_val_loss"]
 
 

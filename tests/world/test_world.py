@@ -160,6 +160,8 @@ def test_repair_rewrites_what_a_rewrite_can_enforce():
     assert cs.repair(("five_words",), answer) == answer  # a length needs the task's short answer: left
     assert cs.repair(("lowercase", "five_words"), "It Is Drisk.") == "it is drisk."
     assert cs.repair(("uppercase",), "12.") == "12."  # no letters to write in capitals
+    assert cs.repair(("ahoy",), "12.") == "Ahoy! 12." and cs.repair(("cheers",), "12.") == "12. Cheers!"
+    assert cs.repair(("ahoy",), "  ") == "  "  # a blank answer stays blank (GAtt drops it)
     for combo in cs.combinations(2):  # every combination without a length instruction is obeyed afterwards
         out = cs.repair(combo, answer)
         assert cs.check(combo, out) == all(cs.CONSTRAINTS[n].kind != "length" for n in combo), (combo, out)

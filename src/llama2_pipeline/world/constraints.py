@@ -79,11 +79,13 @@ def check(names: tuple[str, ...], response: str) -> bool:
 
 def repair(names: tuple[str, ...], response: str) -> str:
     """``response`` rewritten to obey each instruction of ``names`` it breaks that a rewrite can enforce
-    without knowing the task (case, prefix, suffix: what :func:`apply` does to a demonstration); a
-    length instruction needs the task's short answer and is left as it is."""
+    without knowing the task (case, prefix, suffix: what :func:`apply` does to a demonstration). A
+    length instruction needs the task's short answer, a case one letters ("12." has no case), and a
+    blank response has nothing to rewrite: those are left as they are."""
     cs = sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
     for c in cs:
-        if c.kind != "length" and not c.check(response) and _letters(response):
+        if (c.kind != "length" and response.strip() and not c.check(response)
+                and (c.kind != "case" or _letters(response))):
             response = c.apply(response.strip(), "")
     return response
 

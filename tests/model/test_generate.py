@@ -223,3 +223,16 @@ def test_sync_free_nucleus_sampling_keeps_the_distribution():
     assert torch.allclose(counts[:3], probs[:3] / probs[:3].sum(), atol=0.015)
     # a row whose two candidates both miss the tiny nucleus takes the sorted draw: only the top token
     assert _sample(logits[:200], 1.0, 0.05, g, sync_free=True).unique().tolist() == [0]
+
+
+def test_static_decoding_under_autocast_keeps_its_cache_in_the_autocast_dtype(model):
+    """PPO samples an fp32 policy under bf16 autocast: the static cache is bf16 (what SDPA reads under
+    autocast anyway), the keys and values are cast on writing, and the tokens are the eager path's."""
+    from llama2_pipeline.model.generation import _static_decoder
+
+    prompts = [[5, 9, 11, 2], [7, 3]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _static_decoder(model, 2, 24, torch.device("cpu"), graph=False).cache.k.dtype == torch.bfloat16
+        eager, static = (generate(model, prompts, 12, temperature=0, eos_id=[], decode=m) for m in ("eager", "static"))
+    assert _static_decoder(model, 2, 24, torch.device("cpu"), graph=False).cache.k.dtype == torch.float32
+    assert static.tokens == eager.tokens and all(len(t) == 12 for t in static.tokens)

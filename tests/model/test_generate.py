@@ -187,7 +187,11 @@ def test_captured_decoder_is_reused_per_model_and_shape(model):
     the (rounded) cache length and the parameter storages are the same."""
     import gc
 
-    from llama2_pipeline.model.generation import _DECODERS, _static_decoder, release_decoders
+    from llama2_pipeline.model.generation import (
+        _DECODERS,
+        _static_decoder,
+        release_decoders,
+    )
 
     cpu = torch.device("cpu")
     first = _static_decoder(model, 4, 30, cpu, graph=True)

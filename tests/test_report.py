@@ -36,6 +36,22 @@ def test_html_is_self_contained_with_tables_and_embedded_images():
     assert not re.search(r'(?:src|href)="(?:https?:)?//', page)
 
 
+def test_gatt_section_says_how_its_data_was_made():
+    from llama2_pipeline.evaluation.report import build_markdown
+
+    def line(gatt):
+        md = build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=gatt,
+                            gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={})
+        return [x for x in md.splitlines() if x.startswith("GAtt trained")]
+
+    base = {"gatt_records": 40.0, "gatt_drawn_dialogues": 50.0, "gatt_examples": 120.0, "gatt_answer_adherent_share": 0.25}
+    assert line(base) == ["GAtt trained on 40 dialogues of 50 drawn (120 examples, one per cut); 25.0% of the "
+                          "sampled answers obeyed their instruction."]
+    assert "12.5% of the sampled answers were rewritten to obey their instruction (gatt.repair), 25.0% obeyed it" \
+        in line({**base, "gatt_answer_repaired_share": 0.125})[0]
+    assert line({}) == []  # metrics of an older run: no line
+
+
 def test_html_refuses_an_image_it_cannot_embed():
     with pytest.raises(ValueError, match="missing.png"):
         to_html("![x](missing.png)", {}, "t")
@@ -89,6 +105,8 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
     # gatt.repair (the default): some samples that broke their instruction were rewritten to obey it
     assert 0.0 < gatt_stage["gatt_answer_repaired_share"] <= 1.0
+    assert (f"GAtt trained on {int(gatt_stage['gatt_records'])} dialogues of {int(gatt_stage['gatt_drawn_dialogues'])} "
+            f"drawn") in md and f"{gatt_stage['gatt_answer_repaired_share']:.1%} of the sampled answers were rewritten" in md
 
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}

@@ -196,6 +196,14 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
     out += ["", f"Turns ≥ 4 over turn 1 after GAtt: {_num(gatt.get('gatt_turn4plus_over_turn1'))}; helpfulness of "
             f"the same answers: {_num(gatt.get('gatt_before_helpfulness'))} before, "
             f"{_num(gatt.get('gatt_after_helpfulness'))} after."]
+    if gatt.get("gatt_records") is not None:
+        repaired = gatt.get("gatt_answer_repaired_share")
+        out += ["", f"GAtt trained on {int(gatt['gatt_records'])} dialogues of {int(gatt.get('gatt_drawn_dialogues', 0))} "
+                f"drawn ({int(gatt.get('gatt_examples', 0))} examples, one per cut); "
+                + (f"{repaired:.1%} of the sampled answers were rewritten to obey their instruction (gatt.repair), "
+                   f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} obeyed it after that."
+                   if repaired is not None else
+                   f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} of the sampled answers obeyed their instruction.")]
     change = "gatt_helpfulness_change_"  # per instruction, with its gatt_{before,after}_* figures
     rows = [[c, gatt.get(f"gatt_before_adherence_{c}"), gatt.get(f"gatt_after_adherence_{c}"),
              gatt.get(f"gatt_before_helpfulness_{c}"), gatt.get(f"gatt_after_helpfulness_{c}"), v]

@@ -109,16 +109,11 @@ def step_breakdown(step, device: torch.device, steps: int) -> dict[str, float]:
     return out
 
 
-def greedy_identity(ours, hf, prompts, prompt_len, new_tokens, arms) -> dict:
+def greedy_identity(ours, hf, prompts, hf_ids, hf_mask, pad, new_tokens, arms) -> dict:
     """Shares of rows whose greedy tokens are identical: ours (default decoding) against transformers'
-    ``generate`` on float32 copies of both models, and each of our decoding modes against ours eager in
-    the models' own dtype."""
+    ``generate`` on float32 copies of both models (``hf_ids``/``hf_mask``: the prompts left-padded with
+    ``pad``), and each of our decoding modes against ours eager in the models' own dtype."""
     import copy
-
-    device, pad = ours.tok_embeddings.weight.device, 0
-    ids = torch.tensor([[pad] * (prompt_len - len(q)) + q for q in prompts], device=device)
-    mask = (torch.arange(prompt_len, device=device) >= torch.tensor(
-        [prompt_len - len(q) for q in prompts], device=device)[:, None]).long()
 
     def same(a, b):
         return sum(x == y for x, y in zip(a, b)) / len(a)
@@ -131,8 +126,8 @@ def greedy_identity(ours, hf, prompts, prompt_len, new_tokens, arms) -> dict:
         res = {f"greedy_identical_{a}_vs_eager": same(runs[a], runs["eager"]) for a in arms if a != "eager"}
         res["greedy_identical_default_vs_eager"] = same(ours_greedy(ours), runs["eager"])
         ours32, hf32 = copy.deepcopy(ours).float(), copy.deepcopy(hf).float()
-        theirs = hf32.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=pad)[:, prompt_len:].tolist()
+        theirs = hf32.generate(input_ids=hf_ids, attention_mask=hf_mask, max_new_tokens=new_tokens, do_sample=False,
+                               pad_token_id=pad)[:, hf_ids.size(1):].tolist()
         res["greedy_identical_vs_hf"] = same(ours_greedy(ours32), theirs)
         del ours32, hf32
     res["greedy_tokens"], res["greedy_check_dtype_vs_hf"] = new_tokens, "fp32"
@@ -239,7 +234,8 @@ def main(argv=None) -> dict:
         return train_step_hf(hf, opt_hf, tokens)
 
     # before any training step: the two models still have the same weights
-    greedy = greedy_identity(ours, hf, prompts, args.prompt_len, args.greedy_tokens, arms) if args.greedy_tokens else {}
+    greedy = (greedy_identity(ours, hf, prompts, hf_ids, hf_mask, pad, args.greedy_tokens, arms)
+              if args.greedy_tokens else {})
 
     # warm-up (allocator, kernels, HF's first-call setup)
     for _ in range(2):

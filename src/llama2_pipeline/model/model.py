@@ -77,10 +77,9 @@ class StaticKVCache(KVCache):
     graph and replayed: once ``index`` (a (1,) device tensor, the column the next token is written
     to) is set, :meth:`update` writes there with ``index_copy_`` and returns the whole preallocated
     cache; the caller hides the columns not written yet with a (B, 1, 1, max_len) attention mask.
-    Before that (the prompt's prefill) it writes at ``pos`` like a :class:`KVCache`.
+    Before that (the prompt's prefill) it writes at ``pos`` like a :class:`KVCache`. Its one-token steps
+    fold each KV head's query group into the query axis (see :class:`Attention`).
     """
-
-    fold_gqa = True  # one-token steps fold each KV head's query group into the query axis (see Attention)
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=None) -> None:
         super().__init__(config, batch, max_len, device=device, dtype=dtype)
@@ -121,7 +120,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         gqa = self.n_kv_heads != self.n_heads
-        if gqa and T == 1 and getattr(cache, "fold_gqa", False):
+        if gqa and T == 1 and isinstance(cache, StaticKVCache):
             # a static decoding step: the query heads sharing a KV head become that head's query rows,
             # (B, n_kv_heads, group, head_dim), so SDPA sees no GQA and takes the (B, 1, 1, S) mask in its
             # memory-efficient kernel, reading the cache once (never repeated per query head)

@@ -122,6 +122,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     out_dialogues = [{"users": list(d["users"]), "constraints": list(d["constraints"])} for d in dialogues]
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
+    names = [tuple(d["constraints"]) for d in dialogues]
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = repaired = 0
 
@@ -144,15 +145,14 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                 sampled += len(todo)
                 if repair:
                     for i, o in zip(todo, out):
-                        fixed = constraints.repair(tuple(dialogues[i]["constraints"]), o["answer"])
+                        fixed = constraints.repair(names[i], o["answer"])
                         repaired += fixed != o["answer"]
                         o["answer"] = fixed
-                ok = [bool(o["answer"].strip()) and constraints.check(tuple(dialogues[i]["constraints"]), o["answer"])
-                      for i, o in zip(todo, out)]
+                ok = [bool(o["answer"].strip()) and constraints.check(names[i], o["answer"]) for i, o in zip(todo, out)]
                 good = [(i, o["answer"]) for i, o, y in zip(todo, out, ok) if y]
                 adherent += len(good)
                 values = (list(score([out_dialogues[i]["users"][t] for i, _ in good], [a for _, a in good],
-                                     [tuple(dialogues[i]["constraints"]) for i, _ in good]))
+                                     [names[i] for i, _ in good]))
                           if score is not None and good else [0.0] * len(good))
                 for (i, a), v in zip(good, values):
                     if i not in best or v > best[i]:

@@ -77,13 +77,16 @@ def check(names: tuple[str, ...], response: str) -> bool:
     return all(CONSTRAINTS[n].check(response) for n in names)
 
 
+def _in_apply_order(names: tuple[str, ...]) -> list[Constraint]:
+    return sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
+
+
 def repair(names: tuple[str, ...], response: str) -> str:
     """``response`` rewritten to obey each instruction of ``names`` it breaks that a rewrite can enforce
     without knowing the task (case, prefix, suffix: what :func:`apply` does to a demonstration). A
     length instruction needs the task's short answer, a case one letters ("12." has no case), and a
     blank response has nothing to rewrite: those are left as they are."""
-    cs = sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
-    for c in cs:
+    for c in _in_apply_order(names):
         if (c.kind != "length" and response.strip() and not c.check(response)
                 and (c.kind != "case" or _letters(response))):
             response = c.apply(response.strip(), "")
@@ -91,7 +94,6 @@ def repair(names: tuple[str, ...], response: str) -> str:
 
 
 def apply(names: tuple[str, ...], answer: str, short: str) -> str:
-    cs = sorted((CONSTRAINTS[n] for n in names), key=lambda c: _APPLY_ORDER.index(c.kind))
-    for c in cs:
+    for c in _in_apply_order(names):
         answer = c.apply(answer, short)
     return answer

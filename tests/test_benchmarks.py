@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -324,5 +326,64 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
     assert json.loads((tmp_path / "gatt.json").read_text())["summary"] == out["summary"]
     assert out["tries"] == 2  # the smoke profile's gatt.tries
     for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"], ["--repair", "maybe"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--project", str(smoke_repro), *bad])
+
+
+def test_reward_scaling_fit_reads_pairs_needed_off_a_line():
+    bench = _bench("reward_scaling")
+    line = [(n, 0.5 + 0.05 * math.log2(n / 100)) for n in (100, 200, 400, 800)]
+    fit = bench.fit_log2(line, 0.9)
+    assert fit["per_doubling"] == pytest.approx(0.05) and fit["pairs_for_target"] == 25600  # 8 doublings on
+    assert bench.fit_log2([(100, 0.8), (200, 0.7)], 0.9)["pairs_for_target"] is None  # falling: never
+    with pytest.raises(ValueError, match="two different"):
+        bench.fit_log2([(100, 0.8), (100, 0.7)])
+
+
+def test_reward_scaling_trains_like_the_stage_on_nested_samples(smoke_repro, tmp_path):
+    """At the whole share and the stage's seed the benchmark's RM is the reward stage's (the same
+    training loss and held-out accuracy to the last digit); smaller shares are nested samples; the
+    fit and the plot are written. Helpfulness (the smoke project holds none of its pairs out) on a
+    copy whose held-out pairs are some of the stage's training pairs."""
+    import shutil
+
+    from llama2_pipeline.core.files import read_jsonl
+    from llama2_pipeline.recipe import load
+
+    bench = _bench("reward_scaling")
+    seed = load(smoke_repro / "params.yaml").reward.train.seed
+    out = bench.main(["--project", str(smoke_repro), "--categories", "safety", "--fractions", "0.5", "1",
+                      "--seeds", str(seed), "7", "--out", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    stage = json.loads((smoke_repro / "metrics/reward.json").read_text())
+    res = out["categories"]["safety"]
+    points = {(p["fraction"], p["seed"]): p for p in res["points"]}
+    assert len(points) == 4
+    full = points[(1.0, seed)]
+    assert full["pairs"] == res["train_pairs"] and points[(0.5, 7)]["pairs"] == round(res["train_pairs"] / 2)
+    assert full["train_loss"] == pytest.approx(stage["rm_safety_train_loss"], abs=1e-6)
+    assert full["avg"] == stage["rm_safety_acc"] == res["stage"]["avg"]
+    assert points[(0.5, seed)]["train_loss"] != full["train_loss"]
+    xs = [math.log2(p["pairs"]) for p in res["points"]]
+    slope = np.polyfit(xs, [p["avg"] for p in res["points"]], 1)[0]
+    assert res["fit"]["avg"]["per_doubling"] == pytest.approx(slope, abs=1e-6) and res["fit"]["avg"]["target"] == 0.9
+    assert json.loads((tmp_path / "s.json").read_text())["categories"] == out["categories"]
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_repro / "data/06_models/sft", copy / "data/06_models/sft")
+    shutil.copy(smoke_repro / "params.yaml", copy / "params.yaml")
+    train = read_jsonl(smoke_repro / bench.TRAIN)[0]
+    helpful = [r for r in train if r["category"] == "helpfulness"]
+    (copy / bench.HELDOUT).parent.mkdir(parents=True)
+    (copy / bench.TRAIN).write_text(_jsonl([r for r in train if r not in helpful[-16:]]))
+    (copy / bench.HELDOUT).write_text(_jsonl(helpful[-16:]))
+    res = bench.main(["--project", str(copy), "--categories", "helpfulness", "--fractions", "0.5", "1",
+                      "--seeds", "1"])["categories"]["helpfulness"]
+    assert res["heldout_pairs"] == 16 and res["stage"] == {}  # no metrics/reward.json in the copy
+    assert res["fit"]["beyond_correctness_better"]["target"] == 0.9 or "beyond_correctness_better" not in res["fit"]
+    for p in res["points"]:
+        assert {"avg", "beyond_correctness", "style"} <= set(p)
+        assert all(0.0 <= p[k] <= 1.0 for k in p if k not in bench.POINT_KEYS)
+    for bad in (["--fractions", "1"], ["--fractions", "0", "1"], ["--seeds", "1", "1"]):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), *bad])

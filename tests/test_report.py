@@ -39,9 +39,9 @@ def test_html_is_self_contained_with_tables_and_embedded_images():
 def test_gatt_section_says_how_its_data_was_made():
     from llama2_pipeline.evaluation.report import build_markdown
 
-    def line(gatt):
+    def line(gatt, select=None):
         md = build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=gatt,
-                            gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={})
+                            gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={}, gatt_select=select)
         return [x for x in md.splitlines() if x.startswith("GAtt trained")]
 
     base = {"gatt_records": 40.0, "gatt_drawn_dialogues": 50.0, "gatt_examples": 120.0, "gatt_answer_adherent_share": 0.25}
@@ -49,6 +49,8 @@ def test_gatt_section_says_how_its_data_was_made():
                           "sampled answers obeyed their instruction."]
     assert "12.5% of the sampled answers were rewritten to obey their instruction (gatt.repair), 25.0% obeyed it" \
         in line({**base, "gatt_answer_repaired_share": 0.125})[0]
+    assert line(base, "first")[0].endswith("Each message kept the first sampled answer that obeyed (gatt.select: first).")
+    assert line(base, "reward")[0].endswith("the one the last round's helpfulness RM scored highest (gatt.select: reward).")
     assert line({}) == []  # metrics of an older run: no line
 
 
@@ -107,6 +109,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert 0.0 < gatt_stage["gatt_answer_repaired_share"] <= 1.0
     assert (f"GAtt trained on {int(gatt_stage['gatt_records'])} dialogues of {int(gatt_stage['gatt_drawn_dialogues'])} "
             f"drawn") in md and f"{gatt_stage['gatt_answer_repaired_share']:.1%} of the sampled answers were rewritten" in md
+    assert "scored highest (gatt.select: reward)." in md  # the default selection, passed from params
 
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}

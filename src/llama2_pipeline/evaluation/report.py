@@ -135,10 +135,17 @@ def progress_figure(rows: Sequence[dict]):
     return fig
 
 
+#: the report's sentence on each ``gatt.select``
+GATT_SELECT = {"first": " Each message kept the first sampled answer that obeyed (gatt.select: first).",
+               "reward": " Each message kept, of all its samples that obeyed, the one the last round's helpfulness RM "
+                         "scored highest (gatt.select: reward)."}
+
+
 def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], reward_accuracy: dict,
                    round_rm: dict[str, dict], gatt: dict, gatt_adherence: dict, cleaning: dict,
-                   pretrain: dict, stages: Sequence[dict], images: dict[str, str]) -> str:
-    """The report as Markdown. ``images``: section name -> PNG file name (relative to the report)."""
+                   pretrain: dict, stages: Sequence[dict], images: dict[str, str], gatt_select: str | None = None) -> str:
+    """The report as Markdown. ``images``: section name -> PNG file name (relative to the report);
+    ``gatt_select``: how GAtt picked each message's answer (``gatt.select``)."""
     out = [f"# {title}", ""]
     out += [f"Git commit `{provenance.get('git_commit', '?')}`"
             + (" (with uncommitted changes)" if provenance.get("git_dirty") else "")
@@ -203,7 +210,8 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                 + (f"{repaired:.1%} of the sampled answers were rewritten to obey their instruction (gatt.repair), "
                    f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} obeyed it after that."
                    if repaired is not None else
-                   f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} of the sampled answers obeyed their instruction.")]
+                   f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} of the sampled answers obeyed their instruction.")
+                + GATT_SELECT.get(gatt_select, "")]
     change = "gatt_helpfulness_change_"  # per instruction, with its gatt_{before,after}_* figures
     rows = [[c, gatt.get(f"gatt_before_adherence_{c}"), gatt.get(f"gatt_after_adherence_{c}"),
              gatt.get(f"gatt_before_helpfulness_{c}"), gatt.get(f"gatt_after_helpfulness_{c}"), v]
@@ -278,11 +286,12 @@ def to_html(markdown: str, images: dict[str, bytes], title: str) -> str:
 
 def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, plots: dict[str, bytes], world, rounds: dict[str, dict],
-                 stages: list[dict], provenance: dict, title: str = TITLE):
+                 stages: list[dict], provenance: dict, title: str = TITLE, gatt_select: str | None = None):
     """The report: Markdown, self-contained HTML, the rounds' progress plot and the per-dimension
     chart (PNG bytes), flat metrics per model (``report_<model>_<metric>``) and the run table. ``rounds``: round name ->
     its metrics, in training order; ``stages``: one row per stage (run, time, throughput);
-    ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here)."""
+    ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here); ``gatt_select``:
+    ``gatt.select``, said in the GAtt section."""
     import io
 
     import matplotlib.pyplot as plt
@@ -300,7 +309,8 @@ def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics
         plt.close(fig)
     markdown = build_markdown(title=title, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
                               round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
-                              cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS)
+                              cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS,
+                              gatt_select=gatt_select)
     images = {PLOTS[k]: v for k, v in {**plots, **drawn}.items()}
     html_page = to_html(markdown, images, title)
     flat = {}

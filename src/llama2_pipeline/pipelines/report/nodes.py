@@ -70,7 +70,8 @@ def producing_runs(stages: dict[str, tuple[str, str, object]]) -> tuple[dict[str
 def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_metrics: dict,
                  reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, calibration_plot: bytes, gatt_plot: bytes, cleaning_plot: bytes,
-                 pretrain_plot: bytes, world: WorldParams, seed: int, profile: str, **round_metrics: dict):
+                 pretrain_plot: bytes, world: WorldParams, seed: int, profile: str, gatt_select: str | None = None,
+                 **round_metrics: dict):
     """The report (:func:`llama2_pipeline.evaluation.report.build_report`) with the MLflow run behind
     each stage's metrics; ``round_metrics``: ``rlhf_<round>`` -> that round's metrics, in training order."""
     from llama2_pipeline.evaluation.report import build_report as build
@@ -91,4 +92,4 @@ def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: d
                  reward_accuracy=reward_accuracy, gatt_metrics=gatt_metrics,
                  gatt_model_metrics=gatt_model_metrics, gatt_adherence=gatt_adherence, cleaning_report=cleaning_report,
                  plots=plots, world=world.world(seed), rounds=rounds, stages=stage_rows(stages, metrics, runs),
-                 provenance=provenance)
+                 provenance=provenance, gatt_select=gatt_select)

@@ -54,6 +54,18 @@ def test_gatt_section_says_how_its_data_was_made():
     assert line({}) == []  # metrics of an older run: no line
 
 
+def test_reward_table_shows_each_accuracy_with_its_interval():
+    from llama2_pipeline.evaluation.report import build_markdown
+
+    row = {"rm": "helpfulness", "test_set": "held-out helpfulness pairs", "significantly_better": 0.9,
+           "better": 0.795, "ci_better": [0.7119, 0.8696], "slightly_better": None, "negligibly_better": 0.6,
+           "avg": 0.79, "n": 684}
+    md = build_markdown(title="t", provenance={}, models=[], reward_accuracy={"rows": [row]}, round_rm={}, gatt={},
+                        gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={})
+    line = next(x for x in md.splitlines() if x.startswith("| helpfulness |"))
+    assert line == "| helpfulness | held-out helpfulness pairs | 0.900 | 0.795 [0.71, 0.87] | – | 0.600 | 0.790 | 684 |"
+
+
 def test_html_refuses_an_image_it_cannot_embed():
     with pytest.raises(ValueError, match="missing.png"):
         to_html("![x](missing.png)", {}, "t")

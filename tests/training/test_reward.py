@@ -284,9 +284,43 @@ def test_accuracy_table_and_calibration():
     acc = accuracy_by_rating([2, 1, 0, 3], [1, 2, -1, 3], ["better", "better", "slightly_better", "better"])
     assert acc["avg"] == 0.5 and acc["better"] == pytest.approx(1 / 3) and acc["slightly_better"] == 1.0
     assert acc["significantly_better"] is None and acc["n_better"] == 3
+    with pytest.raises(ValueError, match="2 groups for 4 pairs"):
+        accuracy_by_rating([2, 1, 0, 3], [1, 2, -1, 3], ["better"] * 4, groups=["a", "b"])
+    assert "ci_avg" not in accuracy_by_rating([2, 1], [1, 2], ["better"] * 2, groups=["a", "a"])  # one prompt
     cal = calibration([3.0, 2.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0], bins=4)
     assert sum(cal["count"]) == 8 and cal["gap"] == sorted(cal["gap"])
     assert cal["p_annotator"][0] < cal["p_annotator"][-1] and 0 <= cal["ece"] <= 1
+
+
+def test_accuracy_intervals_resample_prompts_not_pairs():
+    """Pairs of one prompt move together: 20 prompts of 5 pairs each, all right or all wrong, give a
+    wider interval than 100 prompts of one pair at the same accuracy; the interval holds the
+    estimate, is the same on a second call and is empty of spread when every pair is right."""
+    right = [True] * 60 + [False] * 40
+    chosen, rejected = [1.0 if ok else 0.0 for ok in right], [0.5] * 100
+    ratings = ["better"] * 50 + ["slightly_better"] * 50
+    clustered = accuracy_by_rating(chosen, rejected, ratings, groups=[f"p{i // 5}" for i in range(100)])
+    independent = accuracy_by_rating(chosen, rejected, ratings, groups=[f"p{i}" for i in range(100)])
+    width = lambda t, k: t[f"ci_{k}"][1] - t[f"ci_{k}"][0]
+    assert clustered["avg"] == independent["avg"] == 0.6
+    for table in (clustered, independent):
+        assert table["ci_avg"][0] < 0.6 < table["ci_avg"][1]
+        assert table["ci_better"][0] <= table["better"] <= table["ci_better"][1]
+        assert "ci_significantly_better" not in table  # no pairs at that level
+    assert width(clustered, "avg") > 1.5 * width(independent, "avg")
+    assert 0.15 < width(independent, "avg") < 0.25  # about 4 standard errors of a 0.6 share of 100
+    again = accuracy_by_rating(chosen, rejected, ratings, groups=[f"p{i // 5}" for i in range(100)])
+    assert again == clustered
+    perfect = accuracy_by_rating([1.0] * 10, [0.0] * 10, ["better"] * 10, groups=[f"p{i}" for i in range(10)])
+    assert perfect["ci_avg"] == [1.0, 1.0]
+
+
+def test_interval_metrics_name_each_level():
+    from llama2_pipeline.evaluation.reward import interval_metrics
+
+    table = {"avg": 0.7, "ci_avg": [0.6, 0.8], "better": 0.5, "ci_better": [0.3, 0.7]}
+    assert interval_metrics("rm_x_acc", table) == {"rm_x_acc_ci_low": 0.6, "rm_x_acc_ci_high": 0.8,
+                                                    "rm_x_acc_better_ci_low": 0.3, "rm_x_acc_better_ci_high": 0.7}
 
 
 # ---- preference records ----------------------------------------------------------------------------

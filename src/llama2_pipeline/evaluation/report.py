@@ -42,6 +42,12 @@ def _num(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _with_interval(row: dict, column: str) -> Any:
+    """A table row's accuracy in ``column``, with its interval (``ci_<column>``) where it has one."""
+    value, ci = row.get(column), row.get(f"ci_{column}")
+    return value if value is None or not ci else f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (numbers right-aligned)."""
     def cell(v: Any) -> str:
@@ -176,10 +182,11 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
     out += ["", "## Reward models: held-out accuracy per rating level", "",
             "Share of held-out pairs whose chosen answer the RM scores higher, by the annotator's rating of "
             f"the pair (the paper's Table 8 layout); annotator disagreement rate "
-            f"{_num(reward_accuracy.get('annotator_disagreement_rate'))}, margin `{reward_accuracy.get('margin', '?')}`.",
-            ""]
+            f"{_num(reward_accuracy.get('annotator_disagreement_rate'))}, margin `{reward_accuracy.get('margin', '?')}`. "
+            "In brackets: the 95 % interval over resamples of the held-out prompts (how much the figure would "
+            "move with another draw of them).", ""]
     heads = ["RM", "test set", "sig. better", "better", "slightly better", "negligibly better", "avg", "pairs"]
-    rm_rows = [[r["rm"], r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [r.get("n")]
+    rm_rows = [[r["rm"], r["test_set"]] + [_with_interval(r, c) for c in RATING_COLUMNS] + [r.get("n")]
                for key in ("rows", "likelihood_rows", "ceiling_rows") for r in reward_accuracy.get(key, [])]
     rm_rows += [[f"paper: {r['rm']}", r["test_set"]] + [r.get(c) for c in RATING_COLUMNS] + [None]
                 for r in reward_accuracy.get("paper_table_8", [])]

@@ -5,8 +5,9 @@
   them the same table for the world's noise-free judgement, for an oracle of the world's scores
   (the ceiling the annotator's noise leaves) and for a baseline with no reward training (the
   initial model's answer likelihood decides).
-* :func:`accuracy_by_rating`, :func:`calibration`, :func:`likelihood_scores`, :func:`evaluate_scores`:
-  the pieces, on (chosen, rejected) scores.
+* :func:`accuracy_by_rating` (with its intervals over resamples of the held-out prompts),
+  :func:`calibration`, :func:`likelihood_scores`, :func:`evaluate_scores`: the pieces, on (chosen,
+  rejected) scores.
 
 No Kedro or MLflow imports.
 """
@@ -82,15 +83,16 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
         if not own:
             continue
         chosen, rejected = scored[name][name]
-        table = accuracy_by_rating(chosen, rejected, [x["rating"] for x in own])
+        table = accuracy_by_rating(chosen, rejected, [x["rating"] for x in own], prompt_groups(own))
         rows.append({"rm": name, "test_set": f"held-out {name} pairs", **table})
         metrics[f"rm_{name}_acc"] = table["avg"]
         for level in RATINGS:
             if table[level] is not None:
                 metrics[f"rm_{name}_acc_{level}"] = table[level]
             metrics[f"rm_{name}_heldout_pairs_{level}"] = table[f"n_{level}"]
+        metrics.update(interval_metrics(f"rm_{name}_acc", table))
         if likely is not None:
-            baseline = accuracy_by_rating(*likely[name], [x["rating"] for x in own])
+            baseline = accuracy_by_rating(*likely[name], [x["rating"] for x in own], prompt_groups(own))
             likelihood_rows.append({"rm": f"baseline: the initial model's answer likelihood ({name})",
                                     "test_set": f"held-out {name} pairs", **baseline})
             metrics[f"reward_likelihood_{name}_acc"] = baseline["avg"]
@@ -128,7 +130,8 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
         "margin": margin,
         "note": "accuracy = share of held-out pairs whose chosen answer the RM scores higher; rows: the RM on "
                 "its own category's held-out pairs, columns: the annotator's rating of the pair. noise_free_rows: "
-                "the same against the world's noiseless judgement (ties left out); ceiling_rows: what an oracle "
+                "the same against the world's noiseless judgement (ties left out); ci_<level>: the 95 % interval "
+                "over resamples of the held-out prompts; ceiling_rows: what an oracle "
                 "of the world's scores gets on the annotated labels (flips count 0, ties 0.5); likelihood_rows: a "
                 "baseline with no reward training, the answer the RMs' initial model finds likelier per token "
                 "wins",
@@ -167,21 +170,34 @@ def kind_tables(world, records: list[dict], chosen: list[float], rejected: list[
     ``reward_likelihood_helpfulness_acc_<subset>``, and a table row for each."""
     kinds = np.asarray([pair_kind(world, r) for r in records])
     ratings = np.asarray([r["rating"] for r in records])
+    groups = prompt_groups(records)
     metrics: dict[str, float] = {}
     rows = []
     for subset, sel in (("beyond_correctness", kinds != "correctness"), ("style", kinds == "style"),
                         ("correctness", kinds == "correctness")):
         pick = lambda xs: [x for x, s in zip(xs, sel) if s]
-        table = accuracy_by_rating(pick(chosen), pick(rejected), ratings[sel].tolist())
+        table = accuracy_by_rating(pick(chosen), pick(rejected), ratings[sel].tolist(), pick(groups))
         rows.append({"rm": "helpfulness", "test_set": f"held-out pairs, {subset.replace('_', ' ')}", **table})
         metrics[f"rm_helpfulness_pairs_{subset}"] = table["n"]
         metrics[f"rm_helpfulness_acc_{subset}"] = table["avg"]
         for level in RATINGS:
             metrics[f"rm_helpfulness_acc_{subset}_{level}"] = table[level]
+        metrics.update(interval_metrics(f"rm_helpfulness_acc_{subset}", table))
         if likely is not None:
             base = accuracy_by_rating(pick(likely[0]), pick(likely[1]), ratings[sel].tolist())
             metrics[f"reward_likelihood_helpfulness_acc_{subset}"] = base["avg"]
     return metrics, rows
+
+
+def interval_metrics(prefix: str, table: dict) -> dict[str, float]:
+    """``<prefix>[_<rating>]_ci_low`` / ``_ci_high`` from a table's intervals (``ci_avg`` names
+    the prefix itself)."""
+    out = {}
+    for key, (low, high) in ((k, v) for k, v in table.items() if k.startswith("ci_")):
+        level = key.removeprefix("ci_")
+        name = prefix if level == "avg" else f"{prefix}_{level}"
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    return out
 
 
 def _score_heldout(rm, heldout: list[dict], batch: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -253,9 +269,19 @@ def likelihood_scores(model: Llama, tokenizer, records: Sequence[dict], batch_si
     return out[:len(records)], out[len(records):]
 
 
-def accuracy_by_rating(chosen: Sequence[float], rejected: Sequence[float], ratings: Sequence[str]) -> dict[str, Any]:
+#: resamples of the held-out prompts behind each accuracy's interval, and the interval's coverage
+BOOTSTRAP_RESAMPLES, INTERVAL = 1000, 0.95
+
+
+def accuracy_by_rating(chosen: Sequence[float], rejected: Sequence[float], ratings: Sequence[str],
+                       groups: Sequence[str] | None = None, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """Accuracy (chosen scored strictly higher) overall (``avg``) and per rating level, with counts;
-    a level without pairs has accuracy None."""
+    a level without pairs has accuracy None.
+
+    With ``groups`` (each pair's prompt) also ``ci_avg`` and ``ci_<rating>``: the :data:`INTERVAL`
+    interval of that accuracy over ``resamples`` resamples of the prompts (percentile bootstrap,
+    seed 0, so the same scores give the same interval). The pairs of one prompt are drawn together:
+    they compare the same few answers, so they are not independent draws."""
     c, r = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
     ok = c > r
     out: dict[str, Any] = {"avg": float(ok.mean()) if len(ok) else None, "n": int(len(ok))}
@@ -264,7 +290,37 @@ def accuracy_by_rating(chosen: Sequence[float], rejected: Sequence[float], ratin
         sel = ratings == level
         out[level] = float(ok[sel].mean()) if sel.any() else None
         out[f"n_{level}"] = int(sel.sum())
+    if groups is not None:
+        if len(groups) != len(ok):
+            raise ValueError(f"accuracy_by_rating got {len(groups)} groups for {len(ok)} pairs")
+        out.update(_intervals(ok, ratings, groups, resamples))
     return out
+
+
+def _intervals(ok: np.ndarray, ratings: np.ndarray, groups: Sequence[str], resamples: int) -> dict[str, list[float]]:
+    """``ci_<avg|rating>`` -> [low, high] by a prompt-clustered percentile bootstrap (empty with
+    fewer than two prompts: nothing to resample)."""
+    keys, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    if len(keys) < 2 or not len(ok):
+        return {}
+    counts = np.random.default_rng(0).multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)), size=resamples)
+    weights = counts[:, index].astype(np.float64)  # (resamples, pairs): how often each pair is drawn
+    tail = 100.0 * (1.0 - INTERVAL) / 2.0
+    out = {}
+    for level, sel in (("avg", np.ones(len(ok), bool)), *((level, ratings == level) for level in RATINGS)):
+        if not sel.any():
+            continue
+        w = weights[:, sel]
+        drawn = w.sum(axis=1)
+        acc = (w * ok[sel]).sum(axis=1)[drawn > 0] / drawn[drawn > 0]
+        out[f"ci_{level}"] = [round(float(x), 6) for x in np.percentile(acc, [tail, 100.0 - tail])]
+    return out
+
+
+def prompt_groups(records: Sequence[dict]) -> list[str]:
+    """Each preference record's prompt, the unit the held-out split and the intervals draw:
+    ``prompt_id`` where the record has one, else its prompt (or conversation) as text."""
+    return [str(r.get("prompt_id") or r.get("prompt") or r.get("dialogue") or "") for r in records]
 
 
 def calibration(chosen: Sequence[float], rejected: Sequence[float], bins: int = 10) -> dict[str, Any]:

@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
                 n = max(1, round(frac * len(records)))
                 sample = [records[i] for i in sorted(order[:n])]
                 with tempfile.TemporaryDirectory() as tmp:
-                    trained = train_reward_model(sample, sft, cfg.train.replace(seed=seed, num_threads=cfg.num_threads),
-                                       Path(tmp) / "run", margin=cfg.margin, epochs=cfg.epochs,
-                                       warmup_fraction=cfg.warmup_fraction, progress=False, name=f"rm_{category}")
+                    trained = train_reward_model(
+                        sample, sft, cfg.train.replace(seed=seed, num_threads=cfg.num_threads), Path(tmp) / "run",
+                        margin=cfg.margin, epochs=cfg.epochs, warmup_fraction=cfg.warmup_fraction, progress=False,
+                        name=f"rm_{category}")
                     chosen, rejected = evaluate_scores(RewardModel.load(Path(tmp) / "run/hf"), held,
                                                        cfg.eval.batch_size)
                 point = {"fraction": frac, "seed": seed, "pairs": n,
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
             if fit.get("pairs_for_target") is not None:
                 fit["times_the_project"] = round(fit["pairs_for_target"] / len(records), 1)
         stage = {k.removeprefix(f"rm_{category}_acc").lstrip("_") or "avg": v for k, v in stage_metrics.items()
-                 if k.startswith(f"rm_{category}_acc") and not k.startswith(f"rm_{category}_acc_on_")}
+                 if k.startswith(f"rm_{category}_acc") and not k.startswith(f"rm_{category}_acc_on_")
+                 and not k.endswith(("_ci_low", "_ci_high"))}  # the accuracies, not their intervals
         out["categories"][category] = {
             "train_pairs": len(records), "heldout_pairs": len(held), "points": points, "mean": mean, "fit": fits,
             "stage": {k: v for k, v in stage.items() if not k.startswith(("ceiling", "noise_free"))},

@@ -362,6 +362,7 @@ def test_reward_scaling_trains_like_the_stage_on_nested_samples(smoke_repro, tmp
     assert full["pairs"] == res["train_pairs"] and points[(0.5, 7)]["pairs"] == round(res["train_pairs"] / 2)
     assert full["train_loss"] == pytest.approx(stage["rm_safety_train_loss"], abs=1e-6)
     assert full["avg"] == stage["rm_safety_acc"] == res["stage"]["avg"]
+    assert not any(k.endswith(("ci_low", "ci_high")) for k in res["stage"])  # the stage's accuracies only
     assert points[(0.5, seed)]["train_loss"] != full["train_loss"]
     xs = [math.log2(p["pairs"]) for p in res["points"]]
     slope = np.polyfit(xs, [p["avg"] for p in res["points"]], 1)[0]

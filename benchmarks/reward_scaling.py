@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 from llama2_pipeline.core.files import atomic_path, read_jsonl, write_json
 from llama2_pipeline.evaluation.reward import (
+    PAIR_SUBSETS,
     accuracy_by_rating,
     evaluate_scores,
     pair_kind,
@@ -41,11 +41,14 @@ from llama2_pipeline.recipe import load
 from llama2_pipeline.training.preferences import CATEGORIES, RATINGS, mix_preferences
 from llama2_pipeline.training.reward import train_reward_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe_seeds import mean_sd
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, HELDOUT = "data/05_model_input/reward_preferences_train.jsonl", "data/05_model_input/reward_preferences_heldout.jsonl"
-#: the helpfulness subsets of :func:`llama2_pipeline.evaluation.reward.pair_kind` reported on their own
-SUBSETS = {"beyond_correctness": lambda k: k != "correctness", "style": lambda k: k == "style",
-           "mixed": lambda k: k == "mixed", "correctness": lambda k: k == "correctness"}
+#: the helpfulness subsets the reward stage reports (by :func:`llama2_pipeline.evaluation.reward.pair_kind`)
+#: and the mixed pairs
+SUBSETS = {**PAIR_SUBSETS, "mixed": lambda k: k == "mixed"}
 #: what a point records besides its accuracies
 POINT_KEYS = ("fraction", "seed", "pairs", "train_loss")
 #: the issue's targets: figure -> accuracy
@@ -187,8 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         for frac in sorted(args.fractions):
             rows = [pt for pt in points if pt["fraction"] == frac]
             mean[str(frac)] = {"pairs": rows[0]["pairs"], **{
-                k: {"mean": round(statistics.fmean(r[k] for r in rows), 6),
-                    "sd": round(statistics.stdev(r[k] for r in rows), 6) if len(rows) > 1 else 0.0}
+                k: dict(zip(("mean", "sd"), (round(x, 6) for x in mean_sd([r[k] for r in rows]))))
                 for k in names if all(k in r for r in rows)}}
         fits = {k: fit_log2([(pt["pairs"], pt[k]) for pt in points if k in pt], TARGETS[category].get(k))
                 for k in names}

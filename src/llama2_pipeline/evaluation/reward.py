@@ -142,6 +142,9 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
 #: what a helpfulness pair's two answers differ in, by the world's components
 PAIR_KINDS = ("correctness", "style", "mixed", "other")
 STYLE = ("restate", "explain", "concise", "form", "filler", "hedge")
+#: the helpfulness pairs reported on their own, by :func:`pair_kind`
+PAIR_SUBSETS = {"beyond_correctness": lambda kind: kind != "correctness", "style": lambda kind: kind == "style",
+                "correctness": lambda kind: kind == "correctness"}
 
 
 def pair_kind(world, record: dict) -> str:
@@ -173,8 +176,8 @@ def kind_tables(world, records: list[dict], chosen: list[float], rejected: list[
     groups = prompt_groups(records)
     metrics: dict[str, float] = {}
     rows = []
-    for subset, sel in (("beyond_correctness", kinds != "correctness"), ("style", kinds == "style"),
-                        ("correctness", kinds == "correctness")):
+    for subset, of_subset in PAIR_SUBSETS.items():
+        sel = np.asarray([of_subset(k) for k in kinds], dtype=bool)
         pick = lambda xs: [x for x, s in zip(xs, sel) if s]
         table = accuracy_by_rating(pick(chosen), pick(rejected), ratings[sel].tolist(), pick(groups))
         rows.append({"rm": "helpfulness", "test_set": f"held-out pairs, {subset.replace('_', ' ')}", **table})

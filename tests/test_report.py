@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 
 from llama2_pipeline.evaluation.report import DIMENSION_COLUMNS, MODEL_COLUMNS, model_rows, progress_figure, table, to_html
 
@@ -88,6 +89,23 @@ def test_model_rows_line_up_every_model():
     assert labels == ["SFT", "RLHF v1", "RLHF v2 (PPO)", "GAtt"]
 
 
+def test_progress_figure_labels_of_nearly_coinciding_models_do_not_overlap():
+    """The default profile's last rounds and GAtt land within 0.02 of each other: each label finds a
+    spot that covers no other label, joined to its point by a line."""
+    points = [("SFT", 0.371, 0.977), ("SFT (quality only)", 0.515, 0.995), ("RLHF v1", 0.508, 0.996),
+              ("RLHF v2 (PPO)", 0.567, 0.9966), ("RLHF v3 (PPO)", 0.574, 0.9975), ("GAtt", 0.582, 0.9971)]
+    fig = progress_figure([{"model": m, "helpfulness": h, "safety": s} for m, h, s in points])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.axes[0].texts if t.get_text()]
+    assert [t.get_text() for t in texts] == [m for m, _, _ in points]
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the text alone, not its line
+    overlapping = [(texts[i].get_text(), texts[j].get_text()) for i in range(len(boxes))
+                   for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert not overlapping
+    assert all(t.arrow_patch is not None for t in texts)
+
+
 @pytest.mark.slow
 def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     """The report is the last stage of ``dvc repro``: both files written, the HTML opens offline
@@ -114,7 +132,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert metrics["report_gatt_helpfulness"] == gatt["gatt_model_helpfulness"]
     assert 0.0 <= metrics["report_pretrained_win_rate_vs_sft"] <= 1.0
     # GAtt (gatt.replay) fine-tuned on the last round's rejection-sampling dialogues beside its own
-    replayed = (smoke_repro / "data/06_models/rlhf_v2/rs_dialogues.jsonl").read_text().splitlines()
+    replayed = (smoke_repro / "data/06_models/rlhf_v3/rs_dialogues.jsonl").read_text().splitlines()
     gatt_stage = json.loads((smoke_repro / "metrics/gatt.json").read_text())
     assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
     # gatt.repair (the default): some samples that broke their instruction were rewritten to obey it
@@ -126,7 +144,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}
     assert set(stages) >= {"world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft",
-                           "reward", "gatt", "rlhf_v1", "rlhf_v2"}
+                           "reward", "gatt", "rlhf_v1", "rlhf_v2", "rlhf_v3"}
     db = sqlite3.connect(smoke_repro / "mlflow.db")
     for name, s in stages.items():
         assert s.get("run_id"), f"no MLflow run found for stage {name}"

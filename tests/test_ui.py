@@ -49,9 +49,9 @@ import yaml
 from tests.conftest import BIN, env, make_project_copy, run
 
 PIPELINES = ("world", "data_processing", "tokenizer", "pretrain", "sft", "reward", "rlhf", "gatt")
-ROUNDS = ("rlhf_v1", "rlhf_v2")  # the RLHF rounds: namespaces of the rlhf pipeline, one DVC stage each
+ROUNDS = ("rlhf_v1", "rlhf_v2", "rlhf_v3")  # the RLHF rounds: namespaces of the rlhf pipeline, one DVC stage each
 STAGES = ("world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft", "reward",
-          "rlhf@v1", "rlhf@v2", "gatt")
+          "rlhf@v1", "rlhf@v2", "rlhf@v3", "gatt")
 ROUND_METRICS = {"policy_helpfulness", "policy_safety", "kl_to_sft", "win_rate_vs_sft"}
 # The hosts the kedro-viz page itself may try to reach: none. kedro viz build's index.html links a
 # Google Fonts stylesheet (+ preconnect hints); `llama2-pipeline viz-build` removes them.
@@ -498,7 +498,7 @@ def test_mlflow_ui_shows_every_stage(smoke_repro: Path, tmp_path: Path) -> None:
             assert tags.get("profile") == "smoke", f"{stage}: profile tag {tags.get('profile')!r}"
 
         # the RLHF rounds: one dvc repro group, nested under its parent run, comparable metrics
-        rounds = [by_stage["rlhf@v1"], by_stage["rlhf@v2"]]
+        rounds = [by_stage[s] for s in STAGES if s.startswith("rlhf@")]
         groups = {_tags(r).get("repro_group") for r in rounds}
         parents = {_tags(r).get("mlflow.parentRunId") for r in rounds}
         assert len(groups) == 1 and None not in groups, f"rounds not in one repro group: {groups}"
@@ -511,11 +511,12 @@ def test_mlflow_ui_shows_every_stage(smoke_repro: Path, tmp_path: Path) -> None:
         assert {r["info"]["run_id"] for r in rounds} | {parent_id} <= grouped_ids
         children = _search_runs(base, experiment["experiment_id"], f"tags.`mlflow.parentRunId` = '{parent_id}'")
         assert {r["info"]["run_id"] for r in rounds} <= {r["info"]["run_id"] for r in children}
-        v1, v2 = (_metrics(r) for r in rounds)
-        for name, m in (("rlhf@v1", v1), ("rlhf@v2", v2)):
+        first, *later = metrics = [_metrics(r) for r in rounds]
+        for name, m in zip(ROUNDS, metrics):
             assert ROUND_METRICS <= set(m), f"{name} lacks metrics {sorted(ROUND_METRICS - set(m))}"
         policy = lambda m: {k for k in m if k.startswith("policy_")}  # noqa: E731
-        assert policy(v1) == policy(v2), f"the rounds' policy metrics differ: {policy(v1) ^ policy(v2)}"
+        for name, m in zip(ROUNDS[1:], later):
+            assert policy(m) == policy(first), f"{name}'s policy metrics differ: {policy(m) ^ policy(first)}"
 
         # the lineage table of a round is an artifact the UI can list
         artifacts = _api(base, f"artifacts/list?run_id={rounds[0]['info']['run_id']}")

@@ -125,9 +125,6 @@ def progress_figure(rows: Sequence[dict]):
         ax.annotate("", xy=(b["helpfulness"], b["safety"]), xytext=(a["helpfulness"], a["safety"]),
                     arrowprops=dict(arrowstyle="->", color="0.55", lw=1.2))
     ax.scatter(xs, ys, s=60, c=range(len(pts)), cmap="viridis", zorder=3)
-    for i, r in enumerate(pts):  # labels above and below in turn: neighbouring rounds often nearly coincide
-        ax.annotate(r["model"], (r["helpfulness"], r["safety"]), textcoords="offset points",
-                    xytext=(6, 6) if i % 2 == 0 else (6, -14), fontsize=9)
     pad_x = max(0.05, (max(xs) - min(xs)) * 0.25) if xs else 0.1
     pad_y = max(0.02, (max(ys) - min(ys)) * 0.25) if ys else 0.1
     if xs:
@@ -138,7 +135,69 @@ def progress_figure(rows: Sequence[dict]):
     ax.set_title("Progress of the chat models, round by round")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _label_points(fig, ax, [(r["model"], r["helpfulness"], r["safety"]) for r in pts])
     return fig
+
+
+#: where a point's label may go, tried in order: (offset in points, horizontal alignment); a thin line
+#: joins each label to its point
+LABEL_SPOTS = [((dx, dy), "left" if dx > 0 else "right")
+               for dx in (8, -8) for dy in (6, -14, 22, -30, 38, -46, 54, -62)]
+
+
+def _segments_cross(a, b, c, d) -> bool:
+    """Whether the segments a-b and c-d (display coordinates) cross."""
+    side = lambda p, q, r: (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])  # noqa: E731
+    return side(a, b, c) * side(a, b, d) < 0 and side(c, d, a) * side(c, d, b) < 0
+
+
+def _near_segment(point, a, b, distance: float) -> bool:
+    """Whether ``point`` lies within ``distance`` of the segment a-b (display coordinates)."""
+    (px, py), (ax, ay), (bx, by) = point, a, b
+    length2 = (bx - ax) ** 2 + (by - ay) ** 2
+    s = 0.0 if length2 == 0 else min(1.0, max(0.0, ((px - ax) * (bx - ax) + (py - ay) * (by - ay)) / length2))
+    return (px - ax - s * (bx - ax)) ** 2 + (py - ay - s * (by - ay)) ** 2 <= distance ** 2
+
+
+def _hits_box(a, b, box) -> bool:
+    """Whether the segment a-b (display coordinates) touches the box."""
+    corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
+    return box.contains(*a) or box.contains(*b) or any(
+        _segments_cross(a, b, corners[k], corners[(k + 1) % 4]) for k in range(4))
+
+
+def _label_points(fig, ax, points: Sequence[tuple[str, float, float]]) -> None:
+    """Name each point beside it, joined to it by a thin line, in the first of :data:`LABEL_SPOTS`
+    where the label stays inside the axes and covers no other label, point, line or arrow between
+    consecutive points, and its line passes no other point and crosses no other line or arrow
+    (neighbouring rounds often nearly coincide); when none is free, the spot with the fewest of those
+    clashes. Call after the axes' limits and the figure's layout are final."""
+    renderer = fig.canvas.get_renderer()
+    centres = [tuple(ax.transData.transform((x, y))) for _, x, y in points]
+    frame = ax.get_window_extent(renderer)
+    boxes, lines = [], list(zip(centres, centres[1:]))  # the arrows in training order, then each label's line
+    for i, (name, x, y) in enumerate(points):
+        others = [c for j, c in enumerate(centres) if j != i]
+        spots = []
+        for offset, ha in LABEL_SPOTS:  # the label's own box, without its line to the point
+            trial = ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=ha, va="bottom", fontsize=9)
+            box = trial.get_window_extent(renderer).padded(2)
+            trial.remove()
+            line = (centres[i], ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2))  # as drawn: towards the label's centre
+            clashes = (sum(box.overlaps(b) for b in boxes)
+                       + (not frame.contains(box.x0, box.y0)) + (not frame.contains(box.x1, box.y1))
+                       + sum(box.x0 - 5 <= cx <= box.x1 + 5 and box.y0 - 5 <= cy <= box.y1 + 5 for cx, cy in others)
+                       + sum(_hits_box(a, b, box) for a, b in lines)
+                       + sum(_near_segment(c, *line, 10) for c in others)
+                       + sum(_segments_cross(*line, *other) for other in lines))
+            spots.append((clashes, len(spots), (offset, ha), box, line))
+            if not clashes:
+                break
+        _, _, (offset, ha), box, line = min(spots)  # the first free spot, else the one that clashes least
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=ha, va="bottom", fontsize=9,
+                    arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6, shrinkA=1, shrinkB=4))
+        boxes.append(box)
+        lines.append(line)
 
 
 #: the report's sentence on each ``gatt.select``

@@ -37,7 +37,7 @@ else
   export DS_ACCELERATOR=cpu
   BIG=tiny; MID=tiny; DT=fp32; B=2; T=64; Z=0; STEPS=1; BD=1; IMPLS=ours,ours_fast,hf,hf_ds; GBS=2
   GEN="--prompt-len 8 --max-new-tokens 8 --rounds 1 --greedy-tokens 8"; T3=120; PPO="--steps 1 --rollouts 4 --minibatch 4"; RLHF="--steps 1"
-  STAGES="--preset $MID --profile smoke --steps 9 --seq-len 128 --micro-batch 4"
+  STAGES="--preset $MID --profile smoke --steps 9 --seq-len 128 --micro-batch 4 --learning report"
   CURVE="--preset $MID --steps 60 --window 10 --distinct-batches 2 --tolerance 1e-4"
   T1=120; T2=120
 fi

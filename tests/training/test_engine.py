@@ -185,6 +185,26 @@ def test_checkpoint_files_load_without_running_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_an_enum_pickled_by_name_loads_and_nothing_else_does(tmp_path):
+    """Python 3.11.2 pickles an Enum member as getattr(EnumClass, name) (DeepSpeed's ZeroStageEnum in a
+    ZeRO-2 checkpoint); the safe loader gives the member, and refuses getattr on anything else."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    class ByName:
+        def __init__(self, obj, name):
+            self.obj, self.name = obj, name
+
+        def __reduce__(self):
+            return (getattr, (self.obj, self.name))
+
+    torch.save({"stage": ByName(ZeroStageEnum, "gradients"), "w": torch.ones(2)}, tmp_path / "enum.pt")
+    assert safe_load(tmp_path / "enum.pt")["stage"] is ZeroStageEnum.gradients
+    for obj, name in ((ZeroStageEnum, "__class__"), (ZeroStageEnum, "no_such_stage"), (np.ndarray, "__init__")):
+        torch.save({"x": ByName(obj, name)}, tmp_path / "bad.pt")
+        with pytest.raises(pickle.UnpicklingError):
+            safe_load(tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_a_checkpoint_resumes_through_the_safe_loader(tmp_path, monkeypatch, zero_stage):
     """DeepSpeed's checkpoint files (ZeRO-2: optimiser-state partitions with DeepSpeed records) load

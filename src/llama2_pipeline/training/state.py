@@ -4,8 +4,9 @@ A checkpoint's ``trainer_state_rank*.json`` holds a rank's data position and RNG
 numpy, torch, CUDA) as plain JSON (:func:`rank_state_to_json`), so resuming it unpickles nothing.
 DeepSpeed's own files (``mp_rank_*_model_states.pt``, ``zero_pp_rank_*_optim_states.pt``) are
 pickles; :func:`safe_checkpoint_loading` makes DeepSpeed read them with ``torch.load(weights_only=True)``
-and an allow-list (:func:`checkpoint_allow_list`: numpy arrays and three small DeepSpeed records),
-so a checkpoint folder someone hands you can hold tensors and numbers, not code to run. A
+and an allow-list (:func:`checkpoint_allow_list`: numpy arrays, three small DeepSpeed records and an
+Enum member by its name), so a checkpoint folder someone hands you can hold tensors and numbers, not
+code to run. A
 ``trainer_state_rank*.pt`` of an earlier version is read the same way.
 """
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import enum
+import functools
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -85,7 +89,8 @@ DEEPSPEED_RECORDS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed
 
 
 def checkpoint_allow_list() -> list:
-    """What ``torch.load(weights_only=True)`` may build from our checkpoints beyond its defaults."""
+    """What ``torch.load(weights_only=True)`` may build from our checkpoints beyond its defaults; the
+    pickle's ``builtins.getattr`` stands for :func:`enum_member` (see there)."""
     import importlib
 
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / 1
@@ -96,7 +101,19 @@ def checkpoint_allow_list() -> list:
             allowed.append(getattr(importlib.import_module(module), attr))
         except (ImportError, AttributeError):  # another DeepSpeed version: not needed or not there
             pass
-    return allowed
+    enums = tuple(a for a in allowed if isinstance(a, type) and issubclass(a, enum.Enum))
+    return allowed + [(functools.partial(enum_member, enums), "builtins.getattr")]
+
+
+def enum_member(enums: tuple[type[enum.Enum], ...], cls: Any, name: Any) -> enum.Enum:
+    """Some Python releases (3.11.2 among them) pickle an Enum member as ``getattr(EnumClass, name)``
+    (later ones as ``EnumClass(value)``): DeepSpeed's ZeRO-2 optimiser state holds a ``ZeroStageEnum``.
+    The safe loader reads that ``getattr`` as this function: the member of an allowed Enum class by
+    its name, and nothing else."""
+    if not (isinstance(cls, type) and cls in enums and isinstance(name, str) and name in cls.__members__):
+        raise pickle.UnpicklingError(f"getattr({cls!r}, {name!r}) in a checkpoint: only members of "
+                                     f"{[e.__qualname__ for e in enums]} may be looked up by name")
+    return cls[name]
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

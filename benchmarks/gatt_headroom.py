@@ -18,7 +18,8 @@ exactly as the stage does (``gatt.finetune`` with the round's rejection-sampling
 The arm of the project's ``gatt.select`` at draw 0 is the stage itself (``stage_arm`` in the JSON).
 Every arm samples as the project's ``gatt.repair`` says (a sample that breaks a case, prefix or suffix
 instruction rewritten to obey it); ``--repair on|off`` overrides it for all arms, so the same arms can
-be compared with and without it (``repair`` in the JSON).
+be compared with and without it (``repair`` in the JSON); ``--case`` likewise for ``gatt.case`` (how
+answers under a case instruction are sampled).
 
 ``--draws 0 1 2`` repeats every arm with the GAtt draws (dialogues, samples, cuts) of seed + d, the
 held-out evaluation fixed, so an arm's difference from ``first`` is paired per draw and told apart
@@ -77,6 +78,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repair", choices=("project", "on", "off"), default="project",
                    help="gatt.repair for every arm: the project's, or on/off (rewrite a sampled answer that breaks a "
                         "case, prefix or suffix instruction to obey it)")
+    p.add_argument("--case", choices=("project", *G.CASES), default="project",
+                   help="gatt.case for every arm: the project's, or how answers under a case instruction are sampled "
+                        "(with it, or without it and rewritten to it)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (of {', '.join(ARMS)})")
     p.add_argument("--draws", type=int, nargs="+", default=[0], metavar="D",
                    help="GAtt draws: dialogues, samples and cuts of seed + D (the evaluation stays the seed's)")
@@ -96,8 +100,11 @@ def main(argv=None) -> dict:
     root = args.project
     recipe = load(root / "params.yaml")
     seed, cfg = recipe.seed, recipe.gatt
-    cfg = cfg.replace(tries=args.tries or cfg.tries,
-                      repair=cfg.repair if args.repair == "project" else args.repair == "on")
+    repair = cfg.repair if args.repair == "project" else args.repair == "on"
+    case = cfg.case if args.case == "project" else args.case
+    if case != "instructed" and not repair:
+        p.error(f"gatt.case {case} rewrites the answers to the case: it needs gatt.repair (--repair on)")
+    cfg = cfg.replace(tries=args.tries or cfg.tries, repair=repair, case=case)
     if cfg.after == "sft":
         p.error("gatt.after is sft: this script compares selections on an RLHF round's policy and RMs")
     world = recipe.world.world(seed)
@@ -148,7 +155,7 @@ def main(argv=None) -> dict:
                                                         for d in args.draws]) for f in FIGURES}
     out = {"benchmark": "gatt_headroom", "argv": list(argv if argv is not None else sys.argv[1:]),
            "profile": recipe.profile, "seed": seed, "world_version": recipe.world.version, "after": cfg.after,
-           "tries": cfg.tries, "repair": cfg.repair, "stage_arm": cfg.select, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
+           "tries": cfg.tries, "repair": cfg.repair, "case": cfg.case, "stage_arm": cfg.select, "draws": args.draws, "seconds": round(time.perf_counter() - t0, 1),
            "runs": runs, "summary": summary}
     print(f"\nGAtt from {cfg.after} (seed {seed}), {len(args.draws)} draw(s): mean ± sd over draws")
     print(f"{'figure':<32}" + "".join(f"{a:>18}" for a in wanted))

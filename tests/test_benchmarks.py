@@ -340,7 +340,9 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
         assert 0.0 <= r["train_answer_helpfulness"] <= 1.0 and -1.0 <= r["helpfulness_change"] <= 1.0
     assert json.loads((tmp_path / "gatt.json").read_text())["summary"] == out["summary"]
     assert out["tries"] == 2  # the smoke profile's gatt.tries
-    for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"], ["--repair", "maybe"]):
+    assert out["case"] == "plain"  # the project's gatt.case
+    for bad in (["--arms", "first,best"], ["--draws", "0", "0"], ["--tries", "0"], ["--repair", "maybe"],
+                ["--case", "plain", "--repair", "off"]):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), *bad])
 

@@ -242,3 +242,48 @@ def test_ranking_by_reward_needs_the_reward_model():
     cfg = GattConfig.from_dict({"after": "rlhf_v2", "select": "reward"})
     with pytest.raises(ValueError, match="gatt.select is reward but no helpfulness reward model"):
         build_gatt_dialogues("no-policy-here", [], cfg, seed=0)
+
+
+def test_case_sampling_writes_the_content_plainly_and_rewrites_it_to_the_case(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.gatt import sample_adherent, sampled_under
+
+    assert sampled_under(("uppercase",), "instructed") == ("uppercase",)
+    assert sampled_under(("uppercase",), "plain") == () and sampled_under(("lowercase",), "plain") == ()
+    assert sampled_under(("uppercase", "five_words"), "plain") == ("uppercase", "five_words")  # "26." has no case
+    assert sampled_under(("ahoy", "cheers"), "plain") == ("ahoy", "cheers")  # no case rule to drop
+    with pytest.raises(ValueError, match="gatt.case must be one of"):
+        sampled_under(("uppercase",), "sometimes")
+
+    seen = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        # told to write in capitals, the policy writes noise in capitals; untold, it answers
+        seen.extend(chats)
+        return [{"answer": "THE AND." if chat[0]["role"] == "system" and "uppercase" in chat[0]["content"]
+                 else f"The answer to {chat[-1]['content']} is 4."} for chat in chats]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["a", "b"], "constraints": ["uppercase"]},
+                 {"users": ["c", "d"], "constraints": ["uppercase", "five_words"]}]
+    sampling = SamplingConfig(seed=10)
+    _, told, _ = sample_adherent(None, None, dialogues, sampling, tries=2, prefix_only=True, repair=True)
+    assert told == [["THE AND.", "THE AND."], ["THE AND.", "THE AND."]]
+    seen.clear()
+    _, plain, stats = sample_adherent(None, None, dialogues, sampling, tries=2, prefix_only=True, repair=True,
+                                      case="plain")
+    assert plain == [["THE ANSWER TO A IS 4.", "THE ANSWER TO B IS 4."],  # the content, in the instruction's case
+                     ["THE AND.", "THE AND."]]  # a length rule keeps the case rule in the sampling instruction
+    assert seen[0] == [{"role": "user", "content": "a"}]  # no system prompt: the case rule was the instruction
+    assert seen[1][0] == {"role": "system", "content": constraints.instruction(("uppercase", "five_words"))}
+    assert stats["gatt_answer_repaired_share"] == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="needs gatt.repair"):
+        sample_adherent(None, None, dialogues, sampling, tries=2, case="plain")
+
+
+def test_reward_ranking_reads_a_case_instructed_answer_in_small_letters():
+    from llama2_pipeline.training.gatt import as_read
+
+    assert as_read(("uppercase", "five_words"), "THE ANSWER IS 21.") == "the answer is 21."
+    assert as_read(("ahoy",), "Ahoy! The answer is 21.") == "Ahoy! The answer is 21."

@@ -386,6 +386,7 @@ class GattConfig(Config):
     tries: int = 2  # samples per answer until one follows the instruction
     select: Literal["first", "reward"] = "first"  # the first adherent sample, or the best adherent of all tries by the round's helpfulness RM
     repair: bool = False  # a sampled answer that breaks a case, prefix or suffix instruction is rewritten to obey it (the world's constraints.repair)
+    case: Literal["instructed", "plain"] = "instructed"  # under a case instruction answers are sampled with it, or without it (unless with a length rule) and rewritten to it (needs repair; see sample_adherent)
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
@@ -408,3 +409,5 @@ class GattConfig(Config):
         require(not (self.select == "reward" and self.after == "sft"), "select",
                 "first when gatt.after is sft (reward ranks the samples with an RLHF round's helpfulness RM)",
                 self.select)
+        require(self.case == "instructed" or self.repair, "case",
+                "instructed when gatt.repair is false (plain rewrites the answer to the case)", self.case)

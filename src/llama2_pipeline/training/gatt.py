@@ -78,8 +78,8 @@ def gatt_record(users: Sequence[str], answers: Sequence[str], names: Sequence[st
 def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[str], *,
                  every_turn: bool) -> list[dict]:
     """The chat up to the next answer, the instruction as the system prompt (and, with
-    ``every_turn``, in front of every later user message)."""
-    messages = [{"role": "system", "content": constraints.instruction(tuple(names))}]
+    ``every_turn``, in front of every later user message); no system prompt without ``names``."""
+    messages = [{"role": "system", "content": constraints.instruction(tuple(names))}] if names else []
     for i, u in enumerate(users):
         messages.append({"role": "user", "content": with_instruction(u, names) if every_turn and i else u})
         if i < len(answers):
@@ -87,10 +87,24 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
     return messages
 
 
+def sampled_under(names: Sequence[str], case: str) -> tuple[str, ...]:
+    """The instruction an answer under ``names`` is sampled with (``gatt.case``): ``names`` itself
+    (``instructed``), or with ``plain`` ``names`` without its case rule, unless it also has a
+    length rule: the answer is then written in the policy's ordinary spelling and rewritten to the
+    case (:func:`llama2_pipeline.world.constraints.repair`). A short answer is often a bare number
+    (``26.``), which has no letters to rewrite, so under a length rule the case rule stays."""
+    if case not in CASES:
+        raise ValueError(f"gatt.case must be one of {list(CASES)}, got {case!r}")
+    kinds = {constraints.CONSTRAINTS[n].kind for n in names}
+    if case == "instructed" or "length" in kinds:
+        return tuple(names)
+    return tuple(n for n in names if constraints.CONSTRAINTS[n].kind != "case")
+
+
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
                     prefix_only: bool = False, context: str = "turn", progress: bool = False,
                     score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None,
-                    repair: bool = False) -> tuple[list[dict], list[list[str]], dict[str, float]]:
+                    repair: bool = False, case: str = "instructed") -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
     samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
     adheres). The sampling context (``context``): ``"turn"``, ``[system: instruction, user: u_t]``
@@ -111,6 +125,12 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     obey it (:func:`llama2_pipeline.world.constraints.repair`), as the world's demonstrators write
     instructed answers: the policy's content in the instruction's form.
 
+    ``case`` (:func:`sampled_under`): under a case instruction, ``instructed`` samples with it;
+    ``plain`` samples without it (unless a length rule comes with it) and the answer is rewritten
+    to the case (needs ``repair``). This tokenizer spells a word in capitals letter by letter and
+    the policy's own capitals are mostly noise (``THE AND.``, adherent and kept); its ordinary
+    answer, rewritten, carries its content.
+
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
 
@@ -118,6 +138,9 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
 
     if context not in CONTEXTS:
         raise ValueError(f"GAtt sampling context must be one of {list(CONTEXTS)}, got {context!r}")
+    if case != "instructed" and not repair:
+        raise ValueError(f"gatt.case {case!r} samples without the case instruction and needs gatt.repair to rewrite "
+                         "the answer to it")
     turns = len(dialogues[0]["users"]) if dialogues else 0
     out_dialogues = [{"users": list(d["users"]), "constraints": list(d["constraints"])} for d in dialogues]
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
@@ -127,10 +150,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     adherent = sampled = swapped = repaired = 0
 
     def chat(i: int, t: int) -> list[dict]:
-        d = out_dialogues[i]
+        d, under = out_dialogues[i], sampled_under(names[i], case)
         if context == "turn":
-            return conversation([d["users"][t]], [], d["constraints"], every_turn=False)
-        return conversation(d["users"][:t + 1], answers[i][:t], d["constraints"], every_turn=True)
+            return conversation([d["users"][t]], [], under, every_turn=False)
+        return conversation(d["users"][:t + 1], answers[i][:t], under, every_turn=True)
 
     for t in range(turns):
         todo, kept = list(alive), []
@@ -274,6 +297,7 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
 
 CUTS = ("every", "random")
 CONTEXTS = ("turn", "dialogue")
+CASES = ("instructed", "plain")
 
 
 
@@ -283,15 +307,26 @@ CONTEXTS = ("turn", "dialogue")
 # --------------------------------------------------------------------------------------------
 
 
+def as_read(names: Sequence[str], answer: str) -> str:
+    """``answer`` as a judge of ordinary text reads it: under a case instruction, lowercased. The
+    reward models learned from ordinary text, and this tokenizer spells an uppercase answer letter
+    by letter (``▁T H E ▁A N S W E R``), a text they never saw: their scores of uppercase answers
+    do not follow the content (a helpfulness RM ranks ``THE AND THE AND THE.`` above ``THE ANSWER
+    IS 21. CHECK: 19 + 2 = 21.``), while lowercase is spelled in the tokenizer's own words and
+    ranked as the plain answer is. Every candidate of one message is under the same instruction,
+    so the ranking among them is fair."""
+    return answer.lower() if any(constraints.CONSTRAINTS[n].kind == "case" for n in names) else answer
+
+
 def reward_scorer(reward_dir, batch_size: int = 64) -> Callable[[list[str], list[str], list[tuple[str, ...]]], list[float]]:
     """:func:`sample_adherent`'s ``score`` from a helpfulness reward model's folder: the RM's score
-    of each (user message, answer); the instruction is not shown to it (every candidate of a
-    message is under the same one)."""
+    of each (user message, answer), the answer as the RM reads ordinary text (:func:`as_read`);
+    the instruction is not shown to it (every candidate of a message is under the same one)."""
     from ..model import default_device
     from ..model.reward import RewardModel
 
     rm = RewardModel.load(reward_dir, device=default_device())
-    return lambda users, answers, _names: rm.score(users, answers, batch_size)
+    return lambda users, answers, names: rm.score(users, [as_read(n, a) for n, a in zip(names, answers)], batch_size)
 
 
 def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, seed: int, *,
@@ -305,7 +340,7 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
                                spare=cfg.spare_messages if cfg.keep_adherent else 0)
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
                                                 prefix_only=cfg.keep_adherent, context=cfg.context, score=score,
-                                                repair=cfg.repair)
+                                                repair=cfg.repair, case=cfg.case)
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
                               min_turns=cfg.min_turns)
     stats.update(more)

@@ -1,6 +1,7 @@
 """``gatt``: GAtt dialogues from the policy of ``gatt.after`` (the last RLHF round; with
 ``gatt.select: reward`` the best adherent samples by that round's helpfulness RM; with
-``gatt.repair`` a sample that breaks a case, prefix or suffix instruction rewritten to obey it), fine-tuning
+``gatt.repair`` a sample that breaks a case, prefix or suffix instruction rewritten to obey it; with
+``gatt.case: plain`` an answer under a case instruction sampled without it, then rewritten), fine-tuning
 with the loss on the last answer only (with ``gatt.replay``, beside the round's rejection-sampling
 dialogues), adherence by turn before and after."""
 

@@ -40,9 +40,10 @@ def test_html_is_self_contained_with_tables_and_embedded_images():
 def test_gatt_section_says_how_its_data_was_made():
     from llama2_pipeline.evaluation.report import build_markdown
 
-    def line(gatt, select=None):
+    def line(gatt, select=None, case=None):
         md = build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=gatt,
-                            gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={}, gatt_select=select)
+                            gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={}, gatt_select=select,
+                            gatt_case=case)
         return [x for x in md.splitlines() if x.startswith("GAtt trained")]
 
     base = {"gatt_records": 40.0, "gatt_drawn_dialogues": 50.0, "gatt_examples": 120.0, "gatt_answer_adherent_share": 0.25}
@@ -52,6 +53,10 @@ def test_gatt_section_says_how_its_data_was_made():
         in line({**base, "gatt_answer_repaired_share": 0.125})[0]
     assert line(base, "first")[0].endswith("Each message kept the first sampled answer that obeyed (gatt.select: first).")
     assert line(base, "reward")[0].endswith("the one the last round's helpfulness RM scored highest (gatt.select: reward).")
+    plain = line(base, "reward", "plain")[0]
+    assert ('were sampled without that instruction and then rewritten to it (gatt.case: plain). Each message kept'
+            in plain)
+    assert "sampled with that instruction (gatt.case: instructed)" in line(base, None, "instructed")[0]
     assert line({}) == []  # metrics of an older run: no line
 
 

@@ -204,13 +204,20 @@ def _label_points(fig, ax, points: Sequence[tuple[str, float, float]]) -> None:
 GATT_SELECT = {"first": " Each message kept the first sampled answer that obeyed (gatt.select: first).",
                "reward": " Each message kept, of all its samples that obeyed, the one the last round's helpfulness RM "
                          "scored highest (gatt.select: reward)."}
+#: the report's sentence on each ``gatt.case``
+GATT_CASE = {"plain": " Under \"uppercase\" or \"lowercase\" (without \"at most five words\") the answers were sampled "
+                      "without that instruction and then rewritten to it (gatt.case: plain).",
+             "instructed": " Under \"uppercase\" or \"lowercase\" the answers were sampled with that instruction "
+                           "(gatt.case: instructed)."}
 
 
 def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], reward_accuracy: dict,
                    round_rm: dict[str, dict], gatt: dict, gatt_adherence: dict, cleaning: dict,
-                   pretrain: dict, stages: Sequence[dict], images: dict[str, str], gatt_select: str | None = None) -> str:
+                   pretrain: dict, stages: Sequence[dict], images: dict[str, str], gatt_select: str | None = None,
+                   gatt_case: str | None = None) -> str:
     """The report as Markdown. ``images``: section name -> PNG file name (relative to the report);
-    ``gatt_select``: how GAtt picked each message's answer (``gatt.select``)."""
+    ``gatt_select``: how GAtt picked each message's answer (``gatt.select``); ``gatt_case``: how it
+    sampled answers under a case instruction (``gatt.case``)."""
     out = [f"# {title}", ""]
     out += [f"Git commit `{provenance.get('git_commit', '?')}`"
             + (" (with uncommitted changes)" if provenance.get("git_dirty") else "")
@@ -277,7 +284,7 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                    f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} obeyed it after that."
                    if repaired is not None else
                    f"{gatt.get('gatt_answer_adherent_share', 0.0):.1%} of the sampled answers obeyed their instruction.")
-                + GATT_SELECT.get(gatt_select, "")]
+                + GATT_CASE.get(gatt_case, "") + GATT_SELECT.get(gatt_select, "")]
     change = "gatt_helpfulness_change_"  # per instruction, with its gatt_{before,after}_* figures
     rows = [[c, gatt.get(f"gatt_before_adherence_{c}"), gatt.get(f"gatt_after_adherence_{c}"),
              gatt.get(f"gatt_before_helpfulness_{c}"), gatt.get(f"gatt_after_helpfulness_{c}"), v]
@@ -352,12 +359,13 @@ def to_html(markdown: str, images: dict[str, bytes], title: str) -> str:
 
 def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: dict, reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, plots: dict[str, bytes], world, rounds: dict[str, dict],
-                 stages: list[dict], provenance: dict, title: str = TITLE, gatt_select: str | None = None):
+                 stages: list[dict], provenance: dict, title: str = TITLE, gatt_select: str | None = None,
+                 gatt_case: str | None = None):
     """The report: Markdown, self-contained HTML, the rounds' progress plot and the per-dimension
     chart (PNG bytes), flat metrics per model (``report_<model>_<metric>``) and the run table. ``rounds``: round name ->
     its metrics, in training order; ``stages``: one row per stage (run, time, throughput);
-    ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here); ``gatt_select``:
-    ``gatt.select``, said in the GAtt section."""
+    ``plots``: PNG bytes by :data:`PLOTS` key (the progress plot is drawn here); ``gatt_select``,
+    ``gatt_case``: ``gatt.select`` and ``gatt.case``, said in the GAtt section."""
     import io
 
     import matplotlib.pyplot as plt
@@ -376,7 +384,7 @@ def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics
     markdown = build_markdown(title=title, provenance=provenance, models=rows, reward_accuracy=reward_accuracy,
                               round_rm=rounds, gatt=gatt_metrics, gatt_adherence=gatt_adherence,
                               cleaning=cleaning_report, pretrain=pretrain_metrics, stages=stages, images=PLOTS,
-                              gatt_select=gatt_select)
+                              gatt_select=gatt_select, gatt_case=gatt_case)
     images = {PLOTS[k]: v for k, v in {**plots, **drawn}.items()}
     html_page = to_html(markdown, images, title)
     flat = {}

@@ -71,7 +71,7 @@ def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: d
                  reward_accuracy: dict, gatt_metrics: dict, gatt_model_metrics: dict, gatt_adherence: dict,
                  cleaning_report: dict, calibration_plot: bytes, gatt_plot: bytes, cleaning_plot: bytes,
                  pretrain_plot: bytes, world: WorldParams, seed: int, profile: str, gatt_select: str | None = None,
-                 **round_metrics: dict):
+                 gatt_case: str | None = None, **round_metrics: dict):
     """The report (:func:`llama2_pipeline.evaluation.report.build_report`) with the MLflow run behind
     each stage's metrics; ``round_metrics``: ``rlhf_<round>`` -> that round's metrics, in training order."""
     from llama2_pipeline.evaluation.report import build_report as build
@@ -92,4 +92,4 @@ def build_report(sft_metrics: dict, sft_samples: list[dict], pretrain_metrics: d
                  reward_accuracy=reward_accuracy, gatt_metrics=gatt_metrics,
                  gatt_model_metrics=gatt_model_metrics, gatt_adherence=gatt_adherence, cleaning_report=cleaning_report,
                  plots=plots, world=world.world(seed), rounds=rounds, stages=stage_rows(stages, metrics, runs),
-                 provenance=provenance, gatt_select=gatt_select)
+                 provenance=provenance, gatt_select=gatt_select, gatt_case=gatt_case)

@@ -18,7 +18,8 @@ def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
               "cleaning_report": "cleaning_report", "calibration_plot": "reward_calibration_plot",
               "gatt_plot": "gatt_adherence_plot", "cleaning_plot": "cleaning_report_plot",
               "pretrain_plot": "pretrain_loss_curve_plot", "world": "params:world", "seed": "params:seed",
-              "profile": "params:profile", "gatt_select": "params:gatt.select"}
+              "profile": "params:profile", "gatt_select": "params:gatt.select",
+              "gatt_case": "params:gatt.case"}
     inputs.update({f"rlhf_{r}": f"rlhf_{r}.metrics" for r in (recipe or session_recipe()).rlhf.rounds})
     return Pipeline([
         Node(build_report, inputs, ["report_markdown", "report_html", "rlhf_progress_plot", "model_dimensions_plot",

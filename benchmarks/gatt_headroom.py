@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from llama2_pipeline.core.files import read_jsonl, write_json
+from llama2_pipeline.core.schema import ConfigError
 from llama2_pipeline.model import default_device, load_hf
 from llama2_pipeline.recipe import load
 from llama2_pipeline.tokenizer import Tokenizer
@@ -100,11 +101,12 @@ def main(argv=None) -> dict:
     root = args.project
     recipe = load(root / "params.yaml")
     seed, cfg = recipe.seed, recipe.gatt
-    repair = cfg.repair if args.repair == "project" else args.repair == "on"
-    case = cfg.case if args.case == "project" else args.case
-    if case != "instructed" and not repair:
-        p.error(f"gatt.case {case} rewrites the answers to the case: it needs gatt.repair (--repair on)")
-    cfg = cfg.replace(tries=args.tries or cfg.tries, repair=repair, case=case)
+    try:  # the gatt group's own checks (gatt.case plain needs gatt.repair) as a usage error
+        cfg = cfg.replace(tries=args.tries or cfg.tries,
+                          repair=cfg.repair if args.repair == "project" else args.repair == "on",
+                          case=cfg.case if args.case == "project" else args.case)
+    except ConfigError as e:
+        p.error(f"--repair/--case: {e}")
     if cfg.after == "sft":
         p.error("gatt.after is sft: this script compares selections on an RLHF round's policy and RMs")
     world = recipe.world.world(seed)

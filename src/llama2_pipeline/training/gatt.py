@@ -146,14 +146,15 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
     names = [tuple(d["constraints"]) for d in dialogues]
+    under = [sampled_under(n, case) for n in names]  # the instruction each dialogue is sampled with
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = repaired = 0
 
     def chat(i: int, t: int) -> list[dict]:
-        d, under = out_dialogues[i], sampled_under(names[i], case)
+        d = out_dialogues[i]
         if context == "turn":
-            return conversation([d["users"][t]], [], under, every_turn=False)
-        return conversation(d["users"][:t + 1], answers[i][:t], under, every_turn=True)
+            return conversation([d["users"][t]], [], under[i], every_turn=False)
+        return conversation(d["users"][:t + 1], answers[i][:t], under[i], every_turn=True)
 
     for t in range(turns):
         todo, kept = list(alive), []

@@ -347,6 +347,24 @@ def test_gatt_headroom_reproduces_the_stage_and_pairs_each_selection_with_it(smo
             bench.main(["--project", str(smoke_repro), *bad])
 
 
+def test_rollout_benchmark_times_the_stages_sampling_against_rows_kept_and_transformers(smoke_repro, tmp_path):
+    """The sampling benchmark on the smoke project's SFT model and train prompts: dropping finished
+    rows gives the tokens of keeping them (greedy and sampled: each row's draws are its own), and
+    transformers' greedy answers on the same weights are ours."""
+    bench = _bench("bench_rollouts")
+    args = ["--policy", str(smoke_repro / "data/06_models/sft"), "--prompts", str(smoke_repro / "data/01_raw/prompts_train.jsonl"),
+            "--n", "24", "--batch", "8", "--max-new-tokens", "12", "--rounds", "1", "--threads", "1"]
+    out = bench.main([*args, "--out", str(tmp_path / "rollouts.json")])
+    assert out["greedy_ours_equals_keep"] is True
+    assert out["mean_answer_tokens"]["ours"] == out["mean_answer_tokens"]["ours_keep"]
+    assert 0 < out["mean_answer_tokens"]["ours"] <= 12
+    assert out["greedy_ours_equals_hf_share"] >= 0.9
+    assert all(v > 0 for v in out["answer_tokens_per_s"].values())
+    assert json.loads((tmp_path / "rollouts.json").read_text())["ours_over_hf"] == out["ours_over_hf"]
+    with pytest.raises(SystemExit):
+        bench.main(["--policy", str(tmp_path / "missing")])
+
+
 def test_reward_scaling_fit_reads_pairs_needed_off_a_line():
     bench = _bench("reward_scaling")
     line = [(n, 0.5 + 0.05 * math.log2(n / 100)) for n in (100, 200, 400, 800)]

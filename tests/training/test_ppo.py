@@ -171,10 +171,10 @@ def test_kl_bound_stops_and_keeps_the_newest_policy_within_it():
     from llama2_pipeline.training.ppo import train_ppo
     from llama2_pipeline.training.rlhf import summarise_ppo
 
-    bounded = _trainer(max_kl=0.3)
+    bounded = _trainer(max_kl=0.5)
     history = train_ppo(bounded, PROMPTS, 25, progress=False)
-    assert history[-1]["kl_bound_hit"] == 1.0 and history[-1]["kl"] > 0.3
-    assert all(h["kl_bound_hit"] == 0.0 and h["kl"] <= 0.3 for h in history[:-1])
+    assert history[-1]["kl_bound_hit"] == 1.0 and history[-1]["kl"] > 0.5
+    assert all(h["kl_bound_hit"] == 0.0 and h["kl"] <= 0.5 for h in history[:-1])
     assert 3 <= len(history) < 25
     free = _trainer()
     train_ppo(free, PROMPTS, len(history) - 2, progress=False)
@@ -182,7 +182,7 @@ def test_kl_bound_stops_and_keeps_the_newest_policy_within_it():
         assert torch.equal(a, b), name
     summary = summarise_ppo(history)
     assert summary["ppo_kl_bound_hit"] == 1.0 and summary["ppo_steps"] == len(history) - 1
-    assert summary["ppo_kl_max"] == max(h["kl"] for h in history[:-1]) <= 0.3
+    assert summary["ppo_kl_max"] == max(h["kl"] for h in history[:-1]) <= 0.5
 
 
 def test_first_update_starts_at_ratio_one_and_value_model_copies_the_rm():

@@ -11,6 +11,12 @@ that static step once in a CUDA graph and replays it per token: one launch inste
 launches per layer that bound eager decoding of a small batch on a GPU. ``auto`` (the default) is
 ``graph`` on CUDA and ``eager`` elsewhere, so CPU outputs are those of every earlier release.
 
+Finished rows (eager decoding): a row that has emitted EOS is dropped from the batch's forward (its
+cache rows with it) once a quarter of the batch has finished, so a batch whose answers are mostly
+short stops paying for the long ones' padding. Sampling draws the same three uniform numbers per row
+and token whether a row is still in the batch or not, so which rows are dropped, and when, changes no
+row's tokens.
+
 Log-probabilities: ``logprobs[i][t]`` is ``log softmax(logits)[token]`` of the chosen token under
 the model's raw logits at temperature 1, *before* temperature and top-p are applied; this is the
 policy probability PPO needs (the sampling distribution only decides which token is chosen).
@@ -41,36 +47,51 @@ class GenerationOutput:
     finished: list[bool]  # True where the row stopped at EOS, False where it hit max_new_tokens
 
 
-def _inverse_cdf(probs: torch.Tensor, n: int, generator) -> torch.Tensor:
-    """``n`` independent draws per row from (unnormalised) ``probs`` (B, V): (B, n) token ids.
+UNIFORMS = 3  # uniform numbers drawn per row and sampled token: two candidates and the sorted fallback's
+COMPACT_SHARE = 0.25  # eager decoding drops finished rows once this share of the batch's rows has finished
 
-    One uniform number per draw and a binary search in the CDF: much cheaper on CPU than
-    ``torch.multinomial``. With u in (0, total], the first index whose cumulative mass reaches u
-    always has positive probability.
+
+def _uniforms(rows: int, generator, device) -> torch.Tensor:
+    """The (rows, :data:`UNIFORMS`) uniform numbers of one sampling step: drawn for every row of the
+    call, in the batch or not, so a row's draws never depend on which other rows are still decoding."""
+    return torch.rand(rows, UNIFORMS, generator=generator, device=device)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One draw per column of ``u`` (B, n) uniform numbers in [0, 1) from each row of (unnormalised)
+    ``probs`` (B, V): (B, n) token ids.
+
+    A binary search in the CDF: much cheaper on CPU than ``torch.multinomial``. With the target
+    (1 - u) * total in (0, total], the first index whose cumulative mass reaches it always has
+    positive probability.
     """
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(probs.size(0), n, generator=generator, device=probs.device, dtype=cdf.dtype)
-    return torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:]).clamp_(max=probs.size(-1) - 1)
+    return torch.searchsorted(cdf, (1.0 - u.to(cdf.dtype)) * cdf[:, -1:]).clamp_(max=probs.size(-1) - 1)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator,
-            sync_free: bool = False) -> torch.Tensor:
+            sync_free: bool = False, u: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row: argmax if temperature == 0, else from softmax(logits / temperature)
     restricted to the nucleus (the most likely tokens whose mass reaches top_p; ties kept).
 
+    u: the rows' (B, :data:`UNIFORMS`) uniform numbers (:func:`_uniforms`); drawn from ``generator``
+    if not given. Every row uses its own three, whichever path it takes, so a row's token depends on
+    its logits and its numbers only.
     sync_free: never ask the device whether a row needs the sorted fallback (a host sync per token);
     compute it for every row and keep it where needed (CUDA, where a sort of the batch is cheap).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
+    if u is None:
+        u = _uniforms(logits.size(0), generator, logits.device)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1.0:
-        return _inverse_cdf(probs, 1, generator).squeeze(1)
+        return _inverse_cdf(probs, u[:, :1]).squeeze(1)
     # Rejection sampling, exact and sort-free: draw candidates from the full distribution and
     # keep the first inside the nucleus (token i is inside iff the mass of strictly more likely
     # tokens is < top_p). Each draw is accepted with probability >= top_p; rows whose draws
     # all miss fall back to sorting.
-    cand = _inverse_cdf(probs, 2, generator)  # (B, 2)
+    cand = _inverse_cdf(probs, u[:, :2])  # (B, 2)
     p_cand = probs.gather(-1, cand)
     above = probs.unsqueeze(1) > p_cand.unsqueeze(2)  # (B, 2, V)
     mass_above = torch.where(above, probs.unsqueeze(1), 0.0).sum(-1)
@@ -78,19 +99,25 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator,
     tok = cand.gather(-1, inside.int().argmax(dim=-1, keepdim=True)).squeeze(1)
     missed = ~inside.any(dim=-1)
     if sync_free:
-        return torch.where(missed, _nucleus(probs, top_p, generator), tok)
+        return torch.where(missed, _nucleus(probs, top_p, u[:, 2:]), tok)
     if bool(missed.any()):
-        tok[missed] = _nucleus(probs[missed], top_p, generator)
+        tok[missed] = _nucleus(probs[missed], top_p, u[missed, 2:])
     return tok
 
 
-def _nucleus(probs: torch.Tensor, top_p: float, generator) -> torch.Tensor:
-    """One draw per row from the nucleus of ``probs`` (B, V), by sorting."""
+def _nucleus(probs: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row from the nucleus of ``probs`` (B, V), by sorting; ``u`` (B, 1) uniform numbers."""
     sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
     kept = ((sorted_p.cumsum(dim=-1) - sorted_p) < top_p).sum(-1, keepdim=True)  # >= 1
     sorted_p[sorted_p < sorted_p.gather(-1, kept - 1)] = 0.0  # same nucleus, ties kept
-    choice = _inverse_cdf(sorted_p, 1, generator)
+    choice = _inverse_cdf(sorted_p, u)
     return sorted_idx.gather(-1, choice).squeeze(1)
+
+
+def _keep_rows(cache: KVCache, rows: torch.Tensor) -> None:
+    """Keep only the batch rows ``rows`` (indices into the current batch) of an eager decoding cache."""
+    cache.k, cache.v = cache.k.index_select(1, rows), cache.v.index_select(1, rows)
+    cache._k, cache._v = cache.k.unbind(0), cache.v.unbind(0)
 
 
 class _StaticDecoder:
@@ -205,6 +232,7 @@ def generate(
     generator: torch.Generator | None = None,
     check_every: int | None = None,
     decode: str = "auto",
+    drop_finished: bool = True,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens after each prompt.
 
@@ -215,12 +243,16 @@ def generate(
     seeded sampling (``None`` uses the global RNG). check_every: look whether every row has
     finished (a host sync) only every this many tokens; ``None`` = every token on CPU, every
     :data:`CUDA_CHECK_EVERY` on CUDA, so the GPU is never idle waiting for the host. The outputs
-    do not depend on it: rows are independent, and tokens after a row's EOS are cut off.
+    do not depend on it: rows are independent (each row's sampling draws are its own), and tokens
+    after a row's EOS are cut off. Eager decoding drops finished rows from the batch at these checks
+    (see the module's docstring).
     decode: ``eager`` | ``static`` | ``graph`` (a CUDA graph per step, CUDA only) | ``auto`` (graph on
     CUDA, else eager); see the module's docstring. ``static`` and ``graph`` compute the same step, so
     they give the same tokens; against ``eager`` the attention sums over a longer (masked) cache, equal
     up to float rounding. A captured graph is kept with the model (weakly) and reused by the next call
-    of the same batch size and cache length.
+    of the same batch size and cache length. drop_finished: eager decoding leaves finished rows out
+    of the forward (the module's docstring); ``False`` keeps every row to the end (the same tokens,
+    logprobs equal up to float rounding: a smaller batch may round differently).
     """
     if check_every is not None and check_every < 1:
         raise ValueError(f"check_every must be >= 1 token, got {check_every}")
@@ -267,10 +299,11 @@ def generate(
     was_training = model.training
     model.eval()
     sync_free = device.type == "cuda"
-    out_tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+    out_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     lp_dtype = torch.promote_types(model.tok_embeddings.weight.dtype, torch.float32)  # fp32, or fp64
-    out_logprobs = torch.empty(B, max_new_tokens, dtype=lp_dtype, device=device)
+    out_logprobs = torch.zeros(B, max_new_tokens, dtype=lp_dtype, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    rows: torch.Tensor | None = None  # eager decoding: the call's rows still in the batch (None: all)
     try:
         # prefill: the whole prompt, but the output head only on the last column
         if decode == "eager":
@@ -284,17 +317,33 @@ def generate(
         next_pos = lengths.unsqueeze(1)  # (B, 1): position of the token being fed next
         steps = 0
         for t in range(max_new_tokens):
-            tok = _sample(logits, temperature, top_p, generator, sync_free)
-            out_tokens[:, t] = tok
+            u = _uniforms(B, generator, device) if temperature > 0 else None
+            if rows is not None and u is not None:
+                u = u[rows]
+            tok = _sample(logits, temperature, top_p, generator, sync_free, u=u)
             logp = torch.log_softmax(logits.to(lp_dtype), dim=-1)  # temperature 1, before top-p
-            out_logprobs[:, t] = logp.gather(-1, tok[:, None]).squeeze(1)
+            lp = logp.gather(-1, tok[:, None]).squeeze(1)
+            if rows is None:
+                out_tokens[:, t], out_logprobs[:, t] = tok, lp
+            else:
+                out_tokens[rows, t], out_logprobs[rows, t] = tok, lp
             steps = t + 1
-            if len(eos):
-                done |= torch.isin(tok, eos_t)
-                if (t + 1) % check_every == 0 and bool(done.all()):
-                    break
             if t + 1 == max_new_tokens:
                 break
+            if len(eos):
+                ended = torch.isin(tok, eos_t)
+                done |= ended if rows is None else torch.zeros_like(done).index_fill_(0, rows[ended], True)
+                if (t + 1) % check_every == 0:
+                    if bool(done.all()):
+                        break
+                    if decode == "eager" and drop_finished:
+                        live = ~(done if rows is None else done[rows])
+                        n_live = int(live.sum())
+                        if n_live <= (1.0 - COMPACT_SHARE) * live.numel():  # drop the finished rows
+                            keep = live.nonzero().squeeze(1)
+                            rows = keep if rows is None else rows[keep]
+                            _keep_rows(cache, keep)
+                            tok, mask, next_pos = tok[keep], mask[keep], next_pos[keep]
             if decode != "eager":
                 logits = static.step(model, tok, L + t, graph=decode == "graph")
                 continue

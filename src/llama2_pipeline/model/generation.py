@@ -9,7 +9,7 @@ Decoding (``decode``): ``eager`` runs each new token's forward over the cache wr
 device tensor, attention covers the whole preallocated cache behind a mask), and ``graph`` captures
 that static step once in a CUDA graph and replays it per token: one launch instead of the ~15 kernel
 launches per layer that bound eager decoding of a small batch on a GPU. ``auto`` (the default) is
-``graph`` on CUDA and ``eager`` elsewhere, so CPU outputs are those of every earlier release.
+``graph`` on CUDA and ``eager`` elsewhere (the CPU never captures graphs).
 
 Finished rows (eager decoding): a row that has emitted EOS is dropped from the batch's forward (its
 cache rows with it) once a quarter of the batch has finished, so a batch whose answers are mostly
@@ -48,7 +48,7 @@ class GenerationOutput:
 
 
 UNIFORMS = 3  # uniform numbers drawn per row and sampled token: two candidates and the sorted fallback's
-COMPACT_SHARE = 0.25  # eager decoding drops finished rows once this share of the batch's rows has finished
+COMPACT_SHARE = 0.25  # eager decoding drops finished rows once this share of the rows still in the batch has finished
 
 
 def _uniforms(rows: int, generator, device) -> torch.Tensor:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from llama2_pipeline.core.files import write_json
+from llama2_pipeline.core.files import read_jsonl, write_json
+from llama2_pipeline.evaluation.answers import chat_messages
 from llama2_pipeline.model import generate, load_hf
 from llama2_pipeline.tokenizer import Tokenizer
 from llama2_pipeline.tokenizer.chat import encode_chat_prompt
@@ -60,11 +61,15 @@ def main(argv=None) -> dict:
     ours = load_hf(folder).eval()
     hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
     tok = Tokenizer(folder / "tokenizer.model")
-    texts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    if not texts:
+    records, lines = read_jsonl(args.prompts)
+    if not records:
         p.error(f"{args.prompts}: no prompts")
+    missing = next((n for r, n in zip(records, lines) if not isinstance(r, dict) or "prompt" not in r), None)
+    if missing is not None:
+        p.error(f"{args.prompts}, line {missing}: no 'prompt' field")
+    texts = [r["prompt"] for r in records]
     texts = (texts * (args.n // len(texts) + 1))[:args.n]
-    prompts = [encode_chat_prompt(tok, [{"role": "user", "content": t}]) for t in texts]
+    prompts = [encode_chat_prompt(tok, chat_messages(t), record=i) for i, t in enumerate(texts)]  # as generate_answers
     batches = [prompts[i:i + args.batch] for i in range(0, len(prompts), args.batch)]
     pad, eos = ours.config.pad_id if ours.config.pad_id is not None else 0, tok.eos_id
 

@@ -332,7 +332,10 @@ def generate(
                 break
             if len(eos):
                 ended = torch.isin(tok, eos_t)
-                done |= ended if rows is None else torch.zeros_like(done).index_fill_(0, rows[ended], True)
+                if rows is None:
+                    done |= ended
+                else:
+                    done.index_fill_(0, rows[ended], True)
                 if (t + 1) % check_every == 0:
                     if bool(done.all()):
                         break

@@ -39,6 +39,9 @@ OTHER = (("reward", "rm_helpfulness_acc"), ("reward", "rm_safety_acc"),
          ("reward", "rm_helpfulness_acc_correctness_significantly_better"),
          ("reward", "rm_helpfulness_acc_significantly_better"), ("reward", "rm_helpfulness_acc_better"),
          ("reward", "rm_helpfulness_acc_slightly_better"), ("reward", "rm_helpfulness_acc_negligibly_better"),
+         ("rlhf_v3", "rm_helpfulness_acc"), ("rlhf_v3", "rm_safety_acc"),
+         ("rlhf_v3", "rm_helpfulness_acc_new"), ("rlhf_v3", "rm_helpfulness_acc_earlier"),
+         ("rlhf_v3", "rm_safety_acc_new"), ("rlhf_v3", "rm_safety_acc_earlier"),
          ("gatt", "gatt_after_adherence_turn1"), ("gatt", "gatt_after_adherence_turn4plus"),
          ("gatt", "gatt_turn4plus_over_turn1"), ("gatt", "gatt_helpfulness_change"))
 

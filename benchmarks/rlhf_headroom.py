@@ -1,8 +1,9 @@
 """How far can RLHF move held-out helpfulness from this SFT model? Arms with a perfect judge.
 
 The RLHF rounds rank answers with trained reward models; this script measures, from the SFT model of
-the project's last ``dvc repro``, what fine-tuning on various answer sets and PPO reach when the
-world itself judges (an RM that is never wrong). Every fine-tuning arm uses the rounds' own
+the project's last ``dvc repro`` (or, with ``--start rlhf_v2``, from a round's policy: what the next
+round can reach), what fine-tuning on various answer sets and PPO reach when the world itself
+judges (an RM that is never wrong). Every fine-tuning arm uses the rounds' own
 ``rlhf.rejection_sampling`` settings, on one answer per train prompt:
 
 * ``random``          a random one of the policy's K samples (what fine-tuning on its own samples does);
@@ -12,8 +13,8 @@ world itself judges (an RM that is never wrong). Every fine-tuning arm uses the 
 * ``best_of_k``       the best of the K samples by the world's judgement: rejection sampling with a
                       perfect reward model; with ``--best-of 4 16 32`` also ``best_of_4`` … at those K
                       (each K its own samples): how the arm's gain grows with K;
-* ``ppo``             PPO (``rlhf.ppo`` settings, ``--ppo-steps`` steps) from SFT with the world's
-                      judgement as its reward.
+* ``ppo``             PPO (``rlhf.ppo`` settings, ``--ppo-steps`` steps) from the start with the
+                      world's judgement as its reward (the value model from the start's helpfulness RM).
 
 The world's judgement of an answer is the annotator's noiseless score: helpfulness, and on
 safety-tagged prompts ``(safety + 0.3 helpfulness) / 1.3``. Each arm's policy answers the held-out
@@ -23,6 +24,7 @@ arm, the gain over SFT, and the world's score of the answers each arm trained on
 
     dvc repro reward                                   # the SFT model and the helpfulness RM
     python benchmarks/rlhf_headroom.py --best-of 4 16 32 --out benchmarks/results/cpu_rlhf_headroom.json
+    python benchmarks/rlhf_headroom.py --start rlhf_v2 --arms best_of_k,ideal --ppo-steps 0   # the third round's
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def selections(world: World, candidates: list[dict], demos: dict[str, str], seed
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--project", type=Path, default=ROOT, help="a project whose sft and reward stages have run")
+    p.add_argument("--start", default="sft",
+                   help="the model the arms start from: sft, or a round of rlhf.rounds (rlhf_v1, ...)")
     p.add_argument("--k", type=int, default=None, help="samples per train prompt (default: rlhf.candidates.k)")
     p.add_argument("--ppo-steps", type=int, default=None, help="PPO steps (default: rlhf.ppo.steps; 0 = no PPO arm)")
     p.add_argument("--train-prompts", type=int, default=0, help="train prompts to sample (0 = all; else seeded)")
@@ -131,18 +135,25 @@ def main(argv=None) -> dict:
     recipe = load(root / "params.yaml")
     seed, rlhf = recipe.seed, recipe.rlhf
     world = recipe.world.world(seed)
-    sft_dir, rm_dir = root / "data/06_models/sft", root / "data/06_models/reward_helpfulness"
-    for folder in (sft_dir, rm_dir):
+    starts = ["sft"] + [f"rlhf_{name}" for name in rlhf.rounds]
+    if args.start not in starts:
+        p.error(f"--start {args.start!r}: expected one of {starts}")
+    models = root / "data/06_models"
+    start = args.start
+    start_dir, rm_dir = ((models / "sft", models / "reward_helpfulness") if start == "sft" else
+                         (models / start / "policy", models / start / "reward_helpfulness"))
+    ppo_steps = args.ppo_steps if args.ppo_steps is not None else rlhf.ppo.steps
+    for folder in (start_dir, rm_dir) if ppo_steps > 0 else (start_dir,):  # the RM: PPO's value model
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{folder}: no model (run `dvc repro reward` in the project first)")
+            stage = "reward" if start == "sft" else f"rlhf@{start.removeprefix('rlhf_')}"
+            raise FileNotFoundError(f"{folder}: no model (run `dvc repro {stage}` in the project first)")
     train_prompts = records(root / "data/01_raw/prompts_train.jsonl")
     held_out = records(root / "data/01_raw/prompts_eval.jsonl")
     if args.eval_prompts:
         held_out = held_out[:args.eval_prompts]
     demos = demonstrations_by_prompt(records(root / "data/01_raw/sft_dialogues.jsonl"))
-    tok = Tokenizer(sft_dir / "tokenizer.model")
+    tok = Tokenizer(start_dir / "tokenizer.model")
     k = args.k or rlhf.candidates.k
-    ppo_steps = args.ppo_steps if args.ppo_steps is not None else rlhf.ppo.steps
     sampling = SamplingConfig(max_new_tokens=rlhf.eval.max_new_tokens, batch_size=rlhf.eval.batch_size, seed=seed)
 
     def judge(model, arm: str) -> dict:
@@ -152,8 +163,8 @@ def main(argv=None) -> dict:
                 "helpfulness_by_category": {c[len(f"{arm}_helpfulness_"):]: v for c, v in m.items()
                                             if c.startswith(f"{arm}_helpfulness_")}}
 
-    results = {"sft": judge(load_hf(sft_dir), "sft")}
-    candidates = sample_candidates(sft_dir, tok, train_prompts,
+    results = {start: judge(load_hf(start_dir), start)}
+    candidates = sample_candidates(start_dir, tok, train_prompts,
                                    rlhf.candidates.replace(k=k, max_prompts=args.train_prompts), seed, progress=False)
     arms, train_scores = selections(world, candidates, demos, seed)
     wanted = [a for a in args.arms.split(",") if a]
@@ -164,7 +175,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         def train(arm: str, dialogues: list[dict], score: float, **extra) -> None:
             hf_dir = Path(tmp) / arm / "model"  # the round's fine-tuning settings, as finetune_policy
-            finetune(sft_dir, tok, dialogues, rlhf.rejection_sampling, Path(tmp) / arm / "run", hf_dir=hf_dir,
+            finetune(start_dir, tok, dialogues, rlhf.rejection_sampling, Path(tmp) / arm / "run", hf_dir=hf_dir,
                      prefix="rs", progress=False)
             results[arm] = {**judge(load_hf(hf_dir), arm), "train_answers": len(dialogues),
                             "train_world_score": round(score, 6), **extra}
@@ -173,23 +184,23 @@ def main(argv=None) -> dict:
             train(arm, arms[arm], train_scores[arm], **({"k": k} if arm == "best_of_k" else {}))
         for n in more:  # the best-of-K arm at other K, from samples of its own
             cfg_n = rlhf.candidates.replace(k=n, max_prompts=args.train_prompts)
-            cands = sample_candidates(sft_dir, tok, train_prompts, cfg_n, seed, progress=False)
+            cands = sample_candidates(start_dir, tok, train_prompts, cfg_n, seed, progress=False)
             picked, scores = selections(world, cands, demos, seed)
             train(f"best_of_{n}", picked["best_of_k"], scores["best_of_k"], k=n)
     if ppo_steps > 0:
         cfg: PPOConfig = rlhf.ppo.replace(steps=ppo_steps, seed=seed)
-        policy, history, _ = ppo_finetune(sft_dir, rm_dir, candidates, cfg, rlhf.safety_threshold,
+        policy, history, _ = ppo_finetune(start_dir, rm_dir, candidates, cfg, rlhf.safety_threshold,
                                           judge=world_judge(world, tok), progress=False)
         results["ppo"] = {**judge(policy, "ppo"), "steps": ppo_steps, "train_reward_first": history[0]["reward"],
                           "train_reward_last": history[-1]["reward"], "kl_last": history[-1]["kl"]}
-    base = results["sft"]["helpfulness"]
+    base = results[start]["helpfulness"]
     for r in results.values():
         r["gain"] = round(r["helpfulness"] - base, 6)
     out = {"benchmark": "rlhf_headroom", "argv": list(argv if argv is not None else sys.argv[1:]),
-           "profile": recipe.profile, "world_version": recipe.world.version, "k": k,
+           "profile": recipe.profile, "world_version": recipe.world.version, "start": start, "k": k,
            "held_out_prompts": len(held_out), "train_prompts": len(candidates),
            "seconds": round(time.perf_counter() - t0, 1), "arms": results}
-    print(f"held-out helpfulness ({len(held_out)} prompts, greedy, judged by the world), arms from SFT")
+    print(f"held-out helpfulness ({len(held_out)} prompts, greedy, judged by the world), arms from {start}")
     print(f"{'arm':<16}{'helpfulness':>12}{'gain':>9}{'safety':>8}{'restate':>9}{'explain':>9}{'train score':>13}")
     for arm, r in results.items():
         score = r.get("train_world_score")

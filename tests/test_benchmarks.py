@@ -112,6 +112,19 @@ def test_rlhf_headroom_ranks_arms_by_the_world_and_reports_each(tmp_path):
     assert arms["best_of_k"]["train_world_score"] >= arms["longest"]["train_world_score"]
     assert arms["ideal"]["train_world_score"] >= arms["best_of_k"]["train_world_score"]
     assert json.loads((tmp_path / "headroom.json").read_text())["arms"]["sft"] == arms["sft"]
+
+    # from a round's policy (what the next round can reach): its policy and its helpfulness RM
+    import shutil
+
+    shutil.copytree(tmp_path / "data/06_models/sft", tmp_path / "data/06_models/rlhf_v1/policy")
+    out = bench.main(["--project", str(tmp_path), "--start", "rlhf_v1", "--arms", "best_of_k", "--train-prompts", "8",
+                      "--eval-prompts", "8", "--ppo-steps", "0"])
+    assert set(out["arms"]) == {"rlhf_v1", "best_of_k"} and out["start"] == "rlhf_v1"
+    assert out["arms"]["rlhf_v1"] == {**arms["sft"], "gain": 0.0}  # the same weights as the SFT model
+    with pytest.raises(FileNotFoundError, match="rlhf_v1/reward_helpfulness: no model .*dvc repro rlhf@v1"):
+        bench.main(["--project", str(tmp_path), "--start", "rlhf_v1", "--ppo-steps", "2"])
+    with pytest.raises(SystemExit):
+        bench.main(["--project", str(tmp_path), "--start", "rlhf_v9"])
     with pytest.raises(SystemExit):  # argparse's error: a sample count must be >= 1
         bench.main(["--project", str(tmp_path), "--arms", "", "--ppo-steps", "0", "--best-of", "0"])
 

@@ -72,6 +72,17 @@ def test_reward_table_shows_each_accuracy_with_its_interval():
     assert line == "| helpfulness | held-out helpfulness pairs | 0.900 | 0.795 [0.71, 0.87] | – | 0.600 | 0.790 | 684 |"
 
 
+def test_round_rm_table_shows_new_and_earlier_pairs_apart():
+    from llama2_pipeline.evaluation.report import build_markdown
+
+    rounds = {"rlhf_v1": {"rm_helpfulness_acc": 0.8, "rm_safety_acc": 0.7, "rm_helpfulness_acc_new": 0.85,
+                          "rm_helpfulness_acc_earlier": 0.79, "rm_safety_acc_new": 0.9}}
+    md = build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm=rounds, gatt={},
+                        gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={})
+    line = next(x for x in md.splitlines() if x.startswith("| rlhf_v1 |"))
+    assert line.split("|")[-3:-1] == [" 0.850 / 0.790 ", " 0.900 / – "]
+
+
 def test_html_refuses_an_image_it_cannot_embed():
     with pytest.raises(ValueError, match="missing.png"):
         to_html("![x](missing.png)", {}, "t")

@@ -50,7 +50,8 @@ def rounds_project(tmp_path_factory) -> Path:
         export_reward_hf(RewardModel.from_pretrained(sft), project / f"data/06_models/reward_{category}",
                          tokenizer_model=sft / "tokenizer.model")
     for name in ("rlhf_v1", "rlhf_v2"):  # as the DVC foreach stages run them: one kedro run per round
-        run(["kedro", "run", "--pipelines", name], project, timeout=900, extra_env={"LLAMA2_REPRO_GROUP": GROUP})
+        run(["kedro", "run", "--pipelines", name, "--params", "rlhf.reward_replay=1.0"], project, timeout=900,
+            extra_env={"LLAMA2_REPRO_GROUP": GROUP})
     return project
 
 
@@ -78,9 +79,26 @@ def test_rounds_chain_and_accumulate(rounds_project):
     p2 = _jsonl(project / "data/06_models/rlhf_v2/preferences.jsonl")
     new2 = _jsonl(project / "data/07_model_output/rlhf_v2/preferences_new.jsonl")
     assert p2[:len(p1)] == p1 and len(p2) > len(p1) > 40 and new2
-    # each round's RMs continue the previous ones on the round's new train pairs only
+    # each round's RMs continue the previous ones on the round's new train pairs, with as many
+    # earlier train pairs replayed beside them (rlhf.reward_replay=1.0 above), per category
     m2 = json.loads((project / "metrics/rlhf_v2.json").read_text())
-    assert 0 < m2["rm_helpfulness_train_pairs"] <= len(new2) < len(p2)
+    assert 0 < m2["rm_new_pairs"] <= len(new2) < len(p2)
+    key = lambda r: (r["prompt"], r["chosen"], r["rejected"])  # noqa: E731
+    train2 = _jsonl(project / "data/07_model_output/rlhf_v2/preferences_train.jsonl")
+    fresh = {key(r) for r in new2}
+    count = lambda rows, c: sum(r["category"] == c for r in rows)  # noqa: E731
+    new_train = [r for r in train2 if key(r) in fresh]
+    earlier = [r for r in train2 if key(r) not in fresh]
+    assert m2["rm_new_pairs"] == len(new_train)
+    assert m2["rm_replayed_pairs"] == sum(min(count(new_train, c), count(earlier, c)) for c in ("helpfulness", "safety"))
+    assert m2["rm_replayed_pairs"] > 0
+    # the round's RMs are judged on its new held-out pairs and on the earlier stages' apart
+    for name in ("helpfulness", "safety"):
+        assert m2[f"rm_{name}_heldout_pairs_new"] + m2[f"rm_{name}_heldout_pairs_earlier"] == \
+            m2[f"rm_{name}_heldout_pairs"]
+        for side in ("new", "earlier"):  # an accuracy where the side has pairs
+            assert (f"rm_{name}_acc_{side}" in m2) == (m2[f"rm_{name}_heldout_pairs_{side}"] > 0)
+    assert 0 <= m2["rm_helpfulness_acc_earlier"] <= 1 and m2["rm_helpfulness_heldout_pairs_earlier"] > 0
     assert v2["input.rlhf_v1.reward_model_helpfulness"] == v1["output.rlhf_v1.reward_model_helpfulness"]
     # rejection sampling kept the best of K by the round's reward
     for c in _jsonl(project / "data/07_model_output/rlhf_v1/candidates.jsonl"):
@@ -109,7 +127,10 @@ def test_round_metrics_line_up_and_ppo_is_logged(rounds_project):
                 "policy_answer_words", "win_rate_vs_previous", "win_rate_vs_sft", "rm_helpfulness_score",
                 "rm_safety_score", "kl_to_sft", "rm_helpfulness_acc", "rs_reward_best"):
         assert key in m1 and key in m2, key
-    assert {k for k in m2 if not k.startswith("ppo_")} == set(m1)  # same names; round 2 adds its PPO
+    # same names; round 2 adds its PPO (an accuracy on new or earlier held-out pairs only where there are some)
+    sides = ("_acc_new", "_acc_earlier")
+    assert {k for k in m2 if not k.startswith("ppo_") and not k.endswith(sides)} == \
+        {k for k in m1 if not k.endswith(sides)}
     assert m2["ppo_steps"] == 3 and not any(k.startswith("ppo_") for k in m1)
     history = _jsonl(project / "data/07_model_output/rlhf_v2/ppo_history.jsonl")
     assert [h["step"] for h in history] == [1, 2, 3]

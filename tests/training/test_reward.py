@@ -15,7 +15,8 @@ import torch
 from llama2_pipeline.model import Llama, ModelConfig, export_hf
 from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokenizer
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences, pairs_among,
-                                                  normalise_preference, split_preferences, validate_preferences)
+                                                  normalise_preference, replay_pairs, split_preferences,
+                                                  validate_preferences)
 from llama2_pipeline.evaluation.reward import accuracy_by_rating, calibration, likelihood_scores
 from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
 from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss, reward_train_config,
@@ -375,6 +376,40 @@ def test_merge_split_and_mix():
     assert len(mix_preferences(merged, {"safety": 2.5}, seed=0)) == 50
     with pytest.raises(ValueError, match="unknown categories"):
         mix_preferences(merged, {"harmless": 1.0}, seed=0)
+
+
+def test_accuracy_on_a_rounds_new_pairs_and_on_the_earlier_ones():
+    from llama2_pipeline.evaluation.reward import _new_and_earlier
+
+    records = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b", "rating": "better"} for i in range(5)]
+    chosen, rejected = [1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0, 1.0]  # right, wrong, right, right, wrong
+    new = {("p0", "a", "b"), ("p1", "a", "b"), ("p9", "a", "b")}
+    got = _new_and_earlier("rm_x", records, chosen, rejected, new)
+    assert got == {"rm_x_heldout_pairs_new": 2, "rm_x_acc_new": 0.5,
+                   "rm_x_heldout_pairs_earlier": 3, "rm_x_acc_earlier": pytest.approx(2 / 3)}
+    assert _new_and_earlier("rm_x", records, chosen, rejected, set()) == {
+        "rm_x_heldout_pairs_new": 0, "rm_x_heldout_pairs_earlier": 5, "rm_x_acc_earlier": 0.6}
+
+
+def test_replay_pairs_joins_earlier_pairs_per_category():
+    def pairs(prefix, n, safety_every):
+        return [{"prompt": f"{prefix}{i}", "chosen": "a", "rejected": "b",
+                 "category": "safety" if i % safety_every == 0 else "helpfulness"} for i in range(n)]
+
+    new, earlier = pairs("n", 12, 4), pairs("o", 40, 5)  # new: 9 helpfulness, 3 safety; earlier: 32, 8
+    once = replay_pairs(new, earlier, 1.0, seed=3)
+    assert once[:12] == new
+    replayed = once[12:]
+    assert [r["category"] for r in replayed].count("helpfulness") == 9
+    assert [r["category"] for r in replayed].count("safety") == 3
+    assert all(r in earlier for r in replayed) and len({r["prompt"] for r in replayed}) == 12
+    assert replayed == [r for r in earlier if r in replayed]  # earlier's order
+    assert replay_pairs(new, earlier, 1.0, seed=3) == once and replay_pairs(new, earlier, 1.0, seed=4) != once
+    # a ratio asks for more than there is: every earlier pair of that category, once
+    assert [r["category"] for r in replay_pairs(new, earlier, 5.0, seed=3)[12:]].count("safety") == 8
+    assert replay_pairs(new, earlier, 0.0, seed=3) == new and replay_pairs(new, [], 2.0, seed=3) == new
+    with pytest.raises(ValueError, match="replay ratio"):
+        replay_pairs(new, earlier, -1.0, seed=3)
 
 
 @pytest.mark.multirank

@@ -48,6 +48,11 @@ def _with_interval(row: dict, column: str) -> Any:
     return value if value is None or not ci else f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _pair(metrics: dict, first: str, second: str) -> str:
+    """Two of a metrics dict's figures as ``a / b`` (``–`` for one it lacks)."""
+    return f"{_num(metrics.get(first))} / {_num(metrics.get(second))}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (numbers right-aligned)."""
     def cell(v: Any) -> str:
@@ -258,11 +263,16 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                 for r in reward_accuracy.get("paper_table_8", [])]
     out.append(table(heads, rm_rows))
     if round_rm:
-        out += ["", "Retrained in each RLHF round (accumulated pairs, held-out split):", ""]
-        out.append(table(["round", "helpfulness RM", "safety RM", "sig. better (helpf.)", "sig. better (safety)"],
+        out += ["", "Each RLHF round's RMs (the previous round's trained on its new pairs; `rlhf.reward_replay` "
+                "replays earlier ones beside them): accuracy on every held-out pair so far, then on the round's new "
+                "held-out pairs (its policy's answers) and on the earlier stages' (what the RMs kept or forgot):", ""]
+        out.append(table(["round", "helpfulness RM", "safety RM", "sig. better (helpf.)", "sig. better (safety)",
+                          "helpf. new / earlier", "safety new / earlier"],
                          [[name, m.get("rm_helpfulness_acc"), m.get("rm_safety_acc"),
                            m.get("rm_helpfulness_acc_significantly_better"),
-                           m.get("rm_safety_acc_significantly_better")] for name, m in round_rm.items()]))
+                           m.get("rm_safety_acc_significantly_better"),
+                           _pair(m, "rm_helpfulness_acc_new", "rm_helpfulness_acc_earlier"),
+                           _pair(m, "rm_safety_acc_new", "rm_safety_acc_earlier")] for name, m in round_rm.items()]))
     if "calibration" in images:
         out += ["", f"![reward model calibration]({images['calibration']})"]
 

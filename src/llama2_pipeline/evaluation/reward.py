@@ -24,7 +24,7 @@ from ..model import Llama
 from ..model.reward import RewardModel, encode_example, length_batches
 from ..tokenizer import chat_of, encode_chat_prompt
 from ..training.ppo import logprobs_of
-from ..training.preferences import CATEGORIES, RATINGS
+from ..training.preferences import CATEGORIES, RATINGS, pair_key
 from ..training.reward import encode_pairs, pair_scores
 
 #: the paper's per-rating accuracy (Table 8), for reports next to ours
@@ -37,7 +37,8 @@ PAPER_TABLE_8 = {
 
 def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: list[dict], *, batch_size: int = 32,
                            calibration_bins: int = 10, margin: str = "small", world=None,
-                           init_model_dir: Path | None = None, device: str = "cpu"
+                           init_model_dir: Path | None = None, device: str = "cpu",
+                           new: Sequence[dict] | None = None
                            ) -> tuple[dict[str, float], dict[str, Any], dict, dict]:
     """Held-out accuracy of both RMs; returns (flat metrics, the per-rating table, the chosen and
     rejected scores per RM (for the histograms), the calibration curves per RM).
@@ -52,7 +53,10 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
     leave reachable. With ``init_model_dir`` (the model the RMs start from) a baseline judge with
     no reward training: the answer that model finds likelier per token wins
     (``reward_likelihood_<name>_acc[_<rating>]``; what the RM's training adds to, or loses of, the
-    knowledge it starts with). The table has a row for each.
+    knowledge it starts with). The table has a row for each. With ``new`` (an RLHF round's new
+    pairs) the held-out pairs of its own category split in two: ``rm_<name>_acc_new``, on the
+    round's new pairs (the current policy's answers), and ``rm_<name>_acc_earlier``, on every
+    earlier stage's (what continued training may forget), each with ``..._pairs``.
     """
     heldout = list(heldout or [])
     if not heldout:
@@ -91,6 +95,8 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
                 metrics[f"rm_{name}_acc_{level}"] = table[level]
             metrics[f"rm_{name}_heldout_pairs_{level}"] = table[f"n_{level}"]
         metrics.update(interval_metrics(f"rm_{name}_acc", table))
+        if new is not None:
+            metrics.update(_new_and_earlier(f"rm_{name}", own, chosen, rejected, {pair_key(r) for r in new}))
         if likely is not None:
             baseline = accuracy_by_rating(*likely[name], [x["rating"] for x in own], prompt_groups(own))
             likelihood_rows.append({"rm": f"baseline: the initial model's answer likelihood ({name})",
@@ -200,6 +206,20 @@ def interval_metrics(prefix: str, table: dict) -> dict[str, float]:
         level = key.removeprefix("ci_")
         name = prefix if level == "avg" else f"{prefix}_{level}"
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    return out
+
+
+def _new_and_earlier(prefix: str, records: list[dict], chosen: list[float], rejected: list[float],
+                     new: set) -> dict[str, float]:
+    """Accuracy on the records whose pair is in ``new`` (``<prefix>_acc_new``) and on the rest
+    (``_acc_earlier``), with their counts; a side with no records has no accuracy."""
+    out = {}
+    for side, want in (("new", True), ("earlier", False)):
+        idx = [i for i, r in enumerate(records) if (pair_key(r) in new) == want]
+        out[f"{prefix}_heldout_pairs_{side}"] = len(idx)
+        if idx:
+            out[f"{prefix}_acc_{side}"] = accuracy_by_rating([chosen[i] for i in idx], [rejected[i] for i in idx],
+                                                             [records[i]["rating"] for i in idx])["avg"]
     return out
 
 

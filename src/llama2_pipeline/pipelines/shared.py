@@ -61,8 +61,10 @@ def train_reward_models(train_prefs: list[dict], init_model_dir: Path | dict[str
 
 
 def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: list[dict], reward: RewardConfig,
-                           world: WorldParams, seed: int, train_metrics: dict, init_model_dir: Path):
-    """Held-out accuracy of both RMs (:func:`~llama2_pipeline.evaluation.reward.evaluate_reward_models`);
+                           world: WorldParams, seed: int, train_metrics: dict, init_model_dir: Path,
+                           new_prefs: list[dict] | None = None):
+    """Held-out accuracy of both RMs (:func:`~llama2_pipeline.evaluation.reward.evaluate_reward_models`;
+    ``new_prefs``: an RLHF round's new pairs, for the accuracy on them and on the earlier ones);
     returns (flat metrics with the training metrics, the per-rating table, the score histograms and
     the calibration plot)."""
     from llama2_pipeline.evaluation.plots import plot_calibration, plot_score_histograms
@@ -74,7 +76,7 @@ def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: lis
         metrics, table, scores, curves = evaluate(
             helpfulness_dir, safety_dir, heldout, batch_size=reward.eval.batch_size,
             calibration_bins=reward.eval.calibration_bins, margin=reward.margin, world=world.world(seed),
-            init_model_dir=init_model_dir, device=default_device())
+            init_model_dir=init_model_dir, device=default_device(), new=new_prefs)
     metrics = {**{k: round(float(v), 6) for k, v in train_metrics.items() if v is not None}, **metrics}
     rate = metrics.get("reward_disagreement_rate")
     suffix = f" (annotator disagreement {rate:.0%})" if rate is not None else ""

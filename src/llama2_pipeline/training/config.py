@@ -331,6 +331,7 @@ class RLHFConfig(Config):
     rounds: dict[str, RoundSpec]  # in order: each starts after the previous one, the first after sft
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     reward_models: str = "continue"  # the round's RMs: continue (the previous RMs, one pass over the new pairs) | retrain (from SFT on every pair so far)
+    reward_replay: float = 0.0  # with continue: earlier train pairs replayed per new one, per category (0 = none)
     safety_threshold: float = 0.15  # R_s below it selects the safety RM's score on any prompt (paper: 0.15)
     num_threads: int = 0  # torch CPU threads for sampling, scoring and PPO (0 = all cores)
     rejection_sampling: SFTConfig = field(default_factory=SFTConfig)  # fine-tuning on the best of K
@@ -346,6 +347,8 @@ class RLHFConfig(Config):
             previous = f"rlhf_{name}"
         require(self.reward_models in ("continue", "retrain"), "reward_models", "continue | retrain",
                 self.reward_models)
+        require(self.reward_replay >= 0, "reward_replay", "a number >= 0 (earlier pairs per new pair)",
+                self.reward_replay)
         require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
 

@@ -303,6 +303,22 @@ def pairs_among(records: Iterable[dict], among: Iterable[dict]) -> list[dict]:
     return [r for r in records if pair_key(r) in wanted]
 
 
+def replay_pairs(new: Sequence[dict], earlier: Sequence[dict], ratio: float, seed: int) -> list[dict]:
+    """``new`` followed by earlier pairs replayed beside them: per category, ``ratio`` times as many
+    of ``earlier``'s pairs of that category as ``new`` has (rounded; a seeded sample without
+    replacement, in ``earlier``'s order; all of them when there are fewer). A model that continues
+    on ``new`` alone forgets what it learnt on the earlier pairs; ``ratio`` 0 replays none."""
+    if not ratio >= 0:
+        raise ValueError(f"replay ratio must be >= 0, got {ratio!r}")
+    picked = np.zeros(len(earlier), dtype=bool)
+    for k, category in enumerate(CATEGORIES):
+        idx = np.array([i for i, r in enumerate(earlier) if r["category"] == category], dtype=np.int64)
+        n = min(len(idx), int(round(ratio * sum(r["category"] == category for r in new))))
+        if n:
+            picked[np.random.default_rng([seed, k, 0x7e9]).choice(idx, size=n, replace=False)] = True
+    return list(new) + [r for r, keep in zip(earlier, picked) if keep]
+
+
 def merge_preferences(old: Iterable[dict] | None, new: Iterable[dict] | None) -> list[dict]:
     """``old`` (earlier rounds, or a user's file) followed by ``new``, validated; a pair already in
     ``old`` (same prompt, chosen and rejected: :func:`pair_key`) is not added twice."""

@@ -11,7 +11,7 @@ from llama2_pipeline.project.datasets import staging_dir
 from llama2_pipeline.project.tracking import mlflow_log_fn
 from llama2_pipeline.recipe import WorldParams
 from llama2_pipeline.training.config import RewardConfig, RLHFConfig, round_seed
-from llama2_pipeline.training.preferences import pairs_among
+from llama2_pipeline.training.preferences import pair_key, pairs_among, replay_pairs
 
 
 def sample_candidates(policy: Path, tokenizer: Path, prompts: list[dict], rlhf: RLHFConfig, seed: int,
@@ -34,14 +34,20 @@ def annotate_candidates(candidates: list[dict], world: WorldParams, rlhf: RLHFCo
 
 def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], start_helpfulness: Path,
                               start_safety: Path, sft_model: Path, rlhf: RLHFConfig, reward: RewardConfig,
-                              workspace: Path, heldout: list[dict]):
+                              workspace: Path, heldout: list[dict], seed: int, round_name: str):
     """The round's RMs. ``rlhf.reward_models: continue``: the previous RMs trained one more pass on
-    this round's new train pairs; ``retrain``: from SFT on every train pair so far (``train_prefs``)."""
+    this round's new train pairs, with ``rlhf.reward_replay`` times as many earlier train pairs per
+    category beside them (a seeded sample); ``retrain``: from SFT on every train pair so far
+    (``train_prefs``)."""
     if rlhf.reward_models == "retrain":
         return train_reward_models(train_prefs, sft_model, reward, workspace, heldout)
-    pairs = pairs_among(train_prefs, new_prefs)  # this round's new pairs that are train pairs
-    return train_reward_models(pairs, {"helpfulness": start_helpfulness, "safety": start_safety}, reward, workspace,
-                               heldout)
+    new = pairs_among(train_prefs, new_prefs)  # this round's new pairs that are train pairs
+    fresh = {pair_key(r) for r in new}
+    earlier = [r for r in train_prefs if pair_key(r) not in fresh]
+    pairs = replay_pairs(new, earlier, rlhf.reward_replay, round_seed(seed, round_name))
+    hf, safety, metrics = train_reward_models(pairs, {"helpfulness": start_helpfulness, "safety": start_safety},
+                                              reward, workspace, heldout)
+    return hf, safety, {**metrics, "rm_new_pairs": len(new), "rm_replayed_pairs": len(pairs) - len(new)}
 
 
 def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, rlhf: RLHFConfig,

@@ -150,6 +150,17 @@ def test_gatt_ranks_samples_with_a_round_reward_model_only():
     assert R.resolve(data, source="params.yaml").gatt.select == "first"
 
 
+def test_rm_replay_only_with_continued_reward_models():
+    data = raw()
+    data["rlhf"].update(reward_models="retrain", reward_replay=1.0)
+    with pytest.raises(R.ParamsError, match="key 'rlhf.reward_replay' is 1.0, expected 0 with reward_models: retrain"):
+        R.resolve(data, source="params.yaml")
+    data["rlhf"]["reward_replay"] = 0.0
+    assert R.resolve(data, source="params.yaml").rlhf.reward_models == "retrain"
+    data["rlhf"].update(reward_models="continue", reward_replay=1.0)
+    assert R.resolve(data, source="params.yaml").rlhf.reward_replay == 1.0
+
+
 def test_every_problem_is_listed_at_once():
     data = raw()
     _set(data, "sft.train.lr", -1)

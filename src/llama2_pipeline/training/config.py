@@ -349,6 +349,8 @@ class RLHFConfig(Config):
                 self.reward_models)
         require(self.reward_replay >= 0, "reward_replay", "a number >= 0 (earlier pairs per new pair)",
                 self.reward_replay)
+        require(self.reward_replay == 0 or self.reward_models == "continue", "reward_replay",
+                "0 with reward_models: retrain (which trains on every pair so far)", self.reward_replay)
         require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)
         require(self.num_threads >= 0, "num_threads", "an integer >= 0", self.num_threads)
 

@@ -4,8 +4,8 @@ A round starts from the newest policy and:
 
 1. :func:`sample_candidates`: samples K answers per train prompt (KV-cache generation, batched);
 2. the world's annotator compares pairs among them (:func:`~.preferences.annotate_answers`); the
-   new pairs join the earlier rounds' and both reward models are retrained (the ``reward``
-   pipeline's nodes);
+   new pairs join the earlier rounds' and both reward models are trained on (the previous round's
+   on the new pairs, or from SFT on every pair: ``rlhf.reward_models``; the shared reward node);
 3. :func:`rejection_sample`: keeps the best of the K answers by the round's reward (the paper's
    R_c: the safety RM on safety prompts or when it scores below a threshold, else the helpfulness
    RM) and fine-tunes the policy on them with the SFT machinery;

@@ -83,12 +83,13 @@ def test_rounds_chain_and_accumulate(rounds_project):
     # earlier train pairs replayed beside them (rlhf.reward_replay=1.0 above), per category
     m2 = json.loads((project / "metrics/rlhf_v2.json").read_text())
     assert 0 < m2["rm_new_pairs"] <= len(new2) < len(p2)
-    key = lambda r: (r["prompt"], r["chosen"], r["rejected"])  # noqa: E731
+    from llama2_pipeline.training.preferences import pair_key
+
     train2 = _jsonl(project / "data/07_model_output/rlhf_v2/preferences_train.jsonl")
-    fresh = {key(r) for r in new2}
+    fresh = {pair_key(r) for r in new2}
     count = lambda rows, c: sum(r["category"] == c for r in rows)  # noqa: E731
-    new_train = [r for r in train2 if key(r) in fresh]
-    earlier = [r for r in train2 if key(r) not in fresh]
+    new_train = [r for r in train2 if pair_key(r) in fresh]
+    earlier = [r for r in train2 if pair_key(r) not in fresh]
     assert m2["rm_new_pairs"] == len(new_train)
     assert m2["rm_replayed_pairs"] == sum(min(count(new_train, c), count(earlier, c)) for c in ("helpfulness", "safety"))
     assert m2["rm_replayed_pairs"] > 0

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     # the world's texts: the tokenizer's training data and the pretraining corpus
     texts = [d["text"] for shard in world.corpus_shards() for d in shard]
     texts += [msg["content"] for d in world.sft_dialogues() for msg in d["messages"]]
-    tok = Tokenizer(world_tokenizer(root, texts))
+    tok_path = world_tokenizer(root, texts)
+    tok = Tokenizer(tok_path)
     encode_corpus(root / "corpus", tok, root / "shards", val_fraction=0.05, seed=seed, workers=1, progress=False)
 
     def pretrain():
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         candidates = sample_candidates(m["sft"], tok, prompts, sampling, seed, progress=False)
         sample_s = time.perf_counter() - start
-        dialogues, _, stats = best_of_k(candidates, m["helpfulness"], m["safety"], rlhf)
+        # ranked as the stage ranks them: R_c and the starting policy's likelihood (rlhf.candidates.likelihood_weight)
+        dialogues, _, stats = best_of_k(candidates, m["helpfulness"], m["safety"], rlhf, policy_dir=m["sft"],
+                                        tokenizer_path=tok_path)
         row = finetune("rs", m["sft"], dialogues, rlhf.rejection_sampling)
         m["rs"] = root / "rs"
         return {**row, "sample_seconds": round(sample_s, 2), "candidates": len(candidates)}

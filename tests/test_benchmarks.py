@@ -185,16 +185,34 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
         (tmp_path / f"data/05_model_input/reward_preferences_{split}.jsonl").write_text(
             _jsonl(records + [safety_pair]))
 
-    out = bench.main(["--project", str(tmp_path), "--out", str(tmp_path / "b.json")])
-    table = out["splits"]["heldout"]
+    out = bench.main(["--project", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "b.json")])
+    project = out["projects"][0]
+    table = project["splits"]["heldout"]
     assert {k: table[k]["all"]["n"] for k in table} == {"correctness": 4, "style": 2, "mixed": 2, "other": 2, "all": 10}
     assert table["other"]["significantly_better"]["n"] == 1 and table["all"]["significantly_better"]["n"] == 5
+    assert table["mixed"]["better"]["n"] == 2 and table["style"]["slightly_better"]["n"] == 2
+    assert table["correctness"]["better"] == {"n": 0, **dict.fromkeys(bench.JUDGES)}  # an empty cell
     for rows in table.values():
         for row in rows.values():
-            assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in ("rm", "likelihood"))
+            assert all(row[j] is None or 0.0 <= row[j] <= 1.0 for j in bench.JUDGES)
     # every chosen answer is the world's ideal one: its own judgement ranks every pair right
     assert {k: table[k]["all"]["world"] for k in table} == dict.fromkeys(table, 1.0)
-    assert json.loads((tmp_path / "b.json").read_text())["splits"] == out["splits"]
+    assert project["alpha"] in bench.ALPHAS and project["alpha_heldout"] in bench.ALPHAS
+    # the same project twice: each figure's mean is its value, with no spread
+    cell = out["heldout"]["all"]["all"]
+    assert cell["n"] == [10, 10] and cell["rm"] == {"mean": table["all"]["all"]["rm"], "sd": 0.0, "projects": 2}
+    assert json.loads((tmp_path / "b.json").read_text())["projects"] == out["projects"]
+
+
+def test_reward_breakdown_weighs_the_likelihood_by_the_training_pairs():
+    """alpha is the weight under which RM + alpha * likelihood ranks the most pairs right: 0 when the
+    RM alone ranks them all, more when only the likelihood knows."""
+    bench = _bench("reward_breakdown")
+    rm = ([1.0, 1.0, 0.0], [0.0, 0.0, 0.1])  # the third pair wrong by a little
+    lik = ([0.0, 0.0, 1.0], [0.0, 0.0, 0.0])  # only the third pair told apart
+    assert bench.fit_alpha(rm, lik, (1.0, 1.0)) == 0.2  # the smallest weight that gets all three
+    assert bench.fit_alpha(rm, ([0.0] * 3, [1.0] * 3), (1.0, 1.0)) == 0.0  # a likelihood that is always wrong
+    assert bench.combine(rm, lik, (2.0, 1.0), 1.0) == ([0.5, 0.5, 1.0], [0.0, 0.0, 0.05])
 
 
 def test_cleaning_benchmark_compares_the_engines(tmp_path):
@@ -436,3 +454,60 @@ def test_reward_scaling_trains_like_the_stage_on_nested_samples(smoke_repro, tmp
     for bad in (["--fractions", "1"], ["--fractions", "0", "1"], ["--seeds", "1", "1"]):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), *bad])
+
+
+def test_reward_variants_trains_like_the_stage_and_pairs_each_variant_with_it(smoke_repro, tmp_path):
+    """The ``stage`` variant is the reward stage's RM (the same training loss and held-out accuracy to
+    the last digit); another variant trains differently and carries its change from the stage's,
+    paired per project; a malformed variant is a usage error naming it."""
+    bench = _bench("reward_variants")
+    out = bench.main(["--project", str(smoke_repro), str(smoke_repro), "--categories", "safety",
+                      "--variant", "stage=", "--variant", "two=epochs:2,lr:0.003",
+                      "--out", str(tmp_path / "v.json")])
+    stage = json.loads((smoke_repro / "metrics/reward.json").read_text())
+    res = out["categories"]["safety"]
+    base, two = res["runs"]["stage"], res["runs"]["two"]
+    assert len(base) == len(two) == 2
+    assert base[0]["train_loss"] == pytest.approx(stage["rm_safety_train_loss"], abs=1e-6)
+    assert base[0]["avg"] == stage["rm_safety_acc"]
+    assert two[0]["steps"] > base[0]["steps"] and two[0]["train_loss"] != base[0]["train_loss"]
+    assert base[1] == base[0]  # the same project twice: the same bits
+    cell = res["summary"]["two"]["avg"]
+    assert cell["change_mean"] == pytest.approx(two[0]["avg"] - base[0]["avg"], abs=1e-4) and cell["sd"] == 0.0
+    assert "change_mean" not in res["summary"]["stage"]["avg"] and res["targets"] == {"avg": 0.9}
+    assert out["variants"] == {"stage": {}, "two": {"epochs": 2.0, "lr": 0.003}}
+    assert json.loads((tmp_path / "v.json").read_text())["categories"] == out["categories"]
+    for bad in ("nameless", "x=epochs", "x=depth:2", "x=epochs:two", "x=margin:huge"):
+        with pytest.raises(SystemExit):
+            bench.main(["--project", str(smoke_repro), "--variant", bad])
+    with pytest.raises(ValueError, match="margin 'huge'"):
+        bench.parse_variant("x=margin:huge")
+
+
+def test_rs_likelihood_ranks_the_recorded_candidates_as_the_stage_does(smoke_repro, tmp_path):
+    """At weight 0 the kept answers are the ones the round kept (their world score, recomputed here);
+    any weight keeps answers no better than the best by the world; every round of the params is
+    there; a negative weight is a usage error."""
+    from llama2_pipeline.core.files import read_jsonl
+    from llama2_pipeline.recipe import load
+
+    bench = _bench("rs_likelihood")
+    out = bench.main(["--project", str(smoke_repro), "--weights", "0.5", "--out", str(tmp_path / "r.json")])
+    recipe = load(smoke_repro / "params.yaml")
+    assert recipe.rlhf.candidates.likelihood_weight == 0.0  # the stage ranked by R_c alone
+    world = recipe.world.world(recipe.seed)
+    assert [r["round"] for r in out["rounds"]] == [f"rlhf_{n}" for n in recipe.rlhf.rounds]
+    assert out["weights"] == [0.0, 0.5]
+    for row in out["rounds"]:
+        cands = [c for c in read_jsonl(smoke_repro / f"data/07_model_output/{row['round']}/candidates.jsonl")[0]
+                 if not c["safety"] and c["best"] is not None]
+        stage = np.mean([world.helpfulness(c["prompt"], c["answers"][c["best"]]) for c in cands])
+        assert row["weights"]["0.0"]["helpfulness"] == pytest.approx(stage, abs=1e-6)
+        assert row["weights"]["0.0"]["changed"] == 0.0 and row["prompts"] >= len(cands)
+        for cell in row["weights"].values():
+            assert cell["helpfulness"] <= row["world_best"] + 1e-9 and 0.0 <= cell["correct"] <= 1.0
+    gains = [r["weights"]["0.5"]["helpfulness"] - r["weights"]["0.0"]["helpfulness"] for r in out["rounds"]]
+    assert out["summary"]["0.5"]["helpfulness_gain"]["mean"] == pytest.approx(np.mean(gains), abs=1e-6)
+    assert json.loads((tmp_path / "r.json").read_text())["rounds"] == out["rounds"]
+    with pytest.raises(SystemExit):
+        bench.main(["--project", str(smoke_repro), "--weights", "-1"])

@@ -113,6 +113,7 @@ def _set(data: dict, dotted: str, value):
     ("rlhf.candidates.earlier_rounds", "yes", "key 'rlhf.candidates.earlier_rounds' is 'yes' (str), expected true"),
     ("rlhf.rounds.v2.after", "sft", "key 'rlhf.rounds.v2.after' is 'sft', expected 'rlhf_v1'"),
     ("rlhf.reward_replay", -0.5, "key 'rlhf.reward_replay' is -0.5, expected a number >= 0"),
+    ("rlhf.candidates.likelihood_weight", -0.25, "key 'rlhf.candidates.likelihood_weight' is -0.25, expected a number >= 0"),
     ("reward.margin", "huge", "key 'reward.margin' is 'huge', expected one of 'small', 'large', 'none'"),
     ("reward.preferences.pairs", ["sample_sample", "x"], "key 'reward.preferences.pairs[1]' is 'x'"),
     ("reward.preferences.temperatures", [0.7], "key 'reward.preferences.temperatures' is [0.7], expected a list"),

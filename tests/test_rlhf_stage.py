@@ -5,18 +5,22 @@ stages chained, and the reproduction of round 2 from its MLflow run."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, make_project_copy, run
 from tests.test_reward_stage import write_upstream
 
 GROUP = "rlhf-test-group"
+#: the smoke rounds rank rejection sampling with the policy's likelihood too (the default profile does not)
+LIKELIHOOD_WEIGHT = 0.25
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -50,7 +54,8 @@ def rounds_project(tmp_path_factory) -> Path:
         export_reward_hf(RewardModel.from_pretrained(sft), project / f"data/06_models/reward_{category}",
                          tokenizer_model=sft / "tokenizer.model")
     for name in ("rlhf_v1", "rlhf_v2"):  # as the DVC foreach stages run them: one kedro run per round
-        run(["kedro", "run", "--pipelines", name, "--params", "rlhf.reward_replay=1.0"], project, timeout=900,
+        run(["kedro", "run", "--pipelines", name, "--params",
+             f"rlhf.reward_replay=1.0,rlhf.candidates.likelihood_weight={LIKELIHOOD_WEIGHT}"], project, timeout=900,
             extra_env={"LLAMA2_REPRO_GROUP": GROUP})
     return project
 
@@ -101,11 +106,24 @@ def test_rounds_chain_and_accumulate(rounds_project):
             assert (f"rm_{name}_acc_{side}" in m2) == (m2[f"rm_{name}_heldout_pairs_{side}"] > 0)
     assert 0 <= m2["rm_helpfulness_acc_earlier"] <= 1 and m2["rm_helpfulness_heldout_pairs_earlier"] > 0
     assert v2["input.rlhf_v1.reward_model_helpfulness"] == v1["output.rlhf_v1.reward_model_helpfulness"]
-    # rejection sampling kept the best of K by the round's reward
-    for c in _jsonl(project / "data/07_model_output/rlhf_v1/candidates.jsonl"):
-        assert len(c["answers"]) == 3 and len(c["reward"]) == 3
+    # rejection sampling kept the best of K by the round's reward and, on prompts not tagged safety,
+    # the starting policy's likelihood (rlhf.candidates.likelihood_weight above; each divided by its
+    # spread over those prompts' answers)
+    weight = LIKELIHOOD_WEIGHT
+    cands = _jsonl(project / "data/07_model_output/rlhf_v1/candidates.jsonl")
+    helpful = [(c, j) for c in cands if not c["safety"] for j, a in enumerate(c["answers"]) if a.strip()]
+    sd_r, sd_l = (float(np.std([c[key][j] for c, j in helpful])) for key in ("reward", "likelihood"))
+    changed = 0
+    for c in cands:
+        assert len(c["answers"]) == len(c["reward"]) == len(c["likelihood"]) == 3
+        assert all(math.isfinite(v) and v < 0 for v in c["likelihood"])  # a mean log-probability
         if c["best"] is not None:
-            assert c["reward"][c["best"]] == max(r for r, a in zip(c["reward"], c["answers"]) if a.strip())
+            rank = [r if c["safety"] else r / sd_r + weight * lk / sd_l for r, lk in zip(c["reward"], c["likelihood"])]
+            options = [j for j, a in enumerate(c["answers"]) if a.strip()]
+            assert rank[c["best"]] >= max(rank[j] for j in options) - 1e-4  # stored to 6 digits
+            changed += c["reward"][c["best"]] < max(c["reward"][j] for j in options)
+    m1 = json.loads((project / "metrics/rlhf_v1.json").read_text())
+    assert m1["rs_likelihood_changed_share"] == pytest.approx(changed / sum(c["best"] is not None for c in cands))
     # round 2 ranks round 1's kept answers too (re-scored by its own RMs): its pool holds every
     # prompt round 1 kept an answer for, with that answer among the prompt's answers
     kept1 = {d["messages"][0]["content"]: d["messages"][1]["content"]

@@ -68,3 +68,38 @@ def test_pool_errors_name_the_row():
         pool_earlier(candidates(), [dialogue(PROMPTS[0]["prompt"], "4."), dialogue("Who are you?", "Me.")], PROMPTS)
     with pytest.raises(ValueError, match=r"row 0: expected 'messages' ending with a user and an assistant"):
         pool_earlier(candidates(), [{"messages": [{"role": "user", "content": "hi"}]}], PROMPTS)
+
+
+def test_the_policys_likelihood_breaks_the_rms_tie_on_helpfulness_prompts_only():
+    """The stand-in RM prefers the longer, wrong "2 plus 2 is 5."; a policy that finds "4." far likelier
+    moves the pick once the weight outweighs the RM's gap (sd-scaled: R_c 0.2 / 1.4, sd 0.6;
+    likelihood -0.5 / -3.0, sd 1.25: w > 1). The safety prompt keeps R_c's pick whatever the weight."""
+    lik = {"4.": -0.5, "2 plus 2 is 5.": -3.0, "No.": -0.1, "I can't help.": -4.0}
+    calls = []
+
+    def likelihood(prompts, answers):
+        calls.append(len(answers))
+        return [lik[a] for a in answers]
+
+    picks = {}
+    for w in (0.0, 0.5, 2.0):
+        _, scored, stats = rejection_sample(candidates(), LengthRM(), LengthRM(), 0.15, likelihood=likelihood,
+                                            likelihood_weight=w)
+        picks[w] = [c["best"] for c in scored]
+        assert stats.get("rs_likelihood_changed_share") == {0.0: None, 0.5: 0.0, 2.0: 0.5}[w]
+        assert ("likelihood" in scored[0]) == (w > 0)
+    assert picks == {0.0: [1, 1], 0.5: [1, 1], 2.0: [0, 1]}
+    assert calls == [4, 4]  # asked once per ranking with a weight, for every answer
+    assert scored[0]["likelihood"] == [-0.5, -3.0] and scored[0]["reward"] == [0.2, 1.4]  # R_c itself unscaled
+    with pytest.raises(ValueError, match=r"4 finite numbers, got 4 \(1 not finite\)"):
+        rejection_sample(candidates(), LengthRM(), LengthRM(), 0.15, likelihood_weight=1.0,
+                         likelihood=lambda p, a: [0.0, float("nan"), 0.0, 0.0])
+
+
+def test_best_of_k_needs_the_starting_policy_to_rank_by_its_likelihood():
+    from llama2_pipeline.training.config import CandidateConfig, RLHFConfig
+    from llama2_pipeline.training.rlhf import best_of_k
+
+    cfg = RLHFConfig(rounds={"v1": {"after": "sft", "ppo": False}}, candidates=CandidateConfig(likelihood_weight=0.25))
+    with pytest.raises(ValueError, match="likelihood_weight > 0 ranks by the round's starting policy"):
+        best_of_k(candidates(), "rm_h", "rm_s", cfg)

@@ -17,7 +17,7 @@ from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokeni
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences, pairs_among,
                                                   normalise_preference, replay_pairs, split_preferences,
                                                   validate_preferences)
-from llama2_pipeline.evaluation.reward import accuracy_by_rating, calibration, likelihood_scores
+from llama2_pipeline.evaluation.reward import accuracy_by_rating, answer_likelihoods, calibration, likelihood_scores
 from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
 from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss, reward_train_config,
                                              train_reward_model)
@@ -183,6 +183,11 @@ def test_likelihood_baseline_is_the_mean_answer_logprob(init_dir, tok, world):
     short = likelihood_scores(lm, tok, records[:1], max_len=12)
     assert len(encode_example(tok, records[0]["prompt"], records[0]["chosen"])) > 12
     assert all(math.isfinite(v) and v < 0 for v in short[0] + short[1])
+    # one answer per prompt (rejection sampling's ranking): a prompt text works as a record
+    one = answer_likelihoods(lm, tok, [r["prompt"] for r in records], [r["chosen"] for r in records], batch_size=5)
+    assert one == pytest.approx(chosen, abs=1e-6)
+    with pytest.raises(ValueError, match="7 prompts and 6 answers"):
+        answer_likelihoods(lm, tok, records, [r["chosen"] for r in records][:6])
 
 
 def test_smoke_rm_learns_a_separable_preference(init_dir, world, tmp_path):

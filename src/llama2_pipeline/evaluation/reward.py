@@ -261,23 +261,34 @@ def _world_tables(world, records: list[dict], chosen: list[float], rejected: lis
     return table(hits), table(oracle)
 
 
-@torch.no_grad()
 def likelihood_scores(model: Llama, tokenizer, records: Sequence[dict], batch_size: int = 32,
                       max_len: int | None = None) -> tuple[list[float], list[float]]:
     """A baseline judge for the RMs: (chosen, rejected) mean log-probability per token that
     ``model`` (a language model, e.g. the SFT model the RMs start from, untrained for the task)
-    gives each answer after its chat prompt: the answer's tokens and EOS, as SFT trains them.
-    Longer than ``max_len`` (default: the model's context): the oldest prompt tokens are dropped."""
+    gives each answer after its chat prompt (:func:`answer_likelihoods`)."""
+    both = answer_likelihoods(model, tokenizer, [*records, *records],
+                              [r["chosen"] for r in records] + [r["rejected"] for r in records], batch_size, max_len)
+    return both[:len(records)], both[len(records):]
+
+
+@torch.no_grad()
+def answer_likelihoods(model: Llama, tokenizer, records: Sequence[dict | str], answers: Sequence[str],
+                       batch_size: int = 32, max_len: int | None = None) -> list[float]:
+    """The mean log-probability per token ``model`` gives each answer after its record's chat prompt
+    (a preference record, a prompt text or a message list: :func:`chat_of`): the answer's tokens and
+    EOS, as SFT trains them. Longer than ``max_len`` (default: the model's context): the oldest prompt
+    tokens are dropped."""
+    if len(records) != len(answers):
+        raise ValueError(f"answer_likelihoods got {len(records)} prompts and {len(answers)} answers")
     max_len = max_len or model.config.max_seq_len
     device = next(model.parameters()).device
     seqs: list[tuple[list[int], int]] = []  # (ids, index of the first answer token)
-    for side in ("chosen", "rejected"):
-        for r in records:
-            messages = chat_of(r)
-            full = encode_example(tokenizer, messages, r[side])
-            answer_len = len(full) - len(encode_chat_prompt(tokenizer, messages))
-            ids = full[-max_len:]
-            seqs.append((ids, max(1, len(ids) - answer_len)))
+    for r, answer in zip(records, answers):
+        messages = chat_of(r)
+        full = encode_example(tokenizer, messages, answer)
+        answer_len = len(full) - len(encode_chat_prompt(tokenizer, messages))
+        ids = full[-max_len:]
+        seqs.append((ids, max(1, len(ids) - answer_len)))
     pad = model.config.pad_id if model.config.pad_id is not None else 0
     was_training = model.training
     model.eval()
@@ -289,7 +300,7 @@ def likelihood_scores(model: Llama, tokenizer, records: Sequence[dict], batch_si
             ids_i, first = seqs[i]
             out[i] = float(logp[row, first - 1:len(ids_i) - 1].mean())
     model.train(was_training)
-    return out[:len(records)], out[len(records):]
+    return out
 
 
 #: resamples of the held-out prompts behind each accuracy's interval, and the interval's coverage

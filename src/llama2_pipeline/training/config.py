@@ -298,6 +298,9 @@ class CandidateConfig(Config):
     pairs_per_prompt: int = 0  # pairs of two answers compared per prompt (0 = every two; else a seeded sample)
     pairs: list[PairKind] = field(default_factory=lambda: ["sample_sample"])  # kinds of pairs
     earlier_rounds: bool = True  # rejection sampling also ranks the answers earlier rounds kept
+    #: rejection sampling on prompts not tagged safety ranks by R_c / sd + w * (the round's starting
+    #: policy's mean token log-likelihood of the answer) / sd, each sd over those prompts' answers
+    likelihood_weight: float = 0.0
 
     def check(self) -> None:
         require(self.k >= 2, "k", "an integer >= 2 (answers per prompt)", self.k)
@@ -309,6 +312,8 @@ class CandidateConfig(Config):
         require(self.max_prompts >= 0, "max_prompts", "an integer >= 0 (0 = all)", self.max_prompts)
         require(self.temperature >= 0, "temperature", "a number >= 0", self.temperature)
         require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        require(self.likelihood_weight >= 0, "likelihood_weight", "a number >= 0 (0 = rank by R_c alone)",
+                self.likelihood_weight)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,13 +50,15 @@ def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], st
     return hf, safety, {**metrics, "rm_new_pairs": len(new), "rm_replayed_pairs": len(pairs) - len(new)}
 
 
-def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, rlhf: RLHFConfig,
-                       earlier: list[dict] | None = None, prompts: list[dict] | None = None):
-    """Best of K by the round's reward; returns (dialogues to fine-tune on, scored candidates, stats).
-    ``earlier``: the previous round's dialogues (rounds after the first)."""
+def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, policy: Path, tokenizer: Path,
+                       rlhf: RLHFConfig, earlier: list[dict] | None = None, prompts: list[dict] | None = None):
+    """Best of K by the round's reward (and the starting ``policy``'s likelihood:
+    ``rlhf.candidates.likelihood_weight``); returns (dialogues to fine-tune on, scored candidates,
+    stats). ``earlier``: the previous round's dialogues (rounds after the first)."""
     from llama2_pipeline.training.rlhf import best_of_k
 
-    return best_of_k(candidates, helpfulness, safety, rlhf, earlier=earlier, prompts=prompts)
+    return best_of_k(candidates, helpfulness, safety, rlhf, earlier=earlier, prompts=prompts, policy_dir=policy,
+                     tokenizer_path=Path(tokenizer) / "tokenizer.model")
 
 
 def finetune_policy(dialogues: list[dict], policy: Path, workspace: Path, rlhf: RLHFConfig):

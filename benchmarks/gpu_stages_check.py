@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "pairs": len(pairs), **{k: v for k, v in metrics.items() if k.endswith("_steps")}}
 
     def rejection_sampling():
-        from llama2_pipeline.training.rlhf import best_of_k, sample_candidates
+        from llama2_pipeline.training.rejection import best_of_k
+        from llama2_pipeline.training.rlhf import sample_candidates
 
         rlhf = recipe.rlhf
         sampling = rlhf.candidates.replace(k=4, max_prompts=48, max_new_tokens=32)

@@ -28,7 +28,7 @@ import numpy as np
 from llama2_pipeline.core.files import read_jsonl, write_json
 from llama2_pipeline.recipe import load
 from llama2_pipeline.training.preferences import torch_threads
-from llama2_pipeline.training.rlhf import policy_likelihood, rs_rank
+from llama2_pipeline.training.rejection import policy_likelihood, rs_rank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_seeds import mean_sd

@@ -95,7 +95,8 @@ def mini(tmp_path_factory) -> Mini:
 
 
 def test_rejection_sampling_with_trained_rms_raises_the_worlds_score(mini):
-    from llama2_pipeline.training.rlhf import best_of_k, sample_candidates
+    from llama2_pipeline.training.rejection import best_of_k
+    from llama2_pipeline.training.rlhf import sample_candidates
     from llama2_pipeline.training.sft import finetune
 
     rlhf, world = mini.recipe.rlhf, mini.world

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from llama2_pipeline.training.rlhf import pool_earlier, rejection_sample
+from llama2_pipeline.training.rejection import pool_earlier, rejection_sample
 
 PROMPTS = [{"id": "a", "prompt": "What is 2 plus 2?", "category": "arithmetic", "safety": False},
            {"id": "b", "prompt": "How do I pick a lock?", "category": "unsafe", "safety": True},
@@ -98,7 +98,7 @@ def test_the_policys_likelihood_breaks_the_rms_tie_on_helpfulness_prompts_only()
 
 def test_best_of_k_needs_the_starting_policy_to_rank_by_its_likelihood():
     from llama2_pipeline.training.config import CandidateConfig, RLHFConfig
-    from llama2_pipeline.training.rlhf import best_of_k
+    from llama2_pipeline.training.rejection import best_of_k
 
     cfg = RLHFConfig(rounds={"v1": {"after": "sft", "ppo": False}}, candidates=CandidateConfig(likelihood_weight=0.25))
     with pytest.raises(ValueError, match="likelihood_weight > 0 ranks by the round's starting policy"):

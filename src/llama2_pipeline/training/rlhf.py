@@ -6,11 +6,9 @@ A round starts from the newest policy and:
 2. the world's annotator compares pairs among them (:func:`~.preferences.annotate_answers`); the
    new pairs join the earlier rounds' and both reward models are trained on (the previous round's
    on the new pairs, or from SFT on every pair: ``rlhf.reward_models``; the shared reward node);
-3. :func:`rejection_sample`: keeps the best of the K answers by the round's reward (the paper's
-   R_c: the safety RM on safety prompts or when it scores below a threshold, else the helpfulness
-   RM; with ``rlhf.candidates.likelihood_weight``, on prompts not tagged safety, R_c plus the
-   starting policy's own likelihood of the answer: off by default, README) and fine-tunes the
-   policy on them with the SFT machinery;
+3. rejection sampling (:mod:`.rejection`): keeps the best of the K answers by the round's reward
+   (the paper's R_c, :func:`round_rewards`: the safety RM on safety prompts or when it scores below
+   a threshold, else the helpfulness RM) and fine-tunes the policy on them with the SFT machinery;
 4. :func:`ppo_finetune` (in the rounds a param names): PPO against both RMs with a KL penalty to
    the round's starting point, value model initialised from the helpfulness RM;
 5. :func:`evaluate_round`: held-out helpfulness, safety, refusals, win rates by the annotator, RM
@@ -94,7 +92,7 @@ def annotate_candidates(candidates: Sequence[dict], world, cfg: CandidateConfig,
 
 
 # --------------------------------------------------------------------------------------------
-# 3. rejection sampling
+# 3. the round's reward (rejection sampling itself: .rejection)
 # --------------------------------------------------------------------------------------------
 
 
@@ -113,155 +111,6 @@ def round_rewards(rm_h, rm_s, prompts: Sequence[str], answers: Sequence[str], is
     s = torch.sigmoid(torch.tensor(rm_s.score(list(prompts), list(answers), batch_size), dtype=torch.float64))
     r_c, used = combined_reward(h, s, torch.tensor(list(is_safety), dtype=torch.bool), threshold)
     return {"helpfulness": h.numpy(), "safety": s.numpy(), "reward": logit(r_c).numpy(), "used_safety": used.numpy()}
-
-
-def pool_earlier(candidates: Sequence[dict], earlier: Sequence[dict], prompts: Sequence[dict]) -> list[dict]:
-    """Each prompt's pool of answers plus what the earlier rounds kept (the paper's fix, from RLHF V3
-    on, for regressions between rounds: best samples of all prior iterations, re-ranked by the
-    newest reward models).
-
-    ``earlier``: the previous round's rejection-sampling dialogues (``{"messages": [user,
-    assistant]}``; they already pool every round before it). An earlier answer is appended to the
-    answers of its prompt in ``candidates``; a prompt only earlier rounds answered joins the pool
-    with that answer alone (``safety``, ``category``, ``id`` from ``prompts``). Every pooled
-    candidate gets ``earlier``: how many of its last answers came from earlier rounds.
-    """
-    by_prompt = {c["prompt"]: dict(c, answers=list(c["answers"]), earlier=0) for c in candidates}
-    known = {p["prompt"]: p for p in prompts if isinstance(p, dict) and p.get("prompt")}
-    for row, record in enumerate(earlier):
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not (isinstance(messages, list) and len(messages) >= 2
-                and [m.get("role") for m in messages[-2:]] == ["user", "assistant"]):
-            raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: expected 'messages' ending "
-                             f"with a user and an assistant message, got {str(record)[:120]}")
-        prompt, answer = messages[-2]["content"], messages[-1]["content"]
-        if prompt not in by_prompt:
-            if prompt not in known:
-                raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: the prompt {prompt[:80]!r} "
-                                 "is not in prompts_train (rerun the earlier rounds on these prompts)")
-            by_prompt[prompt] = dict(candidate_record(known[prompt], [], row), earlier=0)
-        pool = by_prompt[prompt]
-        if answer.strip() and answer not in pool["answers"]:
-            pool["answers"].append(answer)
-            pool["earlier"] += 1
-    return list(by_prompt.values())
-
-
-def rs_rank(reward: np.ndarray, helpful: np.ndarray, likelihood: np.ndarray | None = None,
-            weight: float = 0.0) -> np.ndarray:
-    """What rejection sampling ranks answers by: R_c (``reward``) and, with a ``likelihood`` and a
-    ``weight`` w > 0, on the ``helpful`` answers (non-blank answers to prompts not tagged safety)
-    ``R_c / sd + w * likelihood / sd``, each spread over those answers (R_c alone where a spread is 0)."""
-    rank = np.asarray(reward, dtype=np.float64).copy()
-    if likelihood is None or weight <= 0 or helpful.sum() < 2:
-        return rank
-    sd_r, sd_l = float(rank[helpful].std()), float(likelihood[helpful].std())
-    if sd_r > 0 and sd_l > 0:
-        rank[helpful] = rank[helpful] / sd_r + weight * likelihood[helpful] / sd_l
-    return rank
-
-
-def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *, batch_size: int = 64,
-                     likelihood: Callable[[list[str], list[str]], Sequence[float]] | None = None,
-                     likelihood_weight: float = 0.0) -> tuple[list[dict], list[dict], dict[str, float]]:
-    """The best of each prompt's K answers by R_c.
-
-    With ``likelihood`` (``likelihood(prompts, answers)``: the starting policy's mean log-probability
-    per answer token) and a ``likelihood_weight`` w > 0, answers to prompts not tagged safety are
-    ranked by ``R_c / sd(R_c) + w * likelihood / sd(likelihood)`` (both spreads over those prompts'
-    non-blank answers): the policy's knowledge of facts next to RMs that cannot check one (they
-    score a wrong answer said well above a right one said plainly). Safety prompts are ranked by
-    R_c alone.
-
-    Returns (SFT dialogues ``{"messages": [user, assistant]}``, the scored candidates (each answer
-    with ``rm_helpfulness``, ``rm_safety``, ``reward`` and, when ranked with it, ``likelihood``;
-    ``best`` its index), statistics: mean reward of all answers and of the kept ones, the share of
-    answers judged by the safety RM and, with a likelihood, the share of prompts whose kept answer it
-    changed).
-    Blank answers are never kept (a prompt with only blank answers is skipped).
-    """
-    flat = [(i, j, c["prompt"], a, c.get("safety", False)) for i, c in enumerate(candidates)
-            for j, a in enumerate(c["answers"])]
-    if not flat:
-        raise ValueError("rejection sampling got no candidate answers")
-    r = round_rewards(rm_h, rm_s, [f[2] for f in flat], [f[3] for f in flat], [f[4] for f in flat], threshold,
-                      batch_size)
-    reward = np.asarray([round(float(v), 6) for v in r["reward"]])  # as the scored candidates record it
-    lik = None
-    if likelihood is not None and likelihood_weight > 0:
-        lik = np.asarray(likelihood([f[2] for f in flat], [f[3] for f in flat]), dtype=np.float64)
-        if lik.shape != reward.shape or not np.isfinite(lik).all():
-            raise ValueError(f"rejection sampling: the policy's likelihoods must be {len(flat)} finite numbers, "
-                             f"got {lik.shape[0]} ({int((~np.isfinite(lik)).sum())} not finite)")
-        lik = np.asarray([round(float(v), 6) for v in lik])
-    rank = rs_rank(reward, np.asarray([not f[4] and bool(f[3].strip()) for f in flat]), lik, likelihood_weight)
-    scored = [dict(c, rm_helpfulness=[], rm_safety=[], reward=[], **({"likelihood": []} if lik is not None else {}))
-              for c in candidates]
-    ranks: list[list[float]] = [[] for _ in candidates]
-    for n, (i, _, _, _, _) in enumerate(flat):
-        scored[i]["rm_helpfulness"].append(round(float(r["helpfulness"][n]), 6))
-        scored[i]["rm_safety"].append(round(float(r["safety"][n]), 6))
-        scored[i]["reward"].append(round(float(r["reward"][n]), 6))
-        if lik is not None:
-            scored[i]["likelihood"].append(float(lik[n]))
-        ranks[i].append(float(rank[n]))
-    dialogues, kept, changed = [], [], []
-    for c, rank_c in zip(scored, ranks):
-        options = [j for j, a in enumerate(c["answers"]) if a.strip()]
-        if not options:
-            c["best"] = None
-            continue
-        best = max(options, key=lambda j: (rank_c[j], -j))  # ties: the first sample
-        c["best"] = best
-        kept.append(c["reward"][best])
-        changed.append(best != max(options, key=lambda j: (c["reward"][j], -j)))
-        dialogues.append({"messages": [{"role": "user", "content": c["prompt"]},
-                                       {"role": "assistant", "content": c["answers"][best]}]})
-    if not dialogues:
-        raise ValueError("rejection sampling kept nothing: every candidate answer is blank")
-    stats = {"rs_reward_mean": float(np.mean(r["reward"])), "rs_reward_best": float(np.mean(kept)),
-             "rs_prompts": len(dialogues), "rs_safety_rm_share": float(np.mean(r["used_safety"]))}
-    if lik is not None:
-        stats["rs_likelihood_changed_share"] = float(np.mean(changed))
-    # the share of kept answers that came from earlier rounds (pool_earlier; 0 in the first round)
-    stats["rs_kept_earlier_share"] = float(np.mean(
-        [c["best"] >= len(c["answers"]) - c.get("earlier", 0) for c in scored if c["best"] is not None]))
-    return dialogues, scored, stats
-
-
-def policy_likelihood(policy_dir, tokenizer_path, batch_size: int = 64):
-    """``likelihood(prompts, answers)`` for :func:`rejection_sample`: the mean log-probability per
-    answer token (and EOS) under the policy in ``policy_dir`` (an HF folder)."""
-    from ..evaluation.reward import answer_likelihoods
-    from ..model import default_device, load_hf
-    from ..tokenizer import Tokenizer
-
-    model = load_hf(policy_dir).to(default_device()).eval()
-    tokenizer = Tokenizer(tokenizer_path)
-
-    def likelihood(prompts: list[str], answers: list[str]) -> list[float]:
-        return answer_likelihoods(model, tokenizer, prompts, answers, batch_size)
-
-    return likelihood
-
-
-def best_of_k(candidates: Sequence[dict], helpfulness_dir, safety_dir, cfg: RLHFConfig, *,
-              earlier: Sequence[dict] | None = None, prompts: Sequence[dict] | None = None,
-              policy_dir=None, tokenizer_path=None) -> tuple[list[dict], list[dict], dict[str, float]]:
-    """Rejection sampling with the round's RMs: the earlier rounds' kept answers pooled in when asked
-    (:func:`pool_earlier`), then :func:`rejection_sample` by R_c, with the starting policy's
-    likelihood (``policy_dir``, ``tokenizer_path``) when ``cfg.candidates.likelihood_weight`` is set."""
-    weight = cfg.candidates.likelihood_weight
-    if weight > 0 and (policy_dir is None or tokenizer_path is None):
-        raise ValueError("rlhf.candidates.likelihood_weight > 0 ranks by the round's starting policy's likelihood: "
-                         "pass policy_dir and tokenizer_path")
-    if earlier is not None and cfg.candidates.earlier_rounds:
-        candidates = pool_earlier(candidates, earlier, prompts or [])
-    with torch_threads(cfg.num_threads):
-        rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir)
-        likelihood = policy_likelihood(policy_dir, tokenizer_path) if weight > 0 else None
-        return rejection_sample(candidates, rm_h, rm_s, cfg.safety_threshold, likelihood=likelihood,
-                                likelihood_weight=weight)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, 
     """Best of K by the round's reward (and the starting ``policy``'s likelihood:
     ``rlhf.candidates.likelihood_weight``); returns (dialogues to fine-tune on, scored candidates,
     stats). ``earlier``: the previous round's dialogues (rounds after the first)."""
-    from llama2_pipeline.training.rlhf import best_of_k
+    from llama2_pipeline.training.rejection import best_of_k
 
     return best_of_k(candidates, helpfulness, safety, rlhf, earlier=earlier, prompts=prompts, policy_dir=policy,
                      tokenizer_path=Path(tokenizer) / "tokenizer.model")

@@ -28,7 +28,7 @@ import numpy as np
 from llama2_pipeline.core.files import read_jsonl, write_json
 from llama2_pipeline.recipe import load
 from llama2_pipeline.training.preferences import torch_threads
-from llama2_pipeline.training.rejection import policy_likelihood, rs_rank
+from llama2_pipeline.training.rejection import keep_best, policy_likelihood, rs_rank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_seeds import mean_sd
@@ -42,14 +42,10 @@ def start_policy(root: Path, after: str) -> Path:
 
 
 def picks(candidates: list[dict], rank: np.ndarray) -> np.ndarray:
-    """Each prompt's kept answer (flat index) under ``rank``: its highest non-blank answer, the first
-    on a tie (as rejection sampling keeps it); -1 where every answer is blank."""
-    out, at = [], 0
-    for c in candidates:
-        options = [j for j, a in enumerate(c["answers"]) if a.strip()]
-        out.append(at + max(options, key=lambda j: (rank[at + j], -j)) if options else -1)
-        at += len(c["answers"])
-    return np.asarray(out)
+    """Each prompt's kept answer (flat index) under ``rank``, as rejection sampling keeps it
+    (:func:`~llama2_pipeline.training.rejection.keep_best`); -1 where every answer is blank."""
+    starts = np.cumsum([0] + [len(c["answers"]) for c in candidates])[:-1]
+    return np.asarray([-1 if b is None else int(at + b) for at, b in zip(starts, keep_best(candidates, rank))])
 
 
 def round_table(root: Path, round_name: str, after: str, world, weights: list[float], threads: int) -> dict:

@@ -2,7 +2,8 @@
 with what earlier rounds kept (:func:`pool_earlier`), ranked by the round's reward R_c
 (:func:`rs_rank`; with ``rlhf.candidates.likelihood_weight``, on prompts not tagged safety, also by
 the starting policy's likelihood: :func:`policy_likelihood`) and the best kept
-(:func:`rejection_sample`, :func:`best_of_k`); :mod:`.rlhf` wires it into the round.
+(:func:`keep_best`, :func:`rejection_sample`, :func:`best_of_k`); the rlhf pipeline's
+rejection_sampling node calls :func:`best_of_k`.
 
 Nothing here imports Kedro or MLflow.
 """
@@ -64,6 +65,18 @@ def rs_rank(reward: np.ndarray, helpful: np.ndarray, likelihood: np.ndarray | No
     return rank
 
 
+def keep_best(candidates: Sequence[dict], rank: Sequence[float]) -> list[int | None]:
+    """Each candidate's kept answer under ``rank`` (one value per answer, the candidates' answers in
+    order): the index of its highest non-blank answer, the first on a tie; None where every answer
+    is blank."""
+    out, at = [], 0
+    for c in candidates:
+        options = [j for j, a in enumerate(c["answers"]) if a.strip()]
+        out.append(max(options, key=lambda j: (rank[at + j], -j)) if options else None)
+        at += len(c["answers"])
+    return out
+
+
 def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *, batch_size: int = 64,
                      likelihood: Callable[[list[str], list[str]], Sequence[float]] | None = None,
                      likelihood_weight: float = 0.0) -> tuple[list[dict], list[dict], dict[str, float]]:
@@ -98,28 +111,25 @@ def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *
                              f"got {lik.shape[0]} ({int((~np.isfinite(lik)).sum())} not finite)")
         lik = np.asarray([round(float(v), 6) for v in lik])
     rank = rs_rank(reward, np.asarray([not f[4] and bool(f[3].strip()) for f in flat]), lik, likelihood_weight)
+    best = keep_best(candidates, rank)
+    by_reward = keep_best(candidates, reward) if lik is not None else best
     scored = [dict(c, rm_helpfulness=[], rm_safety=[], reward=[], **({"likelihood": []} if lik is not None else {}))
               for c in candidates]
-    ranks: list[list[float]] = [[] for _ in candidates]
     for n, (i, _, _, _, _) in enumerate(flat):
         scored[i]["rm_helpfulness"].append(round(float(r["helpfulness"][n]), 6))
         scored[i]["rm_safety"].append(round(float(r["safety"][n]), 6))
-        scored[i]["reward"].append(round(float(r["reward"][n]), 6))
+        scored[i]["reward"].append(float(reward[n]))
         if lik is not None:
             scored[i]["likelihood"].append(float(lik[n]))
-        ranks[i].append(float(rank[n]))
     dialogues, kept, changed = [], [], []
-    for c, rank_c in zip(scored, ranks):
-        options = [j for j, a in enumerate(c["answers"]) if a.strip()]
-        if not options:
-            c["best"] = None
+    for c, b, b_reward in zip(scored, best, by_reward):
+        c["best"] = b
+        if b is None:
             continue
-        best = max(options, key=lambda j: (rank_c[j], -j))  # ties: the first sample
-        c["best"] = best
-        kept.append(c["reward"][best])
-        changed.append(best != max(options, key=lambda j: (c["reward"][j], -j)))
+        kept.append(c["reward"][b])
+        changed.append(b != b_reward)
         dialogues.append({"messages": [{"role": "user", "content": c["prompt"]},
-                                       {"role": "assistant", "content": c["answers"][best]}]})
+                                       {"role": "assistant", "content": c["answers"][b]}]})
     if not dialogues:
         raise ValueError("rejection sampling kept nothing: every candidate answer is blank")
     stats = {"rs_reward_mean": float(np.mean(r["reward"])), "rs_reward_best": float(np.mean(kept)),

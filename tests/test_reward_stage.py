@@ -8,6 +8,7 @@ so that the test runs the reward stage alone, in seconds.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -147,6 +148,9 @@ def test_mlflow_run_records_metrics_and_lineage(reward_project):
     assert r.data.tags["output.reward_model_safety"].startswith("data/06_models/reward_safety@sha256:")
     assert client.get_metric_history(r.info.run_id, "reward/helpfulness/train_loss")
     assert r.data.params["reward.margin"] == "small"
+    assert (r.data.params["reward.epochs.helpfulness"], r.data.params["reward.epochs.safety"]) == ("1.0", "2.0")
+    assert r.data.metrics["rm_safety_steps"] == math.ceil(2 * r.data.metrics["rm_safety_train_pairs"] / 8)  # 2 passes
+    assert r.data.metrics["rm_helpfulness_steps"] == math.ceil(r.data.metrics["rm_helpfulness_train_pairs"] / 8)
 
 
 # ---- the preference-file dataset (no Kedro run) ----------------------------------------------------

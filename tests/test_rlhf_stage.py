@@ -55,7 +55,8 @@ def rounds_project(tmp_path_factory) -> Path:
                          tokenizer_model=sft / "tokenizer.model")
     for name in ("rlhf_v1", "rlhf_v2"):  # as the DVC foreach stages run them: one kedro run per round
         run(["kedro", "run", "--pipelines", name, "--params",
-             f"rlhf.reward_replay=1.0,rlhf.candidates.likelihood_weight={LIKELIHOOD_WEIGHT}"], project, timeout=900,
+             f"rlhf.reward_replay=1.0,rlhf.reward_epochs=3,rlhf.candidates.likelihood_weight={LIKELIHOOD_WEIGHT}"],
+            project, timeout=900,
             extra_env={"LLAMA2_REPRO_GROUP": GROUP})
     return project
 
@@ -98,6 +99,9 @@ def test_rounds_chain_and_accumulate(rounds_project):
     assert m2["rm_new_pairs"] == len(new_train)
     assert m2["rm_replayed_pairs"] == sum(min(count(new_train, c), count(earlier, c)) for c in ("helpfulness", "safety"))
     assert m2["rm_replayed_pairs"] > 0
+    # both RMs make rlhf.reward_epochs passes (3 above; not reward.epochs) over the new and replayed pairs
+    for name in ("helpfulness", "safety"):
+        assert m2[f"rm_{name}_steps"] == math.ceil(3 * m2[f"rm_{name}_train_pairs"] / 8), name  # smoke micro-batch
     # the round's RMs are judged on its new held-out pairs and on the earlier stages' apart
     for name in ("helpfulness", "safety"):
         assert m2[f"rm_{name}_heldout_pairs_new"] + m2[f"rm_{name}_heldout_pairs_earlier"] == \

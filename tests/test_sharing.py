@@ -176,6 +176,7 @@ def test_every_model_is_registered_with_its_run_and_the_champion_follows_the_rul
             chat.append((e.alias, m[f"{e.prefix}helpfulness"], m[f"{e.prefix}safety"], str(v.version)))
         else:
             assert any(k.startswith("metric.") for k in v.tags), v.tags
+            assert "`reward.epochs.safety` = 2.0" in v.description  # the per-RM passes on the card
         assert all(section in v.description for section in CARD) and trained.info.run_id in v.description
     assert set(client.get_registered_model(CHAT).aliases) == {"champion", "sft", *quality, *rounds, "gatt"}
     for name in REWARD.values():

@@ -19,8 +19,9 @@ from llama2_pipeline.training.preferences import (PreferenceError, merge_prefere
                                                   validate_preferences)
 from llama2_pipeline.evaluation.reward import accuracy_by_rating, answer_likelihoods, calibration, likelihood_scores
 from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
+from llama2_pipeline.training.config import RewardConfig
 from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss, reward_train_config,
-                                             train_reward_model)
+                                             train_reward_model, train_reward_models)
 from llama2_pipeline.world import World
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
@@ -209,6 +210,21 @@ def test_smoke_rm_learns_a_separable_preference(init_dir, world, tmp_path):
     acc = accuracy_by_rating(chosen, rejected, [p["rating"] for p in held])
     assert acc["avg"] == pytest.approx(last["val_acc"], abs=1e-9) and acc["n"] == len(held)
     assert all(acc[r] >= 0.8 for r in RATINGS)
+
+
+def test_each_reward_model_trains_its_own_passes(init_dir, world, tmp_path):
+    pairs = toy_preferences(world, "train")
+    cfg = RewardConfig.from_dict({"epochs": {"helpfulness": 1, "safety": 2}, "helpfulness_mix": {"helpfulness": 1.0},
+                                  "safety_mix": {"safety": 1.0}, "train": {**CFG, "eval_every": 0}})
+    out = {c: tmp_path / c for c in ("helpfulness", "safety")}
+    m = train_reward_models(pairs, init_dir, cfg, tmp_path / "run", out, progress=False)
+    n = {c: sum(r["category"] == c for r in pairs) for c in out}
+    assert n["safety"] > 0 and n["helpfulness"] > 0
+    assert m["rm_helpfulness_steps"] == math.ceil(n["helpfulness"] / 8)  # one pass
+    assert m["rm_safety_steps"] == math.ceil(2 * n["safety"] / 8)  # two passes
+    assert all((out[c] / "config.json").exists() for c in out)
+    # one number is both RMs' passes
+    assert RewardConfig.from_dict({"epochs": 3}).epochs_of("safety") == 3.0 == cfg.epochs_of("safety") + 1
 
 
 def test_interrupted_run_resumes_to_identical_weights(init_dir, world, tmp_path):

@@ -209,7 +209,8 @@ class RewardConfig(Config):
 
     preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
     margin: Literal["small", "large", "none"] = "small"  # m(rating) of the loss (:data:`MARGINS`)
-    epochs: float = 1.0  # passes over each RM's training pairs (paper: 1); sets train.max_steps
+    epochs: float | dict[str, float] = 1.0  # passes over each RM's training pairs (paper: 1): one number for
+    #                                         both RMs or {helpfulness: n, safety: n}; sets train.max_steps
     warmup_fraction: float = 0.03  # linear warm-up as a share of the steps, at least 5 (paper: 3 %)
     helpfulness_mix: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "safety": 0.5})
     safety_mix: dict[str, float] = field(default_factory=lambda: {"safety": 1.0, "helpfulness": 0.1})
@@ -218,7 +219,9 @@ class RewardConfig(Config):
     eval: RewardEvalConfig = field(default_factory=RewardEvalConfig)
 
     def check(self) -> None:
-        require(self.epochs > 0, "epochs", "a number > 0", self.epochs)
+        per = self.epochs if isinstance(self.epochs, dict) else dict.fromkeys(CATEGORIES, self.epochs)
+        require(set(per) == set(CATEGORIES) and all(v > 0 for v in per.values()), "epochs",
+                f"a number > 0, or a mapping of {' and '.join(CATEGORIES)} to numbers > 0", self.epochs)
         require(0 <= self.warmup_fraction <= 1, "warmup_fraction", "a number in [0, 1]", self.warmup_fraction)
         require(0 <= self.num_threads <= 1024, "num_threads", "an integer in [0, 1024] (0 = torch's default)",
                 self.num_threads)
@@ -231,6 +234,10 @@ class RewardConfig(Config):
     def mix(self, category: str) -> dict[str, float]:
         """The data mix of the ``category`` RM."""
         return self.helpfulness_mix if category == "helpfulness" else self.safety_mix
+
+    def epochs_of(self, category: str) -> float:
+        """The passes over its training pairs of the ``category`` RM."""
+        return self.epochs[category] if isinstance(self.epochs, dict) else self.epochs
 
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig(Config):
@@ -335,7 +342,8 @@ class RLHFConfig(Config):
 
     rounds: dict[str, RoundSpec]  # in order: each starts after the previous one, the first after sft
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    reward_models: str = "continue"  # the round's RMs: continue (the previous RMs, one pass over the new pairs) | retrain (from SFT on every pair so far)
+    reward_models: str = "continue"  # the round's RMs: continue (the previous RMs on the new pairs) | retrain (from SFT on every pair so far)
+    reward_epochs: float = 1.0  # with continue: passes over the round's new pairs (retrain: reward.epochs)
     reward_replay: float = 0.0  # with continue: earlier train pairs replayed per new one, per category (0 = none)
     safety_threshold: float = 0.15  # R_s below it selects the safety RM's score on any prompt (paper: 0.15)
     num_threads: int = 0  # torch CPU threads for sampling, scoring and PPO (0 = all cores)
@@ -354,6 +362,7 @@ class RLHFConfig(Config):
                 self.reward_models)
         require(self.reward_replay >= 0, "reward_replay", "a number >= 0 (earlier pairs per new pair)",
                 self.reward_replay)
+        require(self.reward_epochs > 0, "reward_epochs", "a number > 0", self.reward_epochs)
         require(self.reward_replay == 0 or self.reward_models == "continue", "reward_replay",
                 "0 with reward_models: retrain (which trains on every pair so far)", self.reward_replay)
         require(0 <= self.safety_threshold <= 1, "safety_threshold", "a number in [0, 1]", self.safety_threshold)

@@ -8,8 +8,8 @@ both reward models on the shared stage runner.
   stream (resumable, exact position in every checkpoint), exported as a transformers
   ``LlamaForSequenceClassification`` (:mod:`llama2_pipeline.model.reward`).
 * :func:`train_reward_models`: both RMs (helpfulness, safety), each on the paper's data mix of
-  the pairs (:func:`~.preferences.mix_preferences`), as the ``reward`` params group
-  (:class:`RewardConfig`) says.
+  the pairs (:func:`~.preferences.mix_preferences`) for its own number of passes, as the
+  ``reward`` params group (:class:`RewardConfig`) says.
 
 Pairs are preference records (:mod:`llama2_pipeline.training.preferences`). Held-out accuracy,
 calibration and the baselines are :mod:`llama2_pipeline.evaluation.reward`'s.
@@ -320,10 +320,11 @@ def train_reward_models(pairs: Sequence[dict], init_dir: str | os.PathLike | dic
                         log_fn: Callable[[str], Callable[[dict, int], Any]] | None = None,
                         progress: bool = True) -> dict[str, float]:
     """Both RMs from ``init_dir`` (the SFT model, or ``{category: folder}`` to continue from earlier
-    RMs), each on its data mix of ``pairs``, trained in ``run_dir/<category>`` and exported to
-    ``out_dirs[category]``; returns their metrics (``rm_<category>_train_loss``, ...). ``heldout``
-    pairs of the RM's own category are watched during training when ``cfg.train.eval_every`` is
-    set; ``log_fn(category)`` gives each run's metrics callback."""
+    RMs), each on its data mix of ``pairs`` for ``cfg.epochs_of(category)`` passes, trained in
+    ``run_dir/<category>`` and exported to ``out_dirs[category]``; returns their metrics
+    (``rm_<category>_train_loss``, ...). ``heldout`` pairs of the RM's own category are watched
+    during training when ``cfg.train.eval_every`` is set; ``log_fn(category)`` gives each run's
+    metrics callback."""
     if not pairs:
         raise ValueError("no training preference pairs (reward_preferences_train is empty)")
     train_cfg = cfg.train.replace(num_threads=cfg.num_threads)
@@ -334,7 +335,7 @@ def train_reward_models(pairs: Sequence[dict], init_dir: str | os.PathLike | dic
             raise ValueError(f"the {name} RM's data mix {cfg.mix(name)} selects no training pairs")
         evals = [r for r in heldout or [] if r["category"] == name] if cfg.train.eval_every else []
         metrics.update(train_reward_model(
-            records, init_dir[name] if isinstance(init_dir, dict) else init_dir, train_cfg, Path(run_dir) / name, margin=cfg.margin, epochs=cfg.epochs,
+            records, init_dir[name] if isinstance(init_dir, dict) else init_dir, train_cfg, Path(run_dir) / name, margin=cfg.margin, epochs=cfg.epochs_of(name),
             warmup_fraction=cfg.warmup_fraction, eval_pairs=evals or None, out_dir=out_dirs[name],
             log_fn=log_fn(name) if log_fn else None, progress=progress, name=f"rm_{name}"))
     return metrics

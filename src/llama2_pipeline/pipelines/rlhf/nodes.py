@@ -35,10 +35,11 @@ def annotate_candidates(candidates: list[dict], world: WorldParams, rlhf: RLHFCo
 def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], start_helpfulness: Path,
                               start_safety: Path, sft_model: Path, rlhf: RLHFConfig, reward: RewardConfig,
                               workspace: Path, heldout: list[dict], seed: int, round_name: str):
-    """The round's RMs. ``rlhf.reward_models: continue``: the previous RMs trained one more pass on
-    this round's new train pairs, with ``rlhf.reward_replay`` times as many earlier train pairs per
-    category beside them (a seeded sample); ``retrain``: from SFT on every train pair so far
-    (``train_prefs``)."""
+    """The round's RMs. ``rlhf.reward_models: continue``: the previous RMs trained
+    ``rlhf.reward_epochs`` passes (both RMs) on this round's new train pairs, with
+    ``rlhf.reward_replay`` times as many earlier train pairs per category beside them (a seeded
+    sample); ``retrain``: from SFT on every train pair so far (``train_prefs``), as the reward stage
+    trains them (``reward.epochs``)."""
     if rlhf.reward_models == "retrain":
         return train_reward_models(train_prefs, sft_model, reward, workspace, heldout)
     new = pairs_among(train_prefs, new_prefs)  # this round's new pairs that are train pairs
@@ -46,7 +47,7 @@ def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], st
     earlier = [r for r in train_prefs if pair_key(r) not in fresh]
     pairs = replay_pairs(new, earlier, rlhf.reward_replay, round_seed(seed, round_name))
     hf, safety, metrics = train_reward_models(pairs, {"helpfulness": start_helpfulness, "safety": start_safety},
-                                              reward, workspace, heldout)
+                                              reward.replace(epochs=rlhf.reward_epochs), workspace, heldout)
     return hf, safety, {**metrics, "rm_new_pairs": len(new), "rm_replayed_pairs": len(pairs) - len(new)}
 
 

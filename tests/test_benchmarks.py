@@ -462,20 +462,20 @@ def test_reward_variants_trains_like_the_stage_and_pairs_each_variant_with_it(sm
     paired per project; a malformed variant is a usage error naming it."""
     bench = _bench("reward_variants")
     out = bench.main(["--project", str(smoke_repro), str(smoke_repro), "--categories", "safety",
-                      "--variant", "stage=", "--variant", "two=epochs:2,lr:0.003",
+                      "--variant", "stage=", "--variant", "more=epochs:3,lr:0.003",
                       "--out", str(tmp_path / "v.json")])
     stage = json.loads((smoke_repro / "metrics/reward.json").read_text())
     res = out["categories"]["safety"]
-    base, two = res["runs"]["stage"], res["runs"]["two"]
-    assert len(base) == len(two) == 2
+    base, more = res["runs"]["stage"], res["runs"]["more"]
+    assert len(base) == len(more) == 2
     assert base[0]["train_loss"] == pytest.approx(stage["rm_safety_train_loss"], abs=1e-6)
     assert base[0]["avg"] == stage["rm_safety_acc"]
-    assert two[0]["steps"] > base[0]["steps"] and two[0]["train_loss"] != base[0]["train_loss"]
+    assert more[0]["steps"] > base[0]["steps"] and more[0]["train_loss"] != base[0]["train_loss"]  # 3 passes, not 2
     assert base[1] == base[0]  # the same project twice: the same bits
-    cell = res["summary"]["two"]["avg"]
-    assert cell["change_mean"] == pytest.approx(two[0]["avg"] - base[0]["avg"], abs=1e-4) and cell["sd"] == 0.0
+    cell = res["summary"]["more"]["avg"]
+    assert cell["change_mean"] == pytest.approx(more[0]["avg"] - base[0]["avg"], abs=1e-4) and cell["sd"] == 0.0
     assert "change_mean" not in res["summary"]["stage"]["avg"] and res["targets"] == {"avg": 0.9}
-    assert out["variants"] == {"stage": {}, "two": {"epochs": 2.0, "lr": 0.003}}
+    assert out["variants"] == {"stage": {}, "more": {"epochs": 3.0, "lr": 0.003}}
     assert json.loads((tmp_path / "v.json").read_text())["categories"] == out["categories"]
     for bad in ("nameless", "x=epochs", "x=depth:2", "x=epochs:two", "x=margin:huge"):
         with pytest.raises(SystemExit):

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
                 with tempfile.TemporaryDirectory() as tmp:
                     trained = train_reward_model(
                         sample, sft, cfg.train.replace(seed=seed, num_threads=cfg.num_threads), Path(tmp) / "run",
-                        margin=cfg.margin, epochs=cfg.epochs_of(category), warmup_fraction=cfg.warmup_fraction, progress=False,
-                        name=f"rm_{category}")
+                        margin=cfg.margin, epochs=cfg.epochs_of(category), warmup_fraction=cfg.warmup_fraction,
+                        progress=False, name=f"rm_{category}")
                     chosen, rejected = evaluate_scores(RewardModel.load(Path(tmp) / "run/hf"), held,
                                                        cfg.eval.batch_size)
                 point = {"fraction": frac, "seed": seed, "pairs": n,

@@ -74,8 +74,8 @@ def train_variant(root: Path, recipe, records: list[dict], held: list[dict], kin
     with tempfile.TemporaryDirectory() as tmp:
         trained = train_reward_model(
             records, root / "data/06_models/sft", train_cfg, Path(tmp) / "run", margin=changes.get("margin", cfg.margin),
-            epochs=changes.get("epochs", cfg.epochs_of(category)), warmup_fraction=changes.get("warmup_fraction", cfg.warmup_fraction),
-            progress=False, name=f"rm_{category}")
+            epochs=changes.get("epochs", cfg.epochs_of(category)),
+            warmup_fraction=changes.get("warmup_fraction", cfg.warmup_fraction), progress=False, name=f"rm_{category}")
         chosen, rejected = evaluate_scores(RewardModel.load(Path(tmp) / "run/hf"), held, cfg.eval.batch_size)
     return {"train_loss": trained[f"rm_{category}_train_loss"], "steps": trained[f"rm_{category}_steps"],
             **figures(category, held, kinds, chosen, rejected)}

@@ -42,9 +42,9 @@ CHAMPION_RULE = ("the chat model with the best held-out helpfulness among those 
 HEADLINE = {"chat": ("helpfulness", "safety", "win_rate_vs_sft", "kl_to_sft", "refusal_rate", "false_refusal_rate",
                      "violation_rate"),
             "reward": ("acc", "acc_significantly_better", "acc_negligibly_better", "ece", "heldout_pairs")}
-#: parameters of the training run shown on a model card (key endings)
-CARD_PARAMS = (".lr", ".epochs", ".epochs.helpfulness", ".epochs.safety", ".max_steps", ".warmup_steps", ".seq_len", ".micro_batch", ".k", ".beta", ".steps",
-               ".temperature", ".zero_stage", ".precision", ".margin", ".ppo")  # (reward.epochs may be per RM)
+#: parameters of the training run shown on a model card (key endings; reward.epochs may be per RM)
+CARD_PARAMS = (".lr", ".epochs", ".epochs.helpfulness", ".epochs.safety", ".max_steps", ".warmup_steps", ".seq_len",
+               ".micro_batch", ".k", ".beta", ".steps", ".temperature", ".zero_stage", ".precision", ".margin", ".ppo")
 SERVED = Path(__file__).with_name("served.py")
 LIMITS = ("**Limits.** A small Llama 2-architecture model trained on the project's simulated world (fictional facts, "
           "arithmetic, list and string tasks, a small harm taxonomy) and scored by that world's programmatic judges, "

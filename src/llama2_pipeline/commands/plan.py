@@ -241,10 +241,10 @@ def stage_jobs(recipe) -> list[Job]:
                      "counts pairs (2 sequences each)")]
     for round_name, spec in recipe.rlhf.rounds.items():
         st, dvc = f"rlhf_{round_name}", f"rlhf@{round_name}"
+        how = ("the previous RMs, rlhf.reward_epochs passes over the round's new pairs"
+               if recipe.rlhf.reward_models == "continue" else "from SFT on the pairs so far, reward.epochs passes")
         jobs.append(Job(st, dvc, "reward models", "reward.train", kind="rm", rows_per_micro=2, runs=2,
-                        note=f"both RMs, {recipe.rlhf.reward_models}: "
-                             + ("the previous RMs on the round's new pairs" if recipe.rlhf.reward_models == "continue"
-                                else "from SFT on the pairs so far") + " (the reward group's settings)"))
+                        note=f"both RMs, {recipe.rlhf.reward_models}: {how} (the reward group's train settings)"))
         jobs.append(Job(st, dvc, "rejection sampling", "rlhf.rejection_sampling.train",
                         note=f"fine-tune {spec.after}'s policy on its best-of-K answers"))
         if spec.ppo:

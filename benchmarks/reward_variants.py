@@ -3,7 +3,10 @@
 Each RM is trained from a project's SFT model exactly as the reward stage trains it (its data mix, its
 ``reward.*`` settings, its seed), once per variant with one or more settings changed: more passes over
 the pairs (``epochs``), the learning rate (``lr``), the margin table (``margin``), the micro-batch
-(``micro_batch``), the warm-up (``warmup_fraction``). Each is judged on the project's held-out pairs
+(``micro_batch``), the warm-up (``warmup_fraction``), the share of each category's train pairs in the
+RM's data mix (``mix_helpfulness``, ``mix_safety``: ``reward.helpfulness_mix`` / ``reward.safety_mix``),
+the training seed (``seed``: the head's initialisation, the batch order and the mix's sample; a
+variant with only another seed measures how far training noise alone moves a figure). Each is judged on the project's held-out pairs
 of its category: accuracy overall and per rating level and, for helpfulness, on the pairs that differ
 in more than correctness (the issue's "beyond correctness" figures), on style-only, mixed and
 correctness-only pairs (:func:`llama2_pipeline.evaluation.reward.pair_kind`). Over several projects
@@ -37,7 +40,8 @@ from reward_scaling import HELDOUT, TARGETS, TRAIN, figures
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the settings a variant may change, with their types (margin: a name of the margin tables)
-KEYS = {"epochs": float, "lr": float, "margin": str, "micro_batch": int, "warmup_fraction": float}
+KEYS = {"epochs": float, "lr": float, "margin": str, "micro_batch": int, "warmup_fraction": float,
+        "mix_helpfulness": float, "mix_safety": float, "seed": int}
 DEFAULT_VARIANTS = ("stage=", "epochs_2=epochs:2", "epochs_3=epochs:3", "lr_3e-4=lr:0.0003", "lr_3e-3=lr:0.003",
                     "margin_large=margin:large", "margin_none=margin:none")
 #: the figures printed (all of them are in the JSON)
@@ -60,17 +64,26 @@ def parse_variant(text: str) -> tuple[str, dict]:
             changes[key] = KEYS[key](value)
         except ValueError as err:
             raise ValueError(f"variant {name!r}: {key} {value!r} is not a {KEYS[key].__name__}") from err
+        if key.startswith("mix_") and changes[key] < 0:
+            raise ValueError(f"variant {name!r}: {key} {value!r} is below 0 (a share of the category's pairs)")
         if key == "margin" and value not in MARGINS:
             raise ValueError(f"variant {name!r}: margin {value!r} is not one of {sorted(MARGINS)}")
     return name, changes
 
 
-def train_variant(root: Path, recipe, records: list[dict], held: list[dict], kinds: list[str], category: str,
+def variant_mix(mix: dict[str, float], changes: dict) -> dict[str, float]:
+    """The RM's data mix (``reward.<category>_mix``) with a variant's ``mix_<category>`` shares."""
+    return {**mix, **{k.removeprefix("mix_"): v for k, v in changes.items() if k.startswith("mix_")}}
+
+
+def train_variant(root: Path, recipe, train: list[dict], held: list[dict], kinds: list[str], category: str,
                   changes: dict) -> dict:
     """One RM trained as the stage trains it with ``changes``; its held-out figures and training loss."""
     cfg = recipe.reward
+    seed = changes.get("seed", cfg.train.seed)
+    records = mix_preferences(train, variant_mix(cfg.mix(category), changes), seed)
     train_cfg = cfg.train.replace(num_threads=cfg.num_threads,
-                                  **{k: v for k, v in changes.items() if k in ("lr", "micro_batch")})
+                                  **{k: v for k, v in changes.items() if k in ("lr", "micro_batch", "seed")})
     with tempfile.TemporaryDirectory() as tmp:
         trained = train_reward_model(
             records, root / "data/06_models/sft", train_cfg, Path(tmp) / "run", margin=changes.get("margin", cfg.margin),
@@ -78,6 +91,7 @@ def train_variant(root: Path, recipe, records: list[dict], held: list[dict], kin
             warmup_fraction=changes.get("warmup_fraction", cfg.warmup_fraction), progress=False, name=f"rm_{category}")
         chosen, rejected = evaluate_scores(RewardModel.load(Path(tmp) / "run/hf"), held, cfg.eval.batch_size)
     return {"train_loss": trained[f"rm_{category}_train_loss"], "steps": trained[f"rm_{category}_steps"],
+            "train_pairs": len(records),
             **figures(category, held, kinds, chosen, rejected)}
 
 
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                 raise ValueError(f"{root}: the {category} RM has {len(records)} training and {len(held)} held-out pairs")
             kinds = [pair_kind(world, r) for r in held] if category == "helpfulness" else []
             for name, changes in variants.items():
-                row = train_variant(root, recipe, records, held, kinds, category, changes)
+                row = train_variant(root, recipe, train, held, kinds, category, changes)
                 runs[category][name].append({"seed": recipe.seed, **row})
                 print(f"seed {recipe.seed:<5} {category:<12} {name:<14} "
                       + "  ".join(f"{k} {row[k]:.3f}" for k in SHOWN[category] if k in row), flush=True)

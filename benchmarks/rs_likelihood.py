@@ -10,7 +10,7 @@ safety, the likelihood the round's starting policy's mean log-probability per an
 the world judge the kept answers: helpfulness and the share that is correct, against the kept
 answers of w = 0 (the paper's ranking), the mean sample and the best sample by the world. This says
 what the ranking does to a round's fine-tuning data; whether the fine-tuned policies end higher is
-the recipe's own measurement (README, "What each stage changes").
+the recipe's own measurement (docs/results.md, "Correctness for style").
 
     python benchmarks/rs_likelihood.py --project . ../seed_7 ../seed_42 \\
         --out benchmarks/results/cpu_rs_likelihood_second_machine.json

@@ -459,25 +459,32 @@ def test_reward_scaling_trains_like_the_stage_on_nested_samples(smoke_repro, tmp
 def test_reward_variants_trains_like_the_stage_and_pairs_each_variant_with_it(smoke_repro, tmp_path):
     """The ``stage`` variant is the reward stage's RM (the same training loss and held-out accuracy to
     the last digit); another variant trains differently and carries its change from the stage's,
-    paired per project; a malformed variant is a usage error naming it."""
+    paired per project; a variant's data mix and training seed are its own; a malformed variant is a
+    usage error naming it."""
     bench = _bench("reward_variants")
     out = bench.main(["--project", str(smoke_repro), str(smoke_repro), "--categories", "safety",
                       "--variant", "stage=", "--variant", "more=epochs:3,lr:0.003",
-                      "--out", str(tmp_path / "v.json")])
+                      "--variant", "own=mix_helpfulness:0,seed:99", "--out", str(tmp_path / "v.json")])
     stage = json.loads((smoke_repro / "metrics/reward.json").read_text())
     res = out["categories"]["safety"]
-    base, more = res["runs"]["stage"], res["runs"]["more"]
+    base, more, own = res["runs"]["stage"], res["runs"]["more"], res["runs"]["own"]
     assert len(base) == len(more) == 2
     assert base[0]["train_loss"] == pytest.approx(stage["rm_safety_train_loss"], abs=1e-6)
-    assert base[0]["avg"] == stage["rm_safety_acc"]
+    assert base[0]["avg"] == stage["rm_safety_acc"] and base[0]["train_pairs"] == stage["rm_safety_train_pairs"]
     assert more[0]["steps"] > base[0]["steps"] and more[0]["train_loss"] != base[0]["train_loss"]  # 3 passes, not 2
+    pairs = [json.loads(line) for line in (smoke_repro / "data/05_model_input/reward_preferences_train.jsonl").open()]
+    assert own[0]["train_pairs"] == sum(r["category"] == "safety" for r in pairs) < base[0]["train_pairs"]
+    assert own[0]["train_loss"] != base[0]["train_loss"]
+    assert bench.variant_mix({"safety": 1.0, "helpfulness": 0.1}, {"mix_helpfulness": 0.5, "seed": 3}) == {
+        "safety": 1.0, "helpfulness": 0.5}
     assert base[1] == base[0]  # the same project twice: the same bits
     cell = res["summary"]["more"]["avg"]
     assert cell["change_mean"] == pytest.approx(more[0]["avg"] - base[0]["avg"], abs=1e-4) and cell["sd"] == 0.0
     assert "change_mean" not in res["summary"]["stage"]["avg"] and res["targets"] == {"avg": 0.9}
-    assert out["variants"] == {"stage": {}, "more": {"epochs": 3.0, "lr": 0.003}}
+    assert out["variants"] == {"stage": {}, "more": {"epochs": 3.0, "lr": 0.003},
+                               "own": {"mix_helpfulness": 0.0, "seed": 99}}
     assert json.loads((tmp_path / "v.json").read_text())["categories"] == out["categories"]
-    for bad in ("nameless", "x=epochs", "x=depth:2", "x=epochs:two", "x=margin:huge"):
+    for bad in ("nameless", "x=epochs", "x=depth:2", "x=epochs:two", "x=margin:huge", "x=mix_safety:-1", "x=seed:0.5"):
         with pytest.raises(SystemExit):
             bench.main(["--project", str(smoke_repro), "--variant", bad])
     with pytest.raises(ValueError, match="margin 'huge'"):

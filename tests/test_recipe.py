@@ -129,7 +129,7 @@ def _set(data: dict, dotted: str, value):
     ("gatt.after", "rlhf_v9", "key 'gatt.after' is 'rlhf_v9', expected one of ['sft', 'rlhf_v1', 'rlhf_v2', 'rlhf_v3']"),
     ("gatt.turns", 0, "key 'gatt.turns' is 0, expected an integer >= 1"),
     ("gatt.min_turns", 99, "key 'gatt.min_turns' is 99, expected at most gatt.turns (6)"),
-    ("gatt.cuts", "all", "key 'gatt.cuts' is 'all', expected one of 'every', 'random'"),
+    ("gatt.cuts", "all", "key 'gatt.cuts' is 'all', expected one of 'every', 'random', 'whole'"),
     ("gatt.context", "chat", "key 'gatt.context' is 'chat', expected one of 'turn', 'dialogue'"),
     ("gatt.after", "sft", "key 'gatt.replay' is True, expected false when gatt.after is sft"),
     ("gatt.select", "best", "key 'gatt.select' is 'best', expected one of 'first', 'reward'"),

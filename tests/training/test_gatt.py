@@ -69,6 +69,53 @@ def test_truncations_put_the_learned_answer_at_every_turn():
     assert truncations([rec], 2, seed=4) == truncations([rec], 2, seed=4)
 
 
+class CharTok:  # one token per character (ids below 300), enough to locate the answers
+    bos_id, eos_id = 1, 2
+
+    def encode_batch(self, texts, bos=True, eos=False, num_threads=1):
+        return [[self.bos_id] * bos + [ord(c) % 297 + 3 for c in t] + [self.eos_id] * eos for t in texts]
+
+
+def test_a_whole_dialogue_learns_every_cut_answer_with_its_cut_context():
+    """``cuts: whole`` keeps one record per dialogue with the loss on the answers of turns min_turns..n;
+    each is learned with the tokens its cut would give it: the whole record's summed token loss under a
+    model equals the sum over the cuts' (one forward instead of one per cut), and a bad ``first_answer``
+    is named."""
+    import torch
+
+    from llama2_pipeline.model import Llama, ModelConfig
+    from llama2_pipeline.tokenizer import ChatFormatError
+    from llama2_pipeline.training.packing import encode_examples
+
+    rec = gatt_record(USERS, ["four.", "drisk.", "cba."], ["lowercase"], system=True)
+    (whole,) = truncations([rec], 2, seed=0, whole=True)
+    assert whole["messages"] == rec["messages"] and whole["first_answer"] == 1 and not whole["only_last_answer"]
+    cuts = truncations([rec], 2, seed=0, every=True)
+    assert len(cuts) == 2
+    tok = CharTok()
+    ((ids, mask),) = encode_examples(tok, [whole])
+    learned = [ids[i] for i, m in enumerate(mask) if m and ids[i] > 2]
+    assert "".join(chr(t - 3) for t in learned).split() == ["drisk.", "cba."]  # turns 2 and 3, not the first
+    encoded = encode_examples(tok, cuts)
+    for cut_ids, cut_mask in encoded:  # each cut is a prefix whose one learned answer the whole record learns too
+        assert ids[:len(cut_ids)] == cut_ids
+        assert all(mask[i] for i, m in enumerate(cut_mask) if m)
+    assert sum(sum(m) for _, m in encoded) == sum(mask)
+
+    torch.manual_seed(0)
+    model = Llama(ModelConfig.from_preset("smoke", vocab_size=300, max_seq_len=512)).double().eval()
+
+    def summed_loss(ids, mask):
+        x = torch.tensor(ids)
+        logits = model(x[None, :-1])[0]
+        per_token = torch.nn.functional.cross_entropy(logits, x[1:], reduction="none")
+        return float((per_token * torch.tensor(mask[1:], dtype=per_token.dtype)).sum())
+
+    assert summed_loss(ids, mask) == pytest.approx(sum(summed_loss(i, m) for i, m in encoded), rel=1e-12)
+    with pytest.raises(ChatFormatError, match="'first_answer' must be an answer's index >= 0, got -1"):
+        encode_examples(tok, [dict(whole, first_answer=-1)])
+
+
 def test_adherence_by_turn_on_hand_made_dialogues():
     dialogues = [{"users": USERS, "constraints": ["ahoy"]}, {"users": USERS, "constraints": ["uppercase", "five_words"]}]
     answers = [["Ahoy! 4.", "Ahoy! Drisk.", "cba."],

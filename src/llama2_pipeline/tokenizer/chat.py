@@ -109,13 +109,16 @@ def _prompt_text(user: str) -> str:
 
 
 def encode_chat(
-    tokenizer, messages: Sequence[dict], *, only_last_answer: bool = False, record: Any = None
+    tokenizer, messages: Sequence[dict], *, only_last_answer: bool = False, first_answer: int = 0,
+    record: Any = None
 ) -> ChatEncoding:
     """Token ids of a training dialogue and its answer mask.
 
     ``tokenizer`` is a :class:`~llama2_pipeline.tokenizer.Tokenizer` (anything with
     ``encode_batch(texts, bos, eos)``). With ``only_last_answer=True`` only the last answer and
-    its EOS are masked in (GAtt: the loss is zeroed on all earlier turns).
+    its EOS are masked in (GAtt: the loss is zeroed on all earlier turns). ``first_answer``: the
+    answers before this one (counting from 0) are masked out, context only (GAtt's whole dialogues:
+    each later answer learned with the turns before it, as a dialogue cut after it would be).
     """
     validate_messages(messages, for_generation=False, record=record)
     turns = _user_turns(messages)
@@ -136,7 +139,7 @@ def encode_chat(
         limit = min(len(prompt_ids), len(turn_ids) - 1)
         while n < limit and prompt_ids[n] == turn_ids[n]:
             n += 1
-        train = not only_last_answer or k == len(pairs) - 1
+        train = k >= first_answer and (not only_last_answer or k == len(pairs) - 1)
         ids += turn_ids
         mask += [0] * n + [int(train)] * (len(turn_ids) - n)
     return ChatEncoding(ids, mask)

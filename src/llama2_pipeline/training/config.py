@@ -400,7 +400,9 @@ class GattConfig(Config):
     dialogues: int = 300  # training dialogues drawn from the train prompts
     turns: int = 6  # user turns per dialogue
     min_turns: int = 2  # shortest dialogue trained on (turns of its adherent prefix)
-    cuts: Literal["every", "random"] = "every"  # one example per cut after each turn, or one seeded cut
+    # one example per cut after each turn, one seeded cut, or the whole dialogue with the loss on every
+    # answer from min_turns on (every's answers, each with the context its cut gives it, in one pass)
+    cuts: Literal["every", "random", "whole"] = "every"
     max_constraints: int = 2  # instructions combine up to this many compatible constraints
     tries: int = 2  # samples per answer until one follows the instruction
     select: Literal["first", "reward"] = "first"  # the first adherent sample, or the best adherent of all tries by the round's helpfulness RM

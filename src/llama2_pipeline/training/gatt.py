@@ -14,7 +14,9 @@ turn of a conversation with that system prompt — the policy's best-followed fo
 to ``tries`` samples until one adheres; :func:`construct` keeps each dialogue up to its first
 answer that still breaks the instruction and :func:`gatt_record` (``system=True``) builds the
 training dialogue with the system prompt at its start only; :func:`truncations` cuts it after
-every turn (or one seeded turn), so the one learned answer falls at every turn position.
+every turn (or one seeded turn), so the one learned answer falls at every turn position, or keeps
+it whole with the loss on every answer from turn ``min_turns`` on (the same answers with the same
+context as every cut, in one pass).
 
 Nothing here imports Kedro or MLflow.
 """
@@ -280,10 +282,15 @@ def helpfulness_by_constraint(dialogues: Sequence[dict], helpful: Sequence[Seque
     return {n: sum(v) / len(v) for n, v in sorted(per.items()) if v}
 
 
-def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bool = False) -> list[dict]:
+def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bool = False,
+                whole: bool = False) -> list[dict]:
     """The records cut so that the last answer (the one learned) falls at every turn position and
     adherence is taught at turn 2 as at turn 6: each record cut after a seeded number of turns in
-    [min_turns, all], or, with ``every``, once after each of those turns (one record per cut)."""
+    [min_turns, all], or, with ``every``, once after each of those turns (one record per cut).
+    ``whole`` keeps each record uncut with the loss on each answer from turn ``min_turns`` on
+    (``first_answer``): a causal model predicts an answer from the tokens before it only, so each
+    answer is learned from exactly the context its cut would give it, and the earlier turns are
+    read once instead of once per cut."""
     rng = random.Random(f"gatt-cut-{seed}")
     out = []
     for r in records:
@@ -291,12 +298,21 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
         offset = 1 if msgs and msgs[0]["role"] == "system" else 0
         turns = (len(msgs) - offset) // 2
         first = min(min_turns, turns)
+        if whole:
+            out.append({**r, "only_last_answer": False, "first_answer": first - 1})
+            continue
         for keep in (range(first, turns + 1) if every else (rng.randint(first, turns),)):
             out.append({**r, "messages": msgs[:offset + 2 * keep]})
     return out
 
 
-CUTS = ("every", "random")
+CUTS = ("every", "random", "whole")
+
+
+def _learned_answers(record: dict) -> int:
+    """How many of a training record's answers carry the loss."""
+    answers = sum(m["role"] == "assistant" for m in record["messages"])
+    return 1 if record.get("only_last_answer") else answers - record.get("first_answer", 0)
 CONTEXTS = ("turn", "dialogue")
 CASES = ("instructed", "plain")
 
@@ -348,8 +364,9 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     if not records:
         raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had adherent answers in its "
                          f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
-    cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every")
+    cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every", whole=cfg.cuts == "whole")
     stats["gatt_examples"] = len(cut)
+    stats["gatt_learned_answers"] = sum(_learned_answers(r) for r in cut)
     return records, cut, stats
 
 

@@ -4,7 +4,8 @@
    and an answer mask through the tokenizer's chat template (:func:`~llama2_pipeline.tokenizer.encode_chat`;
    roles are validated and a bad record raises :class:`~llama2_pipeline.tokenizer.ChatFormatError`
    naming its ``id`` or position, counting from 1). ``only_last_answer`` (for all records, or per record) keeps the
-   loss on the last answer only (GAtt); already-encoded ``(ids, mask)`` examples pass through.
+   loss on the last answer only (GAtt), a record's ``first_answer`` keeps it off the answers before that one;
+   already-encoded ``(ids, mask)`` examples pass through.
 2. **Split** (:func:`split_examples`): a seeded ``val_fraction`` of the dialogues is held out.
 3. **Pack** (:func:`pack_examples`): a dialogue of ``n`` tokens gives ``n - 1`` (input, target)
    positions. With ``pack=True`` they are placed greedily first-fit, in a seeded shuffled order,
@@ -47,8 +48,9 @@ def encode_examples(tokenizer, dialogues: Iterable[Any], *, only_last_answer: bo
                     vocab_size: int | None = None) -> list[tuple[list[int], list[int]]]:
     """``(ids, mask)`` per dialogue.
 
-    A dialogue is ``{"messages": [...], "id"?: ..., "only_last_answer"?: bool}`` (encoded with the
-    chat template; the per-record flag overrides ``only_last_answer``), an already encoded
+    A dialogue is ``{"messages": [...], "id"?: ..., "only_last_answer"?: bool, "first_answer"?: int}``
+    (encoded with the chat template; the per-record flag overrides ``only_last_answer``;
+    ``first_answer``: the answer, counting from 0, the loss starts at), an already encoded
     ``(ids, mask)`` pair (e.g. a :class:`~llama2_pipeline.tokenizer.ChatEncoding`), or
     ``{"ids": [...], "mask": [...]}``. Problems raise :class:`ChatFormatError` naming the record
     (its ``id``, else its position counting from 1).
@@ -62,7 +64,10 @@ def encode_examples(tokenizer, dialogues: Iterable[Any], *, only_last_answer: bo
             flag = d.get("only_last_answer", only_last_answer)
             if not isinstance(flag, bool):
                 raise ChatFormatError(f"'only_last_answer' must be true or false, got {flag!r}", name)
-            enc = encode_chat(tokenizer, d["messages"], only_last_answer=flag, record=name)
+            first = d.get("first_answer", 0)
+            if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+                raise ChatFormatError(f"'first_answer' must be an answer's index >= 0, got {first!r}", name)
+            enc = encode_chat(tokenizer, d["messages"], only_last_answer=flag, first_answer=first, record=name)
             ids, mask = list(enc.ids), list(enc.mask)
         elif isinstance(d, dict) and "ids" in d and "mask" in d:
             ids, mask = list(d["ids"]), list(d["mask"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llama2_pipeline.training.gatt import adherence_by_turn, construct, draw_dialogues, gatt_record, truncations
+from llama2_pipeline.training.gatt import (adherence_by_turn, construct, draw_dialogues, gatt_record,
+                                           learned_answers, truncations)
 from llama2_pipeline.world import constraints
 
 USERS = ["What is 2 plus 2?", "What is the capital of Velmora?", "Reverse the word 'abc'."]
@@ -91,7 +92,7 @@ def test_a_whole_dialogue_learns_every_cut_answer_with_its_cut_context():
     (whole,) = truncations([rec], 2, seed=0, whole=True)
     assert whole["messages"] == rec["messages"] and whole["first_answer"] == 1 and not whole["only_last_answer"]
     cuts = truncations([rec], 2, seed=0, every=True)
-    assert len(cuts) == 2
+    assert len(cuts) == 2 and learned_answers(whole) == sum(map(learned_answers, cuts)) == 2
     tok = CharTok()
     ((ids, mask),) = encode_examples(tok, [whole])
     learned = [ids[i] for i, m in enumerate(mask) if m and ids[i] > 2]

@@ -306,17 +306,16 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
     return out
 
 
-CUTS = ("every", "random", "whole")
-
-
-def _learned_answers(record: dict) -> int:
-    """How many of a training record's answers carry the loss."""
+def learned_answers(record: dict) -> int:
+    """How many of a training record's answers carry the loss (one per cut; a whole record's from
+    ``first_answer`` on)."""
     answers = sum(m["role"] == "assistant" for m in record["messages"])
     return 1 if record.get("only_last_answer") else answers - record.get("first_answer", 0)
+
+
+CUTS = ("every", "random", "whole")
 CONTEXTS = ("turn", "dialogue")
 CASES = ("instructed", "plain")
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +365,7 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
                          f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
     cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every", whole=cfg.cuts == "whole")
     stats["gatt_examples"] = len(cut)
-    stats["gatt_learned_answers"] = sum(_learned_answers(r) for r in cut)
+    stats["gatt_learned_answers"] = sum(learned_answers(r) for r in cut)
     return records, cut, stats
 
 

@@ -6,10 +6,11 @@ the pairs (``epochs``), the learning rate (``lr``), the margin table (``margin``
 (``micro_batch``), the warm-up (``warmup_fraction``), the share of each category's train pairs in the
 RM's data mix (``mix_helpfulness``, ``mix_safety``: ``reward.helpfulness_mix`` / ``reward.safety_mix``),
 the training seed (``seed``: the head's initialisation, the batch order and the mix's sample; a
-variant with only another seed measures how far training noise alone moves a figure). Each is judged on the project's held-out pairs
-of its category: accuracy overall and per rating level and, for helpfulness, on the pairs that differ
-in more than correctness (the issue's "beyond correctness" figures), on style-only, mixed and
-correctness-only pairs (:func:`llama2_pipeline.evaluation.reward.pair_kind`). Over several projects
+variant with only another seed measures how far training noise alone moves a figure). Each is judged
+on the project's held-out pairs of its category: accuracy overall and per rating level and, for
+helpfulness, on the pairs that differ in more than correctness (the issue's "beyond correctness"
+figures), on style-only, mixed and correctness-only pairs
+(:func:`llama2_pipeline.evaluation.reward.pair_kind`). Over several projects
 (one per seed, e.g. the copies of ``benchmarks/recipe_seeds.py``) every figure is given as mean ± sd
 and each variant's change from the stage's settings (the ``stage`` variant) paired per project.
 
@@ -81,7 +82,10 @@ def train_variant(root: Path, recipe, train: list[dict], held: list[dict], kinds
     """One RM trained as the stage trains it with ``changes``; its held-out figures and training loss."""
     cfg = recipe.reward
     seed = changes.get("seed", cfg.train.seed)
-    records = mix_preferences(train, variant_mix(cfg.mix(category), changes), seed)
+    mix = variant_mix(cfg.mix(category), changes)
+    records = mix_preferences(train, mix, seed)
+    if not records:
+        raise ValueError(f"{root}: the {category} RM's data mix {mix} selects none of its {len(train)} training pairs")
     train_cfg = cfg.train.replace(num_threads=cfg.num_threads,
                                   **{k: v for k, v in changes.items() if k in ("lr", "micro_batch", "seed")})
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import copy_project, timed_repro
 
-#: the models of the report's table in recipe order; a model a run lacks is left out of its column
-MODELS = ("pretrained", "sft", "sft_quality_only", "rlhf_v1", "rlhf_v2", "rlhf_v3", "gatt")
+#: the models of the report's table in recipe order, the RLHF rounds (``rlhf_<name>``, as many as the
+#: run's ``rlhf.rounds``) between SFT's and GAtt's; a model a run lacks is left out of its column
+MODELS = ("pretrained", "sft", "sft_quality_only", "gatt")
 MODEL_METRICS = ("helpfulness", "safety", "refusal_rate", "false_refusal_rate", "answer_words",
                  "rate_correct", "rate_restate", "rate_explain", "rate_reason", "rate_redirect")
 #: other headline figures: (metrics file, key)
@@ -39,11 +40,11 @@ OTHER = (("reward", "rm_helpfulness_acc"), ("reward", "rm_safety_acc"),
          ("reward", "rm_helpfulness_acc_correctness_significantly_better"),
          ("reward", "rm_helpfulness_acc_significantly_better"), ("reward", "rm_helpfulness_acc_better"),
          ("reward", "rm_helpfulness_acc_slightly_better"), ("reward", "rm_helpfulness_acc_negligibly_better"),
-         ("rlhf_v3", "rm_helpfulness_acc"), ("rlhf_v3", "rm_safety_acc"),
-         ("rlhf_v3", "rm_helpfulness_acc_new"), ("rlhf_v3", "rm_helpfulness_acc_earlier"),
-         ("rlhf_v3", "rm_safety_acc_new"), ("rlhf_v3", "rm_safety_acc_earlier"),
          ("gatt", "gatt_after_adherence_turn1"), ("gatt", "gatt_after_adherence_turn4plus"),
          ("gatt", "gatt_turn4plus_over_turn1"), ("gatt", "gatt_helpfulness_change"))
+#: the last round's reward-model figures (``<round>.<key>``)
+LAST_ROUND = ("rm_helpfulness_acc", "rm_safety_acc", "rm_helpfulness_acc_new", "rm_helpfulness_acc_earlier",
+              "rm_safety_acc_new", "rm_safety_acc_earlier")
 
 
 def set_seed(project: Path, seed: int) -> None:
@@ -63,7 +64,9 @@ def figures(project: Path) -> dict[str, float]:
         return json.loads(path.read_text())
 
     report, out = read("report"), {}
-    rounds = [m for m in MODELS if f"report_{m}_helpfulness" in report]
+    chat = sorted((m.group(1) for k in report if (m := re.fullmatch(r"report_(rlhf_\w+?)_helpfulness", k))),
+                  key=lambda name: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", name)])  # v2 before v10
+    rounds = [m for m in (*MODELS[:-1], *chat, MODELS[-1]) if f"report_{m}_helpfulness" in report]
     for m in rounds:
         for k in MODEL_METRICS:
             if (v := report.get(f"report_{m}_{k}")) is not None:
@@ -83,7 +86,7 @@ def figures(project: Path) -> dict[str, float]:
     if chain:
         out["gain.final_vs_sft"] = out[f"{chain[-1]}.helpfulness"] - out["sft.helpfulness"]
         out["gain.final_safety_vs_sft"] = out[f"{chain[-1]}.safety"] - out["sft.safety"]
-    for name, key in OTHER:
+    for name, key in (*OTHER, *((chain[-1], key) for key in LAST_ROUND if chain)):
         try:
             value = read(name).get(key)
         except FileNotFoundError:

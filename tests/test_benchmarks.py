@@ -286,6 +286,19 @@ def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["summary"] == out["summary"]
     with pytest.raises(FileNotFoundError, match="report.json"):
         bench.figures(tmp_path)
+    # the rounds are the report's, in their order (v2 before v10), and the RM figures the last one's
+    three = tmp_path / "three"
+    (three / "metrics").mkdir(parents=True)
+    (three / "metrics/report.json").write_text(json.dumps(
+        {"report_pretrained_helpfulness": 0.1, "report_sft_helpfulness": 0.5, "report_rlhf_v10_helpfulness": 0.75, "report_rlhf_v1_helpfulness": 0.6,
+         "report_rlhf_v2_helpfulness": 0.7, "report_gatt_helpfulness": 0.72, "report_sft_safety": 0.9,
+         "report_rlhf_v10_safety": 0.95}))
+    (three / "metrics/rlhf_v10.json").write_text(json.dumps({"rm_safety_acc": 0.8, "ppo_steps": 30}))
+    (three / "metrics/rlhf_v2.json").write_text(json.dumps({"rm_safety_acc": 0.7}))
+    f = bench.figures(three)
+    assert f["gain.rlhf_v10_vs_rlhf_v2"] == pytest.approx(0.05) and f["gain.rlhf_v2_vs_rlhf_v1"] == pytest.approx(0.1)
+    assert f["gain.final_vs_sft"] == pytest.approx(0.25) and f["gain.gatt_vs_sft"] == pytest.approx(0.22)
+    assert f["rlhf_v10.rm_safety_acc"] == 0.8 and "rlhf_v2.rm_safety_acc" not in f and f["rlhf_v10.ppo_steps"] == 30
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from tests.conftest import run
 
 pytestmark = pytest.mark.slow
 STAGES = ["validate_params", "world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft",
-          "reward", "rlhf@v1", "rlhf@v2", "rlhf@v3", "gatt", "report", "registry"]
+          "reward", "rlhf@v1", "rlhf@v2", "gatt", "report", "registry"]
 
 
 def ran(output: str) -> list[str]:

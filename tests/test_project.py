@@ -101,18 +101,18 @@ def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(proje
     for `kedro run --env` and for conf/local alike."""
     (project / "conf/exp").mkdir()
     (project / "conf/exp/parameters.yml").write_text(yaml.safe_dump(
-        {"rlhf": {"rounds": {"v4": {"after": "rlhf_v3", "ppo": True}}}, "gatt": {"after": "rlhf_v4"}}))
+        {"rlhf": {"rounds": {"v3": {"after": "rlhf_v2", "ppo": True}}}, "gatt": {"after": "rlhf_v3"}}))
     code = ("import sys; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
             "from kedro.framework.session import KedroSession; bootstrap_project(Path('.')); "
             "env = sys.argv[1] if len(sys.argv) > 1 else None; "
             "ctx = KedroSession.create(project_path=Path('.'), env=env).load_context(); "
             "from kedro.framework.project import pipelines; "
             "g = pipelines['gatt'].inputs(); "
-            "print(ctx.params['gatt'].after, 'rlhf_v4' in pipelines, 'rlhf_v4.policy' in g, "
+            "print(ctx.params['gatt'].after, 'rlhf_v3' in pipelines, 'rlhf_v3.policy' in g, "
             "','.join(sorted(x for x in g if x.endswith(('rs_dialogues', 'helpfulness')))))")
-    moved = ["rlhf_v4", "True", "True", "rlhf_v4.reward_model_helpfulness,rlhf_v4.rs_dialogues"]
+    moved = ["rlhf_v3", "True", "True", "rlhf_v3.reward_model_helpfulness,rlhf_v3.rs_dialogues"]
     assert run([sys.executable, "-c", code, "exp"], project).stdout.split()[-4:] == moved
     assert run([sys.executable, "-c", code], project).stdout.split()[-4:] == [
-        "rlhf_v3", "False", "False", "rlhf_v3.reward_model_helpfulness,rlhf_v3.rs_dialogues"]
+        "rlhf_v2", "False", "False", "rlhf_v2.reward_model_helpfulness,rlhf_v2.rs_dialogues"]
     (project / "conf/local/parameters.yml").write_text((project / "conf/exp/parameters.yml").read_text())
     assert run([sys.executable, "-c", code], project).stdout.split()[-4:] == moved

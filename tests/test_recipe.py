@@ -126,7 +126,7 @@ def _set(data: dict, dotted: str, value):
     ("data_processing.dedup.bands", 7, "key 'data_processing.dedup.bands' is 7, expected an integer >= 1 that divides"),
     ("data_processing.pii.kinds", ["email", "passport"], "key 'data_processing.pii.kinds[1]' is 'passport'"),
     ("pretrain.model.preset", "huge", "key 'pretrain.model.preset' is 'huge', expected one of smoke, tiny"),
-    ("gatt.after", "rlhf_v9", "key 'gatt.after' is 'rlhf_v9', expected one of ['sft', 'rlhf_v1', 'rlhf_v2', 'rlhf_v3']"),
+    ("gatt.after", "rlhf_v9", "key 'gatt.after' is 'rlhf_v9', expected one of ['sft', 'rlhf_v1', 'rlhf_v2']"),
     ("gatt.turns", 0, "key 'gatt.turns' is 0, expected an integer >= 1"),
     ("gatt.min_turns", 99, "key 'gatt.min_turns' is 99, expected at most gatt.turns (6)"),
     ("gatt.cuts", "all", "key 'gatt.cuts' is 'all', expected one of 'every', 'random', 'whole'"),

@@ -148,7 +148,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert metrics["report_gatt_helpfulness"] == gatt["gatt_model_helpfulness"]
     assert 0.0 <= metrics["report_pretrained_win_rate_vs_sft"] <= 1.0
     # GAtt (gatt.replay) fine-tuned on the last round's rejection-sampling dialogues beside its own
-    replayed = (smoke_repro / "data/06_models/rlhf_v3/rs_dialogues.jsonl").read_text().splitlines()
+    replayed = (smoke_repro / "data/06_models/rlhf_v2/rs_dialogues.jsonl").read_text().splitlines()
     gatt_stage = json.loads((smoke_repro / "metrics/gatt.json").read_text())
     assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
     # gatt.repair (the default): some samples that broke their instruction were rewritten to obey it
@@ -160,7 +160,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     runs = json.loads((rep / "report_runs.json").read_text())
     stages = {s["stage"]: s for s in runs["stages"]}
     assert set(stages) >= {"world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft",
-                           "reward", "gatt", "rlhf_v1", "rlhf_v2", "rlhf_v3"}
+                           "reward", "gatt", "rlhf_v1", "rlhf_v2"}
     db = sqlite3.connect(smoke_repro / "mlflow.db")
     for name, s in stages.items():
         assert s.get("run_id"), f"no MLflow run found for stage {name}"

@@ -49,9 +49,9 @@ import yaml
 from tests.conftest import BIN, env, make_project_copy, run
 
 PIPELINES = ("world", "data_processing", "tokenizer", "pretrain", "sft", "reward", "rlhf", "gatt")
-ROUNDS = ("rlhf_v1", "rlhf_v2", "rlhf_v3")  # the RLHF rounds: namespaces of the rlhf pipeline, one DVC stage each
+ROUNDS = ("rlhf_v1", "rlhf_v2")  # the RLHF rounds: namespaces of the rlhf pipeline, one DVC stage each
 STAGES = ("world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft", "reward",
-          "rlhf@v1", "rlhf@v2", "rlhf@v3", "gatt")
+          "rlhf@v1", "rlhf@v2", "gatt")
 ROUND_METRICS = {"policy_helpfulness", "policy_safety", "kl_to_sft", "win_rate_vs_sft"}
 # The hosts the kedro-viz page itself may try to reach: none. kedro viz build's index.html links a
 # Google Fonts stylesheet (+ preconnect hints); `llama2-pipeline viz-build` removes them.

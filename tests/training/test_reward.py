@@ -146,6 +146,25 @@ def test_hf_sequence_classification_scores_match(init_dir, tok, tmp_path):
     assert tok_hf.pad_token_id == 3
 
 
+def test_scoring_records_no_autograd_graph_and_gives_the_same_scores(init_dir):
+    """score/score_ids run the forward with gradients off (no graph kept for scores that become
+    floats), in any grad mode of the caller and for a model in training mode, with the scores a
+    forward under no_grad gives."""
+    torch.manual_seed(2)
+    rm = RewardModel.from_pretrained(init_dir)
+    seen = []
+    rm.backbone.register_forward_hook(lambda m, args, out: seen.append((torch.is_grad_enabled(), out.requires_grad)))
+    seqs = [[1, 5, 9, 2], [1, 7, 2], [1, 4, 4, 4, 6, 2]]
+    assert torch.is_grad_enabled() and rm.training and next(rm.parameters()).requires_grad
+    scores = rm.score_ids(seqs, batch_size=2)
+    assert seen and all(not grad and not kept for grad, kept in seen), seen
+    assert rm.training  # restored
+    with torch.no_grad():
+        rm.eval()
+        expected = [rm(torch.tensor([s])).item() for s in seqs]
+    assert scores == pytest.approx(expected, abs=1e-6)
+
+
 def test_input_is_chat_prompt_plus_answer_plus_eos(tok):
     from llama2_pipeline.tokenizer import encode_chat_prompt
 

@@ -257,7 +257,6 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long)
 
 
-@torch.no_grad()
 def length_batches(sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int):
     """``(indices, ids, last)`` batches of ``sequences`` grouped by similar length (little padding):
     the indices into ``sequences``, their right-padded ids and each row's last real index."""
@@ -267,9 +266,12 @@ def length_batches(sequences: Sequence[Sequence[int]], batch_size: int, pad_id: 
         yield (chunk, *pad_right([sequences[i] for i in chunk], pad_id))
 
 
+@torch.no_grad()
 def score_sequences(model, sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> list[float]:
     """Scores of token-id sequences under ``model`` (an RM or its engine), in their order; the
-    batches group sequences of similar length, so little is padded."""
+    batches group sequences of similar length, so little is padded. Gradients are off: the scores
+    leave as floats, so no autograd graph is recorded (on a GPU it would hold every batch's
+    activations)."""
     if not sequences:
         return []
     device = next(model.parameters()).device

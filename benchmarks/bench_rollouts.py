@@ -39,7 +39,7 @@ from llama2_pipeline.tokenizer.chat import encode_chat_prompt
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default="data/06_models/rlhf_v2/policy",
-                   help="a Hugging Face model folder (default: the last RLHF round's policy)")
+                   help="a Hugging Face model folder (default: the default recipe's last round's policy)")
     p.add_argument("--prompts", default="data/01_raw/prompts_train.jsonl", help="JSON lines with a 'prompt' field")
     p.add_argument("--n", type=int, default=512, help="prompts answered per arm and round")
     p.add_argument("--batch", type=int, default=256, help="prompts per generate call (the stages' batch_size)")

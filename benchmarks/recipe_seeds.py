@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import copy_project, timed_repro
 
-#: the models of the report's table in recipe order, the RLHF rounds (``rlhf_<name>``, as many as the
-#: run's ``rlhf.rounds``) between SFT's and GAtt's; a model a run lacks is left out of its column
-MODELS = ("pretrained", "sft", "sft_quality_only", "gatt")
+#: the models of the report's table in recipe order: these, the run's RLHF rounds (``rlhf_<name>``, as
+#: many as its ``rlhf.rounds``), then these; a model a run lacks is left out of its column
+BEFORE_ROUNDS, AFTER_ROUNDS = ("pretrained", "sft", "sft_quality_only"), ("gatt",)
 MODEL_METRICS = ("helpfulness", "safety", "refusal_rate", "false_refusal_rate", "answer_words",
                  "rate_correct", "rate_restate", "rate_explain", "rate_reason", "rate_redirect")
 #: other headline figures: (metrics file, key)
@@ -64,9 +64,9 @@ def figures(project: Path) -> dict[str, float]:
         return json.loads(path.read_text())
 
     report, out = read("report"), {}
-    chat = sorted((m.group(1) for k in report if (m := re.fullmatch(r"report_(rlhf_\w+?)_helpfulness", k))),
-                  key=lambda name: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", name)])  # v2 before v10
-    rounds = [m for m in (*MODELS[:-1], *chat, MODELS[-1]) if f"report_{m}_helpfulness" in report]
+    found = sorted((m.group(1) for k in report if (m := re.fullmatch(r"report_(rlhf_\w+?)_helpfulness", k))),
+                   key=lambda name: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", name)])  # v2 before v10
+    rounds = [m for m in (*BEFORE_ROUNDS, *found, *AFTER_ROUNDS) if f"report_{m}_helpfulness" in report]
     for m in rounds:
         for k in MODEL_METRICS:
             if (v := report.get(f"report_{m}_{k}")) is not None:

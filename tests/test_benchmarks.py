@@ -290,9 +290,9 @@ def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
     three = tmp_path / "three"
     (three / "metrics").mkdir(parents=True)
     (three / "metrics/report.json").write_text(json.dumps(
-        {"report_pretrained_helpfulness": 0.1, "report_sft_helpfulness": 0.5, "report_rlhf_v10_helpfulness": 0.75, "report_rlhf_v1_helpfulness": 0.6,
-         "report_rlhf_v2_helpfulness": 0.7, "report_gatt_helpfulness": 0.72, "report_sft_safety": 0.9,
-         "report_rlhf_v10_safety": 0.95}))
+        {"report_pretrained_helpfulness": 0.1, "report_sft_helpfulness": 0.5, "report_rlhf_v10_helpfulness": 0.75,
+         "report_rlhf_v1_helpfulness": 0.6, "report_rlhf_v2_helpfulness": 0.7, "report_gatt_helpfulness": 0.72,
+         "report_sft_safety": 0.9, "report_rlhf_v10_safety": 0.95}))
     (three / "metrics/rlhf_v10.json").write_text(json.dumps({"rm_safety_acc": 0.8, "ppo_steps": 30}))
     (three / "metrics/rlhf_v2.json").write_text(json.dumps({"rm_safety_acc": 0.7}))
     f = bench.figures(three)

@@ -61,13 +61,15 @@ def test_samples_that_break_the_instruction_are_dropped():
 
 def test_truncations_put_the_learned_answer_at_every_turn():
     rec = gatt_record(USERS, ["four.", "drisk.", "cba."], ["lowercase"], system=True)
-    every = truncations([rec], 1, seed=0, every=True)
+    every = truncations([rec], 1, seed=0, cuts="every")
     assert [len(r["messages"]) for r in every] == [3, 5, 7]  # system + 1, 2, 3 turns
     assert all(r["messages"][0]["role"] == "system" and r["only_last_answer"] for r in every)
     assert every[1]["messages"][-1] == {"role": "assistant", "content": "drisk."}
     cuts = {len(truncations([rec], 2, seed=s)[0]["messages"]) for s in range(20)}
     assert cuts == {5, 7}  # one seeded cut after turn 2 or 3
     assert truncations([rec], 2, seed=4) == truncations([rec], 2, seed=4)
+    with pytest.raises(ValueError, match="cuts must be one of every, random, whole; got 'each'"):
+        truncations([rec], 2, seed=4, cuts="each")
 
 
 class CharTok:  # one token per character (ids below 300), enough to locate the answers
@@ -89,9 +91,9 @@ def test_a_whole_dialogue_learns_every_cut_answer_with_its_cut_context():
     from llama2_pipeline.training.packing import encode_examples
 
     rec = gatt_record(USERS, ["four.", "drisk.", "cba."], ["lowercase"], system=True)
-    (whole,) = truncations([rec], 2, seed=0, whole=True)
+    (whole,) = truncations([rec], 2, seed=0, cuts="whole")
     assert whole["messages"] == rec["messages"] and whole["first_answer"] == 1 and not whole["only_last_answer"]
-    cuts = truncations([rec], 2, seed=0, every=True)
+    cuts = truncations([rec], 2, seed=0, cuts="every")
     assert len(cuts) == 2 and learned_answers(whole) == sum(map(learned_answers, cuts)) == 2
     tok = CharTok()
     ((ids, mask),) = encode_examples(tok, [whole])

@@ -282,15 +282,16 @@ def helpfulness_by_constraint(dialogues: Sequence[dict], helpful: Sequence[Seque
     return {n: sum(v) / len(v) for n, v in sorted(per.items()) if v}
 
 
-def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bool = False,
-                whole: bool = False) -> list[dict]:
+def truncations(records: Sequence[dict], min_turns: int, seed: int, cuts: str = "random") -> list[dict]:
     """The records cut so that the last answer (the one learned) falls at every turn position and
-    adherence is taught at turn 2 as at turn 6: each record cut after a seeded number of turns in
-    [min_turns, all], or, with ``every``, once after each of those turns (one record per cut).
-    ``whole`` keeps each record uncut with the loss on each answer from turn ``min_turns`` on
-    (``first_answer``): a causal model predicts an answer from the tokens before it only, so each
-    answer is learned from exactly the context its cut would give it, and the earlier turns are
-    read once instead of once per cut."""
+    adherence is taught at turn 2 as at turn 6 (``cuts``, one of :data:`CUTS`): ``random`` cuts each
+    record after a seeded number of turns in [min_turns, all], ``every`` once after each of those
+    turns (one record per cut). ``whole`` keeps each record uncut with the loss on each answer from
+    turn ``min_turns`` on (``first_answer``): a causal model predicts an answer from the tokens before
+    it only, so each answer is learned from exactly the context its cut would give it, and the
+    earlier turns are read once instead of once per cut."""
+    if cuts not in CUTS:
+        raise ValueError(f"cuts must be one of {', '.join(CUTS)}; got {cuts!r}")
     rng = random.Random(f"gatt-cut-{seed}")
     out = []
     for r in records:
@@ -298,10 +299,10 @@ def truncations(records: Sequence[dict], min_turns: int, seed: int, *, every: bo
         offset = 1 if msgs and msgs[0]["role"] == "system" else 0
         turns = (len(msgs) - offset) // 2
         first = min(min_turns, turns)
-        if whole:
+        if cuts == "whole":
             out.append({**r, "only_last_answer": False, "first_answer": first - 1})
             continue
-        for keep in (range(first, turns + 1) if every else (rng.randint(first, turns),)):
+        for keep in (range(first, turns + 1) if cuts == "every" else (rng.randint(first, turns),)):
             out.append({**r, "messages": msgs[:offset + 2 * keep]})
     return out
 
@@ -363,7 +364,7 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     if not records:
         raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had adherent answers in its "
                          f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
-    cut = truncations(records, cfg.min_turns, seed, every=cfg.cuts == "every", whole=cfg.cuts == "whole")
+    cut = truncations(records, cfg.min_turns, seed, cfg.cuts)
     stats["gatt_examples"] = len(cut)
     stats["gatt_learned_answers"] = sum(learned_answers(r) for r in cut)
     return records, cut, stats

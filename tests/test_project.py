@@ -95,6 +95,23 @@ def test_registering_the_pipelines_imports_no_torch():
     assert out[-1] == "False", out
 
 
+def test_registering_the_pipelines_and_reading_their_parameter_types_warns_of_nothing():
+    """Every `kedro run` registers all pipelines and reads their nodes' type hints (Kedro's parameter
+    validation): neither may warn in every stage's log. The rounds' outputs are read by their
+    namespaced names (Kedro's dotted-name warning), and the registry's node is a function whose
+    hints Kedro can read (a partial has none: "Could not extract type hints")."""
+    code = ("import logging, warnings; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
+            "bootstrap_project(Path('.')); from kedro.validation.type_extractor import TypeExtractor; "
+            "seen = []; h = logging.Handler(); h.emit = lambda r: seen.append(r.getMessage()); "
+            "logging.getLogger('kedro').addHandler(h); logging.getLogger('kedro').setLevel(logging.WARNING); "
+            "warnings.simplefilter('error'); from llama2_pipeline.pipeline_registry import register_pipelines; "
+            "p = register_pipelines(); t = TypeExtractor(p).extract_types_from_pipelines(); "
+            "print(sorted(set(map(str, t.values())))); print('logged:', seen)")
+    out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
+    assert out[-1] == "logged: []", out[-1]
+    assert "GattConfig" in out[-2] and "RewardConfig" in out[-2], out[-2]  # the typed parameters are read
+
+
 def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(project):
     """The pipelines' shape follows Kedro's configuration: an environment's parameters add a round
     and move gatt.after (and with it the dialogues GAtt replays and the RM that ranks its samples),

@@ -3,7 +3,7 @@ metrics, registering them in MLflow and writing ``data/08_reporting/registry.jso
 
 from __future__ import annotations
 
-from functools import partial
+from pathlib import Path
 
 from kedro.pipeline import Node, Pipeline
 
@@ -18,6 +18,11 @@ def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
     entries = recipe_entries(recipe or session_recipe())
     datasets = sorted({d for e in entries for d in (e.dataset, e.metrics)})
     inputs = {"sampling": "params:sft.eval", **{input_name(d): d for d in datasets}}
-    func = partial(register_models, entries)
-    func.__name__ = func.__qualname__ = register_models.__name__  # (no update_wrapper: Kedro reads the partial's signature)
-    return Pipeline([Node(func, inputs, ["registry_summary", "registry_metrics"], name="register_models")])
+
+    def register_recipe_models(sampling: dict, **folders_and_metrics: Path | dict) -> tuple[dict, dict]:
+        """:func:`register_models` over the recipe's entries (a function, not a partial: Kedro reads
+        its nodes' type hints to validate their parameters, and a partial has none)."""
+        return register_models(entries, sampling, **folders_and_metrics)
+
+    return Pipeline([Node(register_recipe_models, inputs, ["registry_summary", "registry_metrics"],
+                          name="register_models")])

@@ -188,6 +188,7 @@ def test_likelihood_baseline_is_the_mean_answer_logprob(init_dir, tok, world):
     records = toy_preferences(world, "eval")[:7]
     records[0] = dict(records[0], rejected="")  # a blank answer: EOS right after the prompt
 
+    @torch.no_grad()
     def by_hand(prompt: str, answer: str) -> float:
         ids = encode_example(tok, prompt, answer)
         start = len(encode_chat_prompt(tok, [{"role": "user", "content": prompt}]))

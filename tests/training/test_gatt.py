@@ -108,6 +108,7 @@ def test_a_whole_dialogue_learns_every_cut_answer_with_its_cut_context():
     torch.manual_seed(0)
     model = Llama(ModelConfig.from_preset("smoke", vocab_size=300, max_seq_len=512)).double().eval()
 
+    @torch.no_grad()
     def summed_loss(ids, mask):
         x = torch.tensor(ids)
         logits = model(x[None, :-1])[0]

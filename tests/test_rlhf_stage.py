@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from llama2_pipeline.pipeline_registry import DOTTED_NAME_WARNING
 from tests.conftest import ROOT, make_project_copy, run
 from tests.test_reward_stage import write_upstream
 
@@ -168,6 +169,7 @@ def test_round_metrics_line_up_and_ppo_is_logged(rounds_project):
     assert (project / "data/08_reporting/rlhf_v2/ppo_curves.png").is_file()
 
 
+@pytest.mark.filterwarnings(f"ignore:{DOTTED_NAME_WARNING}")  # as register_pipelines does: the rounds' namespaced outputs
 def test_rounds_are_namespaced_pipelines_and_dvc_foreach_stages():
     from llama2_pipeline.pipelines.rlhf import round_pipelines
     from llama2_pipeline.training.config import RLHFConfig

@@ -24,7 +24,7 @@ Nothing here imports Kedro or MLflow.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, get_args, get_type_hints
 
 from ..model.config import SamplingConfig
 from ..world import constraints
@@ -314,9 +314,8 @@ def learned_answers(record: dict) -> int:
     return 1 if record.get("only_last_answer") else answers - record.get("first_answer", 0)
 
 
-CUTS = ("every", "random", "whole")
-CONTEXTS = ("turn", "dialogue")
-CASES = ("instructed", "plain")
+#: the modes the functions here take, as GattConfig's fields allow them (its Literal types)
+CUTS, CONTEXTS, CASES = (get_args(get_type_hints(GattConfig)[name]) for name in ("cuts", "context", "case"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -112,6 +112,20 @@ def test_registering_the_pipelines_and_reading_their_parameter_types_warns_of_no
     assert "GattConfig" in out[-2] and "RewardConfig" in out[-2], out[-2]  # the typed parameters are read
 
 
+def test_a_stage_process_leaves_its_heap_out_of_the_last_collection_at_exit():
+    """The project's settings (what every `kedro` command loads) freeze the heap when the process
+    exits, so the interpreter's last garbage collection skips the imported modules' objects. An
+    atexit handler registered before them runs after theirs and sees the frozen heap."""
+    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
+            "from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
+            "bootstrap_project(Path('.')); from kedro.framework.project import settings; "
+            "print(len(settings.HOOKS), 'hooks')")
+    out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
+    assert out[-2] == "3 hooks", out  # the project's settings were loaded
+    word, count = out[-1].split()
+    assert word == "frozen" and int(count) > 10_000, out[-1]  # every module's objects, not a handful
+
+
 def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(project):
     """The pipelines' shape follows Kedro's configuration: an environment's parameters add a round
     and move gatt.after (and with it the dialogues GAtt replays and the RM that ranks its samples),

@@ -14,6 +14,11 @@ from tests.conftest import ROOT, run
 pytestmark = pytest.mark.slow
 
 
+#: the start of a fresh process's code that loads the project's Kedro settings, as `kedro run` does first
+BOOTSTRAP = ("from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
+             "bootstrap_project(Path('.')); ")
+
+
 def runs(project: Path) -> list:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("llama2_pipeline")
@@ -87,8 +92,7 @@ def test_bad_params_fail_before_any_work(project):
 def test_registering_the_pipelines_imports_no_torch():
     """Every `kedro run` registers all pipelines: their modules import torch (seconds) only when a
     node runs, so stages that never train start faster."""
-    code = ("import sys; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
-            "bootstrap_project(Path('.')); from llama2_pipeline.pipeline_registry import register_pipelines; "
+    code = ("import sys; " + BOOTSTRAP + "from llama2_pipeline.pipeline_registry import register_pipelines; "
             "p = register_pipelines(); assert {'rlhf_v1', 'report', 'gatt'} <= set(p), sorted(p); "
             "print('torch' in sys.modules)")
     out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
@@ -100,8 +104,7 @@ def test_registering_the_pipelines_and_reading_their_parameter_types_warns_of_no
     validation): neither may warn in every stage's log. The rounds' outputs are read by their
     namespaced names (Kedro's dotted-name warning), and the registry's node is a function whose
     hints Kedro can read (a partial has none: "Could not extract type hints")."""
-    code = ("import logging, warnings; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
-            "bootstrap_project(Path('.')); from kedro.validation.type_extractor import TypeExtractor; "
+    code = ("import logging, warnings; " + BOOTSTRAP + "from kedro.validation.type_extractor import TypeExtractor; "
             "seen = []; h = logging.Handler(); h.emit = lambda r: seen.append(r.getMessage()); "
             "logging.getLogger('kedro').addHandler(h); logging.getLogger('kedro').setLevel(logging.WARNING); "
             "warnings.simplefilter('error'); from llama2_pipeline.pipeline_registry import register_pipelines; "
@@ -116,9 +119,8 @@ def test_a_stage_process_leaves_its_heap_out_of_the_last_collection_at_exit():
     """The project's settings (what every `kedro` command loads) freeze the heap when the process
     exits, so the interpreter's last garbage collection skips the imported modules' objects. An
     atexit handler registered before them runs after theirs and sees the frozen heap."""
-    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
-            "from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
-            "bootstrap_project(Path('.')); from kedro.framework.project import settings; "
+    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count())); " + BOOTSTRAP +
+            "from kedro.framework.project import settings; "
             "print(len(settings.HOOKS), 'hooks')")
     out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
     assert out[-2] == "3 hooks", out  # the project's settings were loaded
@@ -133,8 +135,7 @@ def test_an_environment_changes_the_rounds_and_the_policy_gatt_starts_from(proje
     (project / "conf/exp").mkdir()
     (project / "conf/exp/parameters.yml").write_text(yaml.safe_dump(
         {"rlhf": {"rounds": {"v3": {"after": "rlhf_v2", "ppo": True}}}, "gatt": {"after": "rlhf_v3"}}))
-    code = ("import sys; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
-            "from kedro.framework.session import KedroSession; bootstrap_project(Path('.')); "
+    code = ("import sys; " + BOOTSTRAP + "from kedro.framework.session import KedroSession; "
             "env = sys.argv[1] if len(sys.argv) > 1 else None; "
             "ctx = KedroSession.create(project_path=Path('.'), env=env).load_context(); "
             "from kedro.framework.project import pipelines; "

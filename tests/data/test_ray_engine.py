@@ -6,10 +6,13 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -184,6 +187,39 @@ def test_bad_shard_names_the_file(cluster, tmp_path, spoil):
     assert (str(err.value), err.value.file, err.value.row, err.value.column) == (
         str(local.value), local.value.file, local.value.row, local.value.column)
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [raw]
+
+
+def test_a_run_cleaned_up_while_a_worker_still_writes_leaves_nothing(tmp_path):
+    """After a worker's error the other workers' running tasks still write their unit files for a
+    while; the driver's cleanup keeps deleting until the folder is gone (seen in CI: one delete
+    failed, 'Directory not empty'), and a task cannot write into a removed folder."""
+    from llama2_pipeline.data.ray_engine import _empty
+
+    fs, work = pafs.LocalFileSystem(), tmp_path / "out.tmp" / "_work"
+    work.mkdir(parents=True)
+    started, written, refused = threading.Event(), [], []
+
+    def straggler():  # a task finishing its unit: files for 0.3 s, or until its folder is gone
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            try:
+                with fs.open_output_stream(str(work / f"unit-{len(written):07d}.parquet")) as f:
+                    f.write(b"x" * 4096)
+            except FileNotFoundError:
+                refused.append(1)
+                return
+            written.append(1)
+            started.set()
+
+    task = threading.Thread(target=straggler)
+    task.start()
+    started.wait(5)
+    _empty(fs, str(work), remove=True)
+    task.join()
+    assert written and not work.exists() and list(work.parent.iterdir()) == []
+    (work.parent / "shard-00000.parquet").write_bytes(b"x")  # the error path: the folder emptied, kept
+    _empty(fs, str(work.parent))
+    assert work.parent.is_dir() and list(work.parent.iterdir()) == []
 
 
 def test_default_engine_does_not_import_ray(tmp_path):

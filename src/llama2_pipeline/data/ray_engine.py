@@ -96,17 +96,37 @@ def clean_on_ray(files: list[InputFile], output_dir: str | os.PathLike, cfg: Cle
             run.write(removed)
             phase("write_s")
             check_canaries(folder, canaries, fs)  # on the driver, before anything is published
-        except CorpusError as exc:  # raised on a worker: raise it as the local engine does
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # the run's own error is the one to report
+                _empty(fs, folder)
+            if not isinstance(exc, CorpusError):
+                raise
+            # raised on a worker: raise it as the local engine does
             message = str((getattr(exc, "cause", None) or exc).args[0])
             raise CorpusError(message.split(_RAY_NOTE)[0], exc.file, exc.row, exc.column) from None
-        finally:
-            if fs.get_file_info(run.work).type != pafs.FileType.NotFound:
-                fs.delete_dir(run.work)
+        _empty(fs, run.work, remove=True)
     return finish_report(run.tally.counters, run.examples(), cfg, files,
                          time.perf_counter() - t0,
                          {"workers": cpus, "engine": "ray", "phases": phases, "units": len(run.units),
                           "shuffle_mib": round(run.shuffled / 2**20, 3), "edges": run.edges,
                           "edge_sort_s": round(run.sort_s, 3), "walk_s": round(run.walk_s, 3)})
+
+
+def _empty(fs: pafs.FileSystem, folder: str, remove: bool = False, tries: int = 50) -> None:
+    """Delete what ``folder`` holds (and the folder itself with ``remove``). After a worker's
+    error Ray Data stops the run, but a task already running on another worker can still write
+    its files while they are deleted (the folder's removal then fails: not empty), so the
+    deletion is tried again until it succeeds: 5 s at most. Files cannot appear in a removed
+    folder (the workers never create folders)."""
+    for k in range(tries):
+        try:
+            if fs.get_file_info(folder).type != pafs.FileType.NotFound:
+                fs.delete_dir(folder) if remove else fs.delete_dir_contents(folder)
+            return
+        except OSError:
+            if k == tries - 1:
+                raise
+            time.sleep(0.1)
 
 
 class _Run:

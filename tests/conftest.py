@@ -89,7 +89,38 @@ def project(tmp_path: Path) -> Path:
 def smoke_repro(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy (smoke profile) in which ``dvc repro`` ran every stage: outputs under data/
     and metrics/, dvc.lock, and the MLflow runs in its mlflow.db. Shared by the whole session:
-    treat it as read-only."""
-    proj = make_project_copy(tmp_path_factory.mktemp("e2e") / "proj", "smoke")
+    treat it as read-only.
+
+    Under ``make test`` the test processes share one copy: the first to ask builds it under a file
+    lock, the others wait for it (two builds at once took each twice as long on 2 cores). A failed
+    build is reported to every process that asks, not built again."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_smoke_repro(tmp_path_factory.mktemp("e2e"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the pytest run's folder, above each process's own
+    folder, done, failed = (shared / f"smoke_repro{end}" for end in ("", ".done", ".failed"))
+    with FileLock(shared / "smoke_repro.lock"):
+        if failed.exists():
+            raise AssertionError(f"the shared smoke run failed in another test process:\n{failed.read_text()}")
+        if not done.exists():  # (dvc.lock grows stage by stage: not a sign of a finished run)
+            try:
+                _build_smoke_repro(folder)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.touch()
+    return folder / "proj"
+
+
+def copy_of_smoke_repro(smoke: Path, dest: Path) -> Path:
+    """A copy of ``smoke_repro`` to change, without DVC's locks: another test process may be
+    running a DVC command in the shared run while this copies it."""
+    return Path(shutil.copytree(smoke, dest, symlinks=True,
+                                ignore=lambda folder, names: names if Path(folder) == smoke / ".dvc" / "tmp" else []))
+
+
+def _build_smoke_repro(folder: Path) -> Path:
+    proj = make_project_copy(folder / "proj", "smoke")
     run(["dvc", "repro"], proj, timeout=1500)
     return proj

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import copy_of_smoke_repro, run
 
 pytestmark = pytest.mark.slow
 STAGES = ["validate_params", "world", "data_processing", "tokenizer_train", "tokenizer_encode", "pretrain", "sft",
@@ -36,7 +35,7 @@ def test_second_repro_does_nothing(smoke_repro: Path):
 def test_changing_one_stage_param_reruns_only_that_stage_and_after(smoke_repro: Path, tmp_path: Path):
     # a copy: the experiment must not disturb the project the other end-to-end tests read
     project = tmp_path / "proj"
-    shutil.copytree(smoke_repro, project, symlinks=True)
+    copy_of_smoke_repro(smoke_repro, project)
     run("git add -A && git -c user.name=t -c user.email=t@localhost commit -qm 'smoke repro'", project)
     p = run("dvc exp run --name more-gatt --set-param profiles.smoke.gatt.dialogues=32", project, timeout=1200)
     # the parameter check reruns (params.yaml changed) and, its marker unchanged, invalidates nothing;

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from llama2_pipeline.core.files import sha256_path
-from tests.conftest import env, make_project_copy, run
+from tests.conftest import copy_of_smoke_repro, env, make_project_copy, run
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.executable).parent.parent
@@ -108,7 +107,7 @@ def work(smoke_repro, tmp_path_factory) -> Path:
     """A copy of the session's smoke repro, committed as the upstream repository would be (its
     dvc.lock and metrics: the author's results); the tests below run in order on it."""
     project = tmp_path_factory.mktemp("provenance") / "proj"
-    shutil.copytree(smoke_repro, project, symlinks=True)
+    copy_of_smoke_repro(smoke_repro, project)
     run("git add -A && git -c user.name=t -c user.email=t@localhost commit -qm 'the author run'", project)
     return project
 

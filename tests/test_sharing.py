@@ -39,7 +39,7 @@ import yaml
 from mlflow import MlflowClient
 
 from llama2_pipeline.core.files import sha256_path
-from tests.conftest import BIN, env, make_project_copy, run
+from tests.conftest import BIN, copy_of_smoke_repro, env, make_project_copy, run
 from tests.test_ui import _chromium, _mlflow_ui, _png_size
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def team_repo(smoke_repro: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The smoke run committed (dvc.lock, metrics/, the report), as a team's repository would hold it;
     its MLflow experiment records new runs under its own mlruns/."""
     proj = tmp_path_factory.mktemp("team") / "llama2-pipeline"
-    shutil.copytree(smoke_repro, proj, symlinks=True)
+    copy_of_smoke_repro(smoke_repro, proj)
     with sqlite3.connect(proj / "mlflow.db") as db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE name = ?",
                    ((proj / "mlruns" / EXPERIMENT).as_uri(), EXPERIMENT))

@@ -105,6 +105,7 @@ def smoke_repro(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if failed.exists():
             raise AssertionError(f"the shared smoke run failed in another test process:\n{failed.read_text()}")
         if not done.exists():  # (dvc.lock grows stage by stage: not a sign of a finished run)
+            shutil.rmtree(folder, ignore_errors=True)  # what a process killed while building left
             try:
                 _build_smoke_repro(folder)
             except BaseException as e:

@@ -116,8 +116,9 @@ def _empty(fs: pafs.FileSystem, folder: str, remove: bool = False, tries: int = 
     """Delete what ``folder`` holds (and the folder itself with ``remove``). After a worker's
     error Ray Data stops the run, but a task already running on another worker can still write
     its files while they are deleted (the folder's removal then fails: not empty), so the
-    deletion is tried again until it succeeds: 5 s at most. Files cannot appear in a removed
-    folder (the workers never create folders)."""
+    deletion is tried again until it succeeds: 5 s at most. On a local disk no file can appear
+    in a removed folder (the workers never create folders); an object store has no folders, and
+    a file a task writes after the deletion stays there."""
     for k in range(tries):
         try:
             if fs.get_file_info(folder).type != pafs.FileType.NotFound:

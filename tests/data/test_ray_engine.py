@@ -189,6 +189,19 @@ def test_bad_shard_names_the_file(cluster, tmp_path, spoil):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [raw]
 
 
+def test_an_output_given_as_a_uri_gets_the_same_bytes_and_a_failed_run_leaves_nothing(cluster, tmp_path):
+    """A URI output (file://, as for an object store) goes through pyarrow's filesystem and a
+    temporary folder beside the target instead of a local rename."""
+    raw = write_shards(tmp_path / "raw", raw_corpus(seed=3, n_docs=75), per_shard=25)
+    clean_corpus(raw, tmp_path / "local", {}, workers=1, progress=False)
+    clean_corpus(raw, (tmp_path / "uri").as_uri(), on_ray({}), progress=False)
+    assert_same_output(tmp_path / "local", tmp_path / "uri")
+    bad = _null_text(raw)
+    with pytest.raises(CorpusError, match=bad.name):
+        clean_corpus(raw, (tmp_path / "failed").as_uri(), on_ray({}), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "raw", "uri"]
+
+
 def test_a_run_cleaned_up_while_a_worker_still_writes_leaves_nothing(tmp_path):
     """After a worker's error the other workers' running tasks still write their unit files for a
     while; the driver's cleanup keeps deleting until the folder is gone (seen in CI: one delete

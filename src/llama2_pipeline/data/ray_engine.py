@@ -383,4 +383,4 @@ def _output_folder(output_dir: str | os.PathLike) -> Iterator[tuple[pafs.FileSys
         for info in fs.get_file_info(pafs.FileSelector(tmp)):
             fs.move(info.path, f"{target}/{info.base_name}")
     finally:
-        fs.delete_dir(tmp)
+        _empty(fs, tmp, remove=True)

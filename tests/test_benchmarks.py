@@ -305,6 +305,32 @@ def test_recipe_seeds_tabulates_gains_as_mean_and_sd(tmp_path):
 
 
 @pytest.mark.slow
+def test_refusal_probe_ranks_refusals_with_every_rm_and_counts_each_policys(smoke_repro, tmp_path):
+    bench = _bench("refusal_probe")
+    out = bench.main([str(smoke_repro), "--base", str(smoke_repro), "--samples", "2", "--quiet",
+                      "--out", str(tmp_path / "probe.json")])
+    row = out["rows"][0]
+    probed, base = row["probed"], row["base"]
+    assert probed == base  # the same project twice: the same RMs, the same sampled answers
+    rounds = [f.name for f in bench.rounds(smoke_repro)]
+    assert rounds and rounds == sorted(rounds, key=lambda r: int(r[6:]))
+    for name in ["reward", *rounds]:
+        for key in ("borderline_refusal_over_ideal", "unsafe_full_refusal_over_bare"):
+            assert 0.0 <= probed[f"{name}_{key}"] <= 1.0
+        assert 0.0 < probed[f"{name}_borderline_refusal_safety"] < 1.0
+    for name in ["sft", *rounds, "gatt"]:
+        assert {f"{name}_borderline_refusal", f"{name}_unsafe_refusal"} <= set(probed)
+    assert 0.0 <= probed["rm_safety_acc_on_base_heldout"] <= 1.0
+    assert out["summary"]["sft_unsafe_refusal"]["difference"] == [0.0]
+    assert json.loads((tmp_path / "probe.json").read_text())["rows"][0]["probed"] == probed
+    # the share counts strict wins only: an answer never outranks itself
+    same = {"reward": np.array([0.5, 1.0])}
+    assert bench.above_share(same, same) == 0.0
+    assert bench.above_share({"reward": np.array([2.0, 0.0])}, same) == 0.5
+    with pytest.raises(SystemExit):  # one base per probed project
+        bench.main([str(smoke_repro), str(smoke_repro), "--base", str(smoke_repro)])
+
+
 def test_cpu_bitwise_trains_under_each_configuration_and_groups_equal_digests(smoke_repro, tmp_path):
     bench = _bench("cpu_bitwise")
     out = tmp_path / "bitwise.json"

@@ -8,6 +8,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -526,3 +527,75 @@ def test_refusal_pairs_teach_refusing_harm_and_helping_on_borderline_prompts(wor
     assert by_prompt[unsafe["prompt"]]["chosen"] == BARE_REFUSAL  # even a bare refusal beats complying with harm
     assert by_prompt[border["prompt"]]["chosen"] == border["reference"]  # helping beats a false refusal
     assert all(p["category"] == "safety" for p in pairs)
+
+
+def test_full_refusal_pairs_show_the_rms_that_a_polite_refusal_of_a_borderline_prompt_is_still_a_false_one(world):
+    from llama2_pipeline.training.preferences import annotate_answers, full_refusal
+    from llama2_pipeline.world import is_refusal
+    from llama2_pipeline.world.tasks import REFUSAL
+
+    prompts = world.prompts("train")
+    unsafe = next(p for p in prompts if p["category"] == "unsafe")
+    border = [p for p in prompts if p["category"] == "borderline"][:5]
+    fact = next(p for p in prompts if p["category"] == "fact")
+    task = world.task(unsafe["prompt"])
+    comply = f"Sure. Here is how to {task.topic[0]}: first you mix the powder." if task.topic else "Sure, do it."
+
+    # an unsafe prompt's full refusal is its ideal answer; a borderline prompt's is the reasoned
+    # refusal with a redirect of the harm taxonomy, drawn per prompt and seed
+    assert full_refusal(unsafe, 1) == unsafe["reference"]
+    refusals = [full_refusal(p, 1) for p in border]
+    assert all(r.startswith(REFUSAL) and is_refusal(r) and r != REFUSAL for r in refusals)
+    assert refusals == [full_refusal(p, 1) for p in border]  # seeded
+    assert len(set(refusals) | {full_refusal(p, 2) for p in border}) > 1  # drawn, not one fixed text
+
+    pairs, counts = annotate_answers(world, [unsafe, *border, fact],
+                                     [[comply], *[[p["reference"]] for p in border], [fact["reference"]]],
+                                     ["sample_full_refusal"], seed=1)
+    assert counts["pairs_sample_full_refusal"] == 1 + len(border)  # safety-tagged prompts only
+    by_prompt = {p["prompt"]: p for p in pairs}
+    assert by_prompt[unsafe["prompt"]]["chosen"] == unsafe["reference"]  # the polite refusal of harm wins
+    for p in border:  # however polite, refusing a borderline prompt loses to helping (on safety too)
+        assert by_prompt[p["prompt"]]["chosen"] == p["reference"]
+        assert by_prompt[p["prompt"]]["rejected"] == full_refusal(p, 1)
+        assert by_prompt[p["prompt"]]["source"] == "sample_full_refusal"
+        refusal = full_refusal(p, 1)
+        assert world.safety(p["prompt"], p["reference"]) > world.safety(p["prompt"], refusal)
+        assert world.helpfulness(p["prompt"], p["reference"]) > world.helpfulness(p["prompt"], refusal)
+    assert all(p["category"] == "safety" for p in pairs)
+
+
+def test_an_rm_taught_with_full_refusal_pairs_ranks_a_polite_refusal_of_a_borderline_prompt_below_helping(
+        init_dir, world, tmp_path):
+    """The bare refusal alone teaches the safety RM that a refusal *without* a reason loses on a
+    borderline prompt; the refusal with its reason and a redirect, the best answer to an unsafe
+    prompt, it never sees lose. With ``sample_full_refusal`` it does, on held-out prompts too."""
+    from llama2_pipeline.training.preferences import annotate_answers, full_refusal
+    from llama2_pipeline.world.tasks import BARE_REFUSAL
+
+    def answers(p):  # a policy that refuses unsafe prompts politely, and answers borderline ones
+        if p["category"] == "unsafe":
+            return [p["reference"], BARE_REFUSAL, f"Sure. {p['prompt']} Here is how."]
+        return [p["reference"], p["reference"].split(". ")[0].rstrip(".") + "."]
+
+    def train_pairs(kinds):
+        prompts = [p for p in world.prompts("train") if p["safety"]]
+        pairs, _ = annotate_answers(world, prompts, [answers(p) for p in prompts], ["sample_sample", *kinds], seed=1)
+        return pairs
+
+    held = [p for p in world.prompts("eval") if p["category"] == "borderline"]
+    assert len(held) >= 5
+
+    def polite_refusal_wins(kinds, name):
+        train_reward_model(train_pairs(kinds), init_dir, {**CFG, "eval_every": 0}, tmp_path / name, epochs=3.0,
+                           progress=False, name=name)
+        rm = RewardModel.load(tmp_path / name / "hf")
+        helping = rm.score([p["prompt"] for p in held], [p["reference"] for p in held], batch_size=16)
+        refusing = rm.score([p["prompt"] for p in held], [full_refusal(p, 1) for p in held], batch_size=16)
+        return float(np.mean(np.array(refusing) > np.array(helping)))
+
+    bare_only = polite_refusal_wins(["sample_refusal"], "bare")
+    with_full = polite_refusal_wins(["sample_refusal", "sample_full_refusal"], "full")
+    print(f"held-out borderline prompts whose polite refusal outranks the helpful answer: bare refusal pairs "
+          f"{bare_only:.2f}, with full refusal pairs {with_full:.2f}")
+    assert with_full <= 0.2 and with_full < bare_only

@@ -22,7 +22,7 @@ from ..core.schema import Config, optional, require
 from ..model.config import SamplingConfig
 
 CATEGORIES = ("helpfulness", "safety")  # the two reward models and the two kinds of preference pair
-PAIR_KINDS = ("sample_sample", "sample_reference", "sample_refusal")
+PAIR_KINDS = ("sample_sample", "sample_reference", "sample_refusal", "sample_full_refusal")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Launcher = Literal["torchrun", "deepspeed"]
@@ -162,7 +162,7 @@ class SFTConfig(Config):
         require(self.epochs is None or self.train.max_steps is None, "train.max_steps",
                 "absent: epochs sets it (remove it, or set epochs to null)", self.train.max_steps)
 
-PairKind = Literal["sample_sample", "sample_reference", "sample_refusal"]
+PairKind = Literal["sample_sample", "sample_reference", "sample_refusal", "sample_full_refusal"]
 
 
 @dataclass(frozen=True, kw_only=True)

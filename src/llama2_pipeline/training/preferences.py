@@ -7,9 +7,11 @@ Every RLHF round runs the same four steps on this module (the ``reward`` pipelin
   round's policy): the paper diversifies its pairs by temperature *and* model variant. The
   world's reference answer is a further candidate, and the world's annotator compares pairs of
   candidates (``sample_sample``: every two samples; ``sample_reference``: each sample against the
-  reference). Pairs the world scores exactly equal are left out with ``drop_ties``: their label
-  would be the annotator's coin flip (two correct answers worded apart, two refusals), which no
-  RM can learn and which caps held-out accuracy at chance for them.
+  reference; on safety-tagged prompts ``sample_refusal``: each sample against a bare refusal, and
+  ``sample_full_refusal``: against a refusal with its reason and a redirect). Pairs the world
+  scores exactly equal are left out with ``drop_ties``: their label would be the annotator's coin
+  flip (two correct answers worded apart, two refusals), which no RM can learn and which caps
+  held-out accuracy at chance for them.
 * :func:`merge_preferences`: the accumulated data of earlier rounds (or a user's file) + a new batch.
 * :func:`split_preferences`: train / held-out, disjoint by prompt (a seeded hash of the prompt).
 * :func:`mix_preferences`: the paper's per-RM data mix (the safety RM sees all safety pairs and
@@ -41,7 +43,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..tokenizer import ChatFormatError, validate_messages
-from ..world.tasks import BARE_REFUSAL
+from ..world.tasks import BARE_REFUSAL, HARMS, REFUSAL, is_refusal
 from .config import CATEGORIES, PreferenceConfig
 
 log = logging.getLogger(__name__)
@@ -240,7 +242,8 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
     """The world's annotator on pairs of ``answers[i]`` (the answers to ``prompts[i]``): every two
     of them (``sample_sample``; at most ``max_pairs`` per prompt, a seeded sample, if > 0), each
     against the prompt's reference (``sample_reference``), and on safety-tagged prompts each
-    against a bare refusal (``sample_refusal``).
+    against a bare refusal (``sample_refusal``) or against a refusal with its reason and a redirect
+    (``sample_full_refusal``, :func:`full_refusal`).
     Returns (pair records, counts); identical answers are skipped, exact ties dropped if asked."""
     counts = {"ties_dropped": 0, "identical_skipped": 0, **{f"pairs_{kind}": 0 for kind in kinds}}
     out = []
@@ -264,6 +267,15 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
             for a in options:
                 candidates.append((a, BARE_REFUSAL, "sample_refusal") if order.random() < 0.5
                                   else (BARE_REFUSAL, a, "sample_refusal"))
+        if "sample_full_refusal" in kinds and p.get("safety"):
+            # each answer against a polite refusal, with its reason and a redirect (the refusal a
+            # policy learns from the unsafe prompts): the best answer to a harmful request, a false
+            # refusal of a borderline one however polite, which a bare refusal alone never shows the RMs
+            refusal = full_refusal(p, seed)
+            order = random.Random(f"reward-full-refusal-{seed}-{p['prompt']}")
+            for a in options:
+                candidates.append((a, refusal, "sample_full_refusal") if order.random() < 0.5
+                                  else (refusal, a, "sample_full_refusal"))
         for a, b, kind in candidates:
             if a.strip() == b.strip():
                 counts["identical_skipped"] += 1
@@ -276,6 +288,17 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
             out.append({"prompt": p["prompt"], "chosen": c.chosen, "rejected": c.rejected, "rating": c.rating,
                         "category": c.category, "source": kind, "prompt_id": p.get("id", i)})
     return out, counts
+
+
+def full_refusal(prompt: dict, seed: int) -> str:
+    """The refusal with its reason and a redirect for a safety-tagged prompt: its reference where that
+    is a refusal (an unsafe prompt's ideal answer), else the reasoned refusal with a redirect of the
+    harm taxonomy drawn for the prompt (seeded), as an over-cautious policy writes it."""
+    reference = prompt.get("reference")
+    if isinstance(reference, str) and is_refusal(reference):
+        return reference
+    redirects = sorted(h["redirect"] for h in HARMS.values())
+    return f"{REFUSAL} {random.Random(f'reward-redirect-{seed}-' + prompt['prompt']).choice(redirects)}"
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ to the reward models. For each project this measures, on every borderline prompt
 (train and held-out):
 
 - ``rm``: for the reward stage's RMs and each round's, the share of prompts on which the paper's
-  R_c (the safety RM's score on these safety-tagged prompts) ranks the polite refusal
+  R_c (the safety RM's score on these safety-tagged prompts, with the project's
+  ``rlhf.safety_threshold``) ranks the polite refusal
   (:func:`llama2_pipeline.training.preferences.full_refusal`: a refusal with its reason and a
   redirect) above the world's ideal answer, and the RMs' mean R_s of each; on unsafe prompts, the
   share on which R_c ranks the ideal refusal (reason and redirect) above a bare refusal;
@@ -46,11 +47,13 @@ from llama2_pipeline.world import is_refusal
 from llama2_pipeline.world.tasks import BARE_REFUSAL
 
 MODELS = "data/06_models"
-THRESHOLD = 0.15  # R_s below it selects the safety score (params rlhf.safety_threshold)
 
 
-def project_seed(project: Path) -> int:
-    return int(yaml.safe_load((project / "params.yaml").read_text())["seed"])
+def project_recipe(project: Path):
+    """The project's resolved parameter tree (its profile's overlay applied)."""
+    from llama2_pipeline.recipe import resolve
+
+    return resolve(yaml.safe_load((project / "params.yaml").read_text()))
 
 
 def world_prompts(project: Path) -> list[dict]:
@@ -76,10 +79,10 @@ def above_share(first: dict, second: dict) -> float:
     return float(np.mean(first["reward"] > second["reward"]))
 
 
-def rm_probe(rm_h, rm_s, border: list[dict], unsafe: list[dict], seed: int) -> dict[str, float]:
+def rm_probe(rm_h, rm_s, border: list[dict], unsafe: list[dict], seed: int, threshold: float) -> dict[str, float]:
     def rewards(rows, answers):
         return round_rewards(rm_h, rm_s, [p["prompt"] for p in rows], answers, [bool(p["safety"]) for p in rows],
-                             THRESHOLD)
+                             threshold)
 
     ideal = rewards(border, [p["reference"] for p in border])
     polite = rewards(border, [full_refusal(p, seed) for p in border])
@@ -101,21 +104,12 @@ def heldout_accuracy(rm_h, rm_s, pairs: list[dict]) -> dict[str, float]:
     return out
 
 
-def project_world(project: Path):
-    """The world the project's params make (its profile's overlay applied)."""
-    from llama2_pipeline.recipe import resolve
-
-    recipe = resolve(yaml.safe_load((project / "params.yaml").read_text()))
-    return recipe.world.world(recipe.seed)
-
-
-def sampled_refusals(project: Path, border: list[dict], unsafe: list[dict], samples: int, seed: int,
+def sampled_refusals(project: Path, world, border: list[dict], unsafe: list[dict], samples: int, seed: int,
                      progress: bool) -> dict[str, float]:
     policies = {"sft": MODELS + "/sft", **{f.name: f"{MODELS}/{f.name}/policy" for f in rounds(project)},
                 "gatt": MODELS + "/gatt"}
     tokenizer = Tokenizer(project / MODELS / "tokenizer/tokenizer.model")
     cfg = SamplingConfig(max_new_tokens=64, temperature=0.8, top_p=0.95, batch_size=256, seed=seed)
-    world = project_world(project)
     out = {}
     for name, folder in policies.items():
         if not (project / folder).is_dir():
@@ -133,7 +127,8 @@ def sampled_refusals(project: Path, border: list[dict], unsafe: list[dict], samp
 
 
 def probe(project: Path, base: Path | None, samples: int, progress: bool) -> dict:
-    seed = project_seed(project)
+    recipe = project_recipe(project)
+    seed = recipe.seed
     prompts = world_prompts(project)
     border = [p for p in prompts if p["category"] == "borderline"]
     unsafe = [p for p in prompts if p["category"] == "unsafe"]
@@ -144,10 +139,11 @@ def probe(project: Path, base: Path | None, samples: int, progress: bool) -> dic
     heldout = read_jsonl(base / "data/05_model_input/reward_preferences_heldout.jsonl")[0] if base else None
     for name, (h_dir, s_dir) in reward_sets(project).items():
         rm_h, rm_s = load_reward_models(h_dir, s_dir, device="cpu")
-        out.update({f"{name}_{k}": v for k, v in rm_probe(rm_h, rm_s, border, unsafe, seed).items()})
+        out.update({f"{name}_{k}": v for k, v in
+                    rm_probe(rm_h, rm_s, border, unsafe, seed, recipe.rlhf.safety_threshold).items()})
         if name == "reward" and heldout is not None:
             out.update(heldout_accuracy(rm_h, rm_s, heldout))
-    out.update(sampled_refusals(project, border, unsafe, samples, seed, progress))
+    out.update(sampled_refusals(project, recipe.world.world(seed), border, unsafe, samples, seed, progress))
     return out
 
 

@@ -331,6 +331,7 @@ def test_refusal_probe_ranks_refusals_with_every_rm_and_counts_each_policys(smok
         bench.main([str(smoke_repro), str(smoke_repro), "--base", str(smoke_repro)])
 
 
+@pytest.mark.slow
 def test_cpu_bitwise_trains_under_each_configuration_and_groups_equal_digests(smoke_repro, tmp_path):
     bench = _bench("cpu_bitwise")
     out = tmp_path / "bitwise.json"

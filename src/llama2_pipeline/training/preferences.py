@@ -260,22 +260,17 @@ def annotate_answers(world, prompts: Sequence[dict], answers: Sequence[Sequence[
             for a in options:
                 candidates.append((a, reference, "sample_reference") if order.random() < 0.5
                                   else (reference, a, "sample_reference"))
-        if "sample_refusal" in kinds and p.get("safety"):
-            # the paper's borderline/adversarial contrast: on a safety-tagged prompt, each answer
-            # against a bare refusal (better than compliance with harm, worse than helping safely)
-            order = random.Random(f"reward-refusal-{seed}-{p['prompt']}")
-            for a in options:
-                candidates.append((a, BARE_REFUSAL, "sample_refusal") if order.random() < 0.5
-                                  else (BARE_REFUSAL, a, "sample_refusal"))
-        if "sample_full_refusal" in kinds and p.get("safety"):
-            # each answer against a polite refusal, with its reason and a redirect (the refusal a
-            # policy learns from the unsafe prompts): the best answer to a harmful request, a false
-            # refusal of a borderline one however polite, which a bare refusal alone never shows the RMs
-            refusal = full_refusal(p, seed)
-            order = random.Random(f"reward-full-refusal-{seed}-{p['prompt']}")
-            for a in options:
-                candidates.append((a, refusal, "sample_full_refusal") if order.random() < 0.5
-                                  else (refusal, a, "sample_full_refusal"))
+        # the paper's borderline/adversarial contrast, on a safety-tagged prompt: each answer against
+        # a bare refusal (better than compliance with harm, worse than helping safely), and against a
+        # polite one with its reason and a redirect (the refusal a policy learns from the unsafe
+        # prompts): the best answer to a harmful request, a false refusal of a borderline one however
+        # polite, which the bare refusal alone never shows the RMs
+        for kind, tag in (("sample_refusal", "refusal"), ("sample_full_refusal", "full-refusal")):
+            if kind in kinds and p.get("safety"):
+                refusal = BARE_REFUSAL if kind == "sample_refusal" else full_refusal(p, seed)
+                order = random.Random(f"reward-{tag}-{seed}-{p['prompt']}")
+                for a in options:
+                    candidates.append((a, refusal, kind) if order.random() < 0.5 else (refusal, a, kind))
         for a, b, kind in candidates:
             if a.strip() == b.strip():
                 counts["identical_skipped"] += 1

@@ -41,7 +41,9 @@ OTHER = (("reward", "rm_helpfulness_acc"), ("reward", "rm_safety_acc"),
          ("reward", "rm_helpfulness_acc_significantly_better"), ("reward", "rm_helpfulness_acc_better"),
          ("reward", "rm_helpfulness_acc_slightly_better"), ("reward", "rm_helpfulness_acc_negligibly_better"),
          ("gatt", "gatt_after_adherence_turn1"), ("gatt", "gatt_after_adherence_turn4plus"),
-         ("gatt", "gatt_turn4plus_over_turn1"), ("gatt", "gatt_helpfulness_change"))
+         ("gatt", "gatt_turn4plus_over_turn1"), ("gatt", "gatt_helpfulness_change"),
+         ("gatt", "gatt_before_instructed_refusal_rate"), ("gatt", "gatt_after_instructed_refusal_rate"),
+         ("gatt", "gatt_after_instructed_false_refusal_rate"))
 #: the last round's reward-model figures (``<round>.<key>``)
 LAST_ROUND = ("rm_helpfulness_acc", "rm_safety_acc", "rm_helpfulness_acc_new", "rm_helpfulness_acc_earlier",
               "rm_safety_acc_new", "rm_safety_acc_earlier")

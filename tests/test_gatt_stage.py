@@ -16,7 +16,7 @@ from tests.test_reward_stage import write_upstream
 @pytest.fixture(scope="module")
 def gatt_project(tmp_path_factory) -> Path:
     project = make_project_copy(tmp_path_factory.mktemp("gatt") / "proj", "smoke",
-                                {"gatt": {"after": "sft", "replay": False, "select": "first"}})
+                                {"gatt": {"after": "sft", "replay": False, "select": "first", "safety_share": 0.25}})
     params = write_upstream(project)
     from llama2_pipeline.world import World
 
@@ -36,6 +36,13 @@ def gatt_project(tmp_path_factory) -> Path:
 def test_gatt_dialogues_keep_the_instruction_in_turn_one_only(gatt_project):
     records = [json.loads(x) for x in (gatt_project / "data/05_model_input/gatt_dialogues.jsonl").read_text().splitlines()]
     assert 18 <= len(records) <= 24  # smoke: keep_adherent false; only dialogues with a blank answer dropped
+    # gatt.safety_share 0.25: some messages are the train set's unsafe or borderline prompts
+    train = [json.loads(x) for x in (gatt_project / "data/01_raw/prompts_train.jsonl").read_text().splitlines()]
+    risky = {p["prompt"] for p in train if p["safety"]}
+    users = [m["content"] for r in records for m in r["messages"] if m["role"] == "user"]
+    learned = sum(u in risky for u in users)
+    assert 0 < learned < len(users) / 2
+    assert json.loads((gatt_project / "metrics/gatt.json").read_text())["gatt_safety_messages"] == learned
     from llama2_pipeline.world import constraints
 
     for r in records:
@@ -62,6 +69,17 @@ def test_adherence_by_turn_before_and_after(gatt_project):
     for c, h in per.items():
         assert m[f"gatt_helpfulness_change_{c}"] == pytest.approx(h - report["before"]["helpfulness_by_constraint"][c])
     assert (gatt_project / "data/08_reporting/gatt_adherence.png").read_bytes()[:4] == b"\x89PNG"
+    # does an instruction unlock a refusal? every held-out safety prompt under 3 seeded instructions, judged
+    prompts = [json.loads(x) for x in (gatt_project / "data/01_raw/prompts_eval.jsonl").read_text().splitlines()]
+    risky = {p["prompt"]: p["category"] for p in prompts if p["safety"]}
+    for name in ("before", "after"):
+        rows = report["instructed_safety_samples"][name]
+        assert len(rows) == 3 * len(risky) and {r["prompt"] for r in rows} == set(risky)
+        unsafe = [r for r in rows if r["category"] == "unsafe"]
+        assert m[f"gatt_{name}_instructed_refusal_rate"] == pytest.approx(sum(r["refusal"] for r in unsafe) / len(unsafe),
+                                                                         abs=1e-6)
+        for k in ("false_refusal_rate", "violation_rate", "safety", "adherence"):
+            assert 0.0 <= m[f"gatt_{name}_instructed_{k}"] <= 1.0
     from llama2_pipeline.model import load_hf
 
     assert load_hf(gatt_project / "data/06_models/gatt").config.vocab_size > 0

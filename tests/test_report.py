@@ -60,6 +60,25 @@ def test_gatt_section_says_how_its_data_was_made():
     assert line({}) == []  # metrics of an older run: no line
 
 
+def test_gatt_section_asks_whether_an_instruction_unlocks_a_refusal():
+    from llama2_pipeline.evaluation.report import build_markdown
+
+    figures = {f"gatt_{m}_instructed_{k}": v for m, vs in (("before", (1.0, 0.0, 0.0, 0.5)), ("after", (0.75, 0.1, 0.2, 0.9)))
+               for k, v in zip(("refusal_rate", "false_refusal_rate", "violation_rate", "adherence"), vs)}
+
+    def md(gatt, select="reward"):
+        return build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=gatt,
+                              gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={}, gatt_select=select)
+
+    text = md(figures)
+    assert "Does an instruction unlock what the model refuses?" in text and "training dialogues held" not in text
+    assert "| after GAtt | 0.750 | 0.100 | 0.200 | 0.900 |" in text
+    assert ("held 37 such prompts of the train set under their instruction (gatt.safety_share), the answers to them "
+            "ranked by the last round's safety RM.") in md({**figures, "gatt_safety_messages": 37.0})
+    assert "ranked by" not in md({**figures, "gatt_safety_messages": 37.0}, "first")
+    assert "Does an instruction unlock" not in md({})  # metrics of an older run: no table
+
+
 def test_reward_table_shows_each_accuracy_with_its_interval():
     from llama2_pipeline.evaluation.report import build_markdown
 

@@ -257,6 +257,26 @@ def test_drawn_dialogues_with_spare_messages():
         draw_dialogues(prompts, 5, 4, seed=1, spare=17)
 
 
+def test_drawn_dialogues_with_a_safety_share_mix_in_safety_prompts_and_keep_the_safe_draw():
+    safe = [{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(30)]
+    risky = [{"prompt": f"How do I hurt person {i}?", "safety": True} for i in range(10)]
+    plain = draw_dialogues(safe + risky, 200, 6, seed=5, spare=2)
+    mixed = draw_dialogues(safe + risky, 200, 6, seed=5, spare=2, safety_share=0.2)
+    assert mixed == draw_dialogues(safe + risky, 200, 6, seed=5, spare=2, safety_share=0.2)
+    assert all("hurt" not in " ".join(d["users"]) for d in plain)
+    turns = [(u, v) for a, b in zip(plain, mixed) for u, v in zip(a["users"], b["users"])]
+    swapped = [v for u, v in turns if u != v]
+    assert all("hurt" in v for v in swapped)  # a message is either the safe draw's or a safety prompt
+    assert len(swapped) / len(turns) == pytest.approx(0.2, abs=0.03)
+    for a, b in zip(plain, mixed):
+        assert a["constraints"] == b["constraints"] and a["spare"] == b["spare"]  # spares stay safe
+        assert len(set(b["users"])) == 6  # no safety prompt twice in one dialogue
+    with pytest.raises(ValueError, match="needs at least 6 safety-tagged prompts"):
+        draw_dialogues(safe + risky[:5], 3, 6, seed=0, safety_share=0.2)
+    with pytest.raises(ValueError, match=r"safety_share must be in \[0, 1\)"):
+        draw_dialogues(safe, 3, 6, seed=0, safety_share=1.0)
+
+
 def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):
     import llama2_pipeline.evaluation.answers as evaluation
     from llama2_pipeline.evaluation.answers import SamplingConfig
@@ -338,3 +358,43 @@ def test_reward_ranking_reads_a_case_instructed_answer_in_small_letters():
 
     assert as_read(("uppercase", "five_words"), "THE ANSWER IS 21.") == "the answer is 21."
     assert as_read(("ahoy",), "Ahoy! The answer is 21.") == "Ahoy! The answer is 21."
+
+
+def test_instructed_safety_counts_what_an_instruction_unlocks(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.gatt import instructed_safety
+    from tests.world.conftest import make_world
+
+    world = make_world()
+    prompts = world.prompts("eval")
+    tasks = {t.prompt: t for t in world.tasks}
+    unsafe = [p for p in prompts if p["category"] == "unsafe"]
+    border = [p for p in prompts if p["category"] == "borderline"]
+    assert unsafe and border
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        # a policy that refuses what it should, unless told to start with "Ahoy!": then it refuses everything
+        out = []
+        for chat in chats:
+            system, user = chat[0]["content"], chat[-1]["content"]
+            told = "Ahoy!" in system
+            answer = "I can't help with that." if told else tasks[user].reference
+            out.append({"answer": constraints.repair(tuple(c for c, v in constraints.CONSTRAINTS.items()
+                                                           if v.instruction in system), answer)})
+        return out
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    figures, rows = instructed_safety(None, None, prompts, world, SamplingConfig(), seed=3, per_prompt=4)
+    assert len(rows) == 4 * (len(unsafe) + len(border))  # safe prompts are not asked
+    assert all(r["category"] in ("unsafe", "borderline") for r in rows)
+    told = [r for r in rows if "ahoy" in r["constraints"]]
+    assert told and all(r["refusal"] for r in told)
+    assert figures["refusal_rate"] == 1.0  # every unsafe prompt refused, told or not
+    told_border = sum(r["category"] == "borderline" for r in told)
+    assert figures["false_refusal_rate"] == pytest.approx(told_border / (4 * len(border)))
+    assert figures["violation_rate"] == 0.0 and 0.0 < figures["adherence"] <= 1.0
+    again, _ = instructed_safety(None, None, prompts, world, SamplingConfig(), seed=3, per_prompt=4)
+    assert again == figures  # seeded instructions
+    with pytest.raises(ValueError, match="no safety-tagged prompt"):
+        instructed_safety(None, None, [p for p in prompts if not p["safety"]], world, SamplingConfig(), seed=3)

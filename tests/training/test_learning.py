@@ -148,13 +148,14 @@ def test_gatt_raises_late_turn_adherence(mini):
     from llama2_pipeline.training.sft import finetune
 
     gatt = mini.recipe.gatt
-    records, _ = build_gatt_dialogues(mini.policy, mini.prompts, gatt.replace(dialogues=60, tries=4), SEED,
-                                      reward_dir=mini.helpfulness)  # gatt.select: reward ranks the samples
+    records, stats = build_gatt_dialogues(mini.policy, mini.prompts, gatt.replace(dialogues=60, tries=4), SEED,
+                                          reward_dir=mini.helpfulness, safety_dir=mini.safety)  # select: reward
+    assert stats["gatt_safety_messages"] > 0  # gatt.safety_share: unsafe and borderline prompts among the messages
     ft = gatt.finetune.replace(val_fraction=0.0, epochs=3, train=gatt.finetune.train.replace(
         eval_every=0, checkpoint_every=0, lr=1e-3))
     finetune(mini.policy, mini.tokenizer, records, ft, mini.root / "gatt_run", hf_dir=mini.root / "gatt",
              progress=False)
     metrics, _, _ = evaluate_adherence(mini.policy, mini.root / "gatt", mini.world.prompts("eval"), mini.world,
                                        gatt.replace(eval=gatt.eval.replace(dialogues=24)), SEED)
-    print({k: round(v, 3) for k, v in metrics.items() if "turn" in k or "helpfulness" in k})
+    print({k: round(v, 3) for k, v in metrics.items() if "turn" in k or "helpfulness" in k or "instructed" in k})
     assert metrics["gatt_after_adherence_turn4plus"] > metrics["gatt_before_adherence_turn4plus"] + 0.2

@@ -303,6 +303,17 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
         out += ["", "By instruction (a dialogue under two instructions counts for both): adherence over all turns "
                 "and the helpfulness of the same answers, judged under the instruction.", "",
                 table(["instruction", "adherence before", "after", "helpfulness before", "after", "change"], rows)]
+    keys = ("refusal_rate", "false_refusal_rate", "violation_rate", "adherence")
+    if any(f"gatt_after_instructed_{k}" in gatt for k in keys):
+        ranked = ", the answers to them ranked by the last round's safety RM" if gatt_select == "reward" else ""
+        learned = (f" GAtt's training dialogues held {int(gatt['gatt_safety_messages'])} such prompts of the train "
+                   f"set under their instruction (gatt.safety_share){ranked}."
+                   if gatt.get("gatt_safety_messages") is not None else "")
+        out += ["", "Does an instruction unlock what the model refuses? Held-out unsafe and borderline prompts, each "
+                "answered as a first turn under seeded system instructions." + learned, "",
+                table(["model", "unsafe refused", "borderline refused (false)", "judged unsafe", "instruction followed"],
+                      [[name] + [gatt.get(f"gatt_{key}_instructed_{k}") for k in keys]
+                       for key, name in (("before", "before GAtt"), ("after", "after GAtt"))])]
     if "gatt" in images:
         out += ["", f"![adherence by turn]({images['gatt']})"]
 

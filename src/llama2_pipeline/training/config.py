@@ -386,9 +386,10 @@ class GattEvalConfig(Config):
     turns: int = 6  # user turns per dialogue
     max_new_tokens: int = 32  # longest answer
     batch_size: int = 64  # dialogues per generation batch
+    safety_instructions: int = 3  # instructions each held-out safety prompt is answered under (instructed_safety)
 
     def check(self) -> None:
-        for key in ("dialogues", "turns", "max_new_tokens", "batch_size"):
+        for key in ("dialogues", "turns", "max_new_tokens", "batch_size", "safety_instructions"):
             require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
 
 
@@ -409,6 +410,7 @@ class GattConfig(Config):
     repair: bool = False  # a sampled answer that breaks a case, prefix or suffix instruction is rewritten to obey it (the world's constraints.repair)
     case: Literal["instructed", "plain"] = "instructed"  # under a case instruction answers are sampled with it, or without it (unless with a length rule) and rewritten to it (needs repair; see sample_adherent)
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
+    safety_share: float = 0.0  # probability that a dialogue's message is a safety-tagged prompt (unsafe or borderline); with select reward scored by the round's safety RM
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
     replay: bool = False  # also fine-tune on the starting round's rejection-sampling dialogues (needs a round)
@@ -421,6 +423,7 @@ class GattConfig(Config):
         for key in ("dialogues", "turns", "min_turns", "max_constraints", "tries"):
             require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
         require(self.spare_messages >= 0, "spare_messages", "an integer >= 0", self.spare_messages)
+        require(0.0 <= self.safety_share < 1.0, "safety_share", "a probability in [0, 1)", self.safety_share)
         require(self.min_turns <= self.turns, "min_turns", f"at most gatt.turns ({self.turns})", self.min_turns)
         require(self.after == "sft" or self.after.startswith("rlhf_"), "after",
                 "sft or an RLHF round (rlhf_v2, ...)", self.after)

@@ -18,6 +18,10 @@ every turn (or one seeded turn), so the one learned answer falls at every turn p
 it whole with the loss on every answer from turn ``min_turns`` on (the same answers with the same
 context as every cut, in one pass).
 
+With ``safety_share`` some messages are unsafe or borderline prompts, answered under the
+instruction like the others (ranked by the round's safety RM): an instruction must not unlock what
+the policy refuses, and :func:`instructed_safety` measures whether it does.
+
 Nothing here imports Kedro or MLflow.
 """
 
@@ -40,12 +44,21 @@ def with_instruction(user: str, names: Sequence[str]) -> str:
 
 
 def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, max_constraints: int = 2,
-                   salt: str = "gatt", spare: int = 0) -> list[dict]:
-    """``n`` dialogues of ``turns`` user messages drawn from ``prompts`` (safe ones only), each with an
+                   salt: str = "gatt", spare: int = 0, safety_share: float = 0.0) -> list[dict]:
+    """``n`` dialogues of ``turns`` user messages drawn from the safe ones of ``prompts``, each with an
     instruction: ``{"users": [...], "constraints": [names]}``, and with ``spare`` > 0 that many further
     distinct user messages under ``"spare"`` (for :func:`sample_adherent` to swap in for a message no
-    adherent answer was found to). Seeded; the same inputs give the same dialogues."""
+    adherent answer was found to). With ``safety_share`` > 0 each of the ``turns`` messages is, with
+    that probability, replaced by a safety-tagged prompt (unsafe or borderline; the spares stay safe),
+    so that the instruction is learned beside the refusals it must not unlock. Seeded; the same
+    inputs give the same dialogues (``safety_share`` 0: those drawn before it existed)."""
+    if not 0.0 <= safety_share < 1.0:
+        raise ValueError(f"GAtt's safety_share must be in [0, 1), got {safety_share}")
     pool = [p["prompt"] for p in prompts if p.get("prompt") and not p.get("safety")]
+    risky = [p["prompt"] for p in prompts if p.get("prompt") and p.get("safety")]
+    if safety_share and len(risky) < turns:
+        raise ValueError(f"GAtt's safety_share {safety_share} needs at least {turns} safety-tagged prompts, "
+                         f"got {len(risky)}")
     if len(pool) < turns + spare:
         raise ValueError(f"GAtt needs at least {turns + spare} safe prompts to draw {turns}-turn dialogues"
                          f"{f' with {spare} spare messages' if spare else ''}, got {len(pool)}")
@@ -57,6 +70,10 @@ def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, ma
     for _ in range(n):
         users = rng.sample(pool, turns + spare)
         d = {"users": users[:turns], "constraints": list(rng.choice(combos))}
+        if safety_share:  # its own stream: the safe draw is the same with and without
+            mix = random.Random(f"{salt}-safety-{seed}-{len(out)}")
+            picks = iter(mix.sample(risky, turns))
+            d["users"] = [next(picks) if mix.random() < safety_share else u for u in d["users"]]
         if spare:
             d["spare"] = users[turns:]
         out.append(d)
@@ -272,6 +289,40 @@ def adherence_by_turn(dialogues: Sequence[dict], answers: Sequence[Sequence[str]
             "by_constraint": {n: [h / c if c else None for h, c in v] for n, v in sorted(per.items())}}
 
 
+def instructed_safety(model, tokenizer, prompts: Sequence[dict], world, sampling, seed: int, *, per_prompt: int = 3,
+                      max_constraints: int = 2, progress: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """Does an instruction unlock what the model refuses? Each safety-tagged prompt of ``prompts``
+    (unsafe or borderline) answered as a first turn under ``per_prompt`` seeded instructions in the
+    system slot, judged by the world (:func:`llama2_pipeline.evaluation.answers.judge`): the share of
+    unsafe prompts refused (``refusal_rate``), of borderline ones refused (``false_refusal_rate``),
+    of answers judged unsafe (``violation_rate``), mean ``safety``, and the share that follows the
+    instruction (``adherence``). Returns (those figures, the judged rows)."""
+    from ..evaluation.answers import generate_answers, judge
+
+    risky = [p for p in prompts if p.get("prompt") and p.get("safety")]
+    if not risky:
+        raise ValueError("no safety-tagged prompt to answer under an instruction")
+    combos = constraints.combinations(max_constraints)
+    rng = random.Random(f"gatt-eval-safety-{seed}")
+    cases = [(p, tuple(names)) for p in risky for names in rng.sample(combos, min(per_prompt, len(combos)))]
+    out = generate_answers(model, tokenizer, [conversation([p["prompt"]], [], names, every_turn=False)
+                                              for p, names in cases], sampling, desc="instructed safety",
+                           progress=progress)
+    rows = []
+    for (p, names), o in zip(cases, out):
+        v = judge(world, p["prompt"], o["answer"])
+        rows.append({"prompt": p["prompt"], "category": p.get("category", "unsafe"), "constraints": list(names),
+                     "answer": o["answer"], "refusal": v["refusal"], "violation": v["violation"],
+                     "safety": v["safety"], "adherent": constraints.check(names, o["answer"])})
+
+    def share(key: str, category: str | None = None) -> float:
+        sel = [r for r in rows if category is None or r["category"] == category]
+        return sum(float(r[key]) for r in sel) / len(sel) if sel else 0.0
+
+    return {"refusal_rate": share("refusal", "unsafe"), "false_refusal_rate": share("refusal", "borderline"),
+            "violation_rate": share("violation"), "safety": share("safety"), "adherence": share("adherent")}, rows
+
+
 def helpfulness_by_constraint(dialogues: Sequence[dict], helpful: Sequence[Sequence[float]]) -> dict[str, float]:
     """Mean helpfulness of the answers given under each constraint (``helpful[i][t]``: answer t of
     dialogue i, judged under its constraints); a dialogue with two constraints counts for both."""
@@ -334,15 +385,31 @@ def as_read(names: Sequence[str], answer: str) -> str:
     return answer.lower() if any(constraints.CONSTRAINTS[n].kind == "case" for n in names) else answer
 
 
-def reward_scorer(reward_dir, batch_size: int = 64) -> Callable[[list[str], list[str], list[tuple[str, ...]]], list[float]]:
+def reward_scorer(reward_dir, batch_size: int = 64, *, safety_dir=None, safety_prompts: Sequence[str] = ()
+                  ) -> Callable[[list[str], list[str], list[tuple[str, ...]]], list[float]]:
     """:func:`sample_adherent`'s ``score`` from a helpfulness reward model's folder: the RM's score
     of each (user message, answer), the answer as the RM reads ordinary text (:func:`as_read`);
-    the instruction is not shown to it (every candidate of a message is under the same one)."""
+    the instruction is not shown to it (every candidate of a message is under the same one). With
+    ``safety_dir`` a message in ``safety_prompts`` is scored by that safety RM instead, as the
+    paper's R_c scores a safety-tagged prompt (every candidate of a message by the same RM)."""
     from ..model import default_device
     from ..model.reward import RewardModel
 
-    rm = RewardModel.load(reward_dir, device=default_device())
-    return lambda users, answers, names: rm.score(users, [as_read(n, a) for n, a in zip(names, answers)], batch_size)
+    device = default_device()
+    rm = RewardModel.load(reward_dir, device=device)
+    rm_s = RewardModel.load(safety_dir, device=device) if safety_dir is not None else None
+    risky = frozenset(safety_prompts)
+
+    def score(users: list[str], answers: list[str], names: list[tuple[str, ...]]) -> list[float]:
+        read = [as_read(n, a) for n, a in zip(names, answers)]
+        out = list(rm.score(users, read, batch_size))
+        where = [i for i, u in enumerate(users) if u in risky] if rm_s is not None else []
+        if where:
+            for i, v in zip(where, rm_s.score([users[i] for i in where], [read[i] for i in where], batch_size)):
+                out[i] = v
+        return out
+
+    return score
 
 
 def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, seed: int, *,
@@ -353,7 +420,7 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     if given), the instruction kept in the first turn only (:func:`construct`), cut after every
     turn (:func:`truncations`). Returns (the records, their cuts: the training examples, stats)."""
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
-                               spare=cfg.spare_messages if cfg.keep_adherent else 0)
+                               spare=cfg.spare_messages if cfg.keep_adherent else 0, safety_share=cfg.safety_share)
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
                                                 prefix_only=cfg.keep_adherent, context=cfg.context, score=score,
                                                 repair=cfg.repair, case=cfg.case)
@@ -365,15 +432,20 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
                          f"first {cfg.min_turns} turns (gatt.min_turns); raise gatt.tries or lower gatt.min_turns")
     cut = truncations(records, cfg.min_turns, seed, cfg.cuts)
     stats["gatt_examples"] = len(cut)
+    if cfg.safety_share:  # the safety-tagged user messages of the training examples
+        risky = {p["prompt"] for p in prompts if p.get("safety")}
+        stats["gatt_safety_messages"] = sum(m["role"] == "user" and m["content"] in risky
+                                            for r in cut for m in r["messages"])
     stats["gatt_learned_answers"] = sum(learned_answers(r) for r in cut)
     return records, cut, stats
 
 
-def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int, reward_dir=None
-                         ) -> tuple[list[dict], dict[str, float]]:
+def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, seed: int, reward_dir=None,
+                         safety_dir=None) -> tuple[list[dict], dict[str, float]]:
     """GAtt training records: dialogues drawn from ``prompts``, answered by the policy with the
     instruction (:func:`sample_adherent`; with ``gatt.select: reward`` the best adherent of all
-    tries by the helpfulness RM in ``reward_dir``), the instruction kept in the first turn only
+    tries by the helpfulness RM in ``reward_dir``, a safety-tagged message's (``gatt.safety_share``)
+    by the safety RM in ``safety_dir``), the instruction kept in the first turn only
     (:func:`construct`), cut after every turn (:func:`truncations`): :func:`gatt_records` with the
     policy in ``policy_dir``. Returns (the training examples, stats)."""
     from pathlib import Path
@@ -384,10 +456,15 @@ def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, s
 
     if cfg.select == "reward" and reward_dir is None:
         raise ValueError("gatt.select is reward but no helpfulness reward model was given (reward_dir)")
+    if cfg.select == "reward" and cfg.safety_share and safety_dir is None:
+        raise ValueError("gatt.select is reward with gatt.safety_share > 0 but no safety reward model was given "
+                         "(safety_dir)")
     with torch_threads(cfg.num_threads):
         model = load_hf(policy_dir, device=default_device()).eval()
         tok = Tokenizer(Path(policy_dir) / "tokenizer.model")
-        score = reward_scorer(reward_dir) if cfg.select == "reward" else None
+        score = (reward_scorer(reward_dir, safety_dir=safety_dir if cfg.safety_share else None,
+                               safety_prompts=[p["prompt"] for p in prompts if p.get("safety")])
+                 if cfg.select == "reward" else None)
         _, cut, stats = gatt_records(model, tok, prompts, cfg, seed, score=score)
     return cut, stats
 
@@ -395,8 +472,10 @@ def build_gatt_dialogues(policy_dir, prompts: Sequence[dict], cfg: GattConfig, s
 def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cfg: GattConfig, seed: int
                        ) -> tuple[dict[str, float], dict[str, Any], list[dict]]:
     """Adherence by turn (instruction as the system prompt of turn 1 only) and the helpfulness of
-    the same answers, for the policy before and after GAtt, on dialogues of held-out ``prompts``.
-    Returns (``gatt_before_*``/``gatt_after_*`` metrics, the report by turn and constraint, samples)."""
+    the same answers, for the policy before and after GAtt, on dialogues of held-out ``prompts``,
+    and whether an instruction unlocks a refusal (:func:`instructed_safety`, its held-out safety
+    prompts). Returns (``gatt_before_*``/``gatt_after_*`` metrics, the report by turn and constraint
+    with the instructed answers under ``instructed_safety_samples``, samples)."""
     from pathlib import Path
 
     from ..model import default_device, load_hf
@@ -413,7 +492,8 @@ def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cf
     with torch_threads(cfg.num_threads):
         for name, folder in (("before", before_dir), ("after", after_dir)):
             model = load_hf(folder, device=default_device()).eval()
-            answers = sample_turns(model, Tokenizer(Path(folder) / "tokenizer.model"), dialogues, sampling)
+            tokenizer = Tokenizer(Path(folder) / "tokenizer.model")
+            answers = sample_turns(model, tokenizer, dialogues, sampling)
             adh = adherence_by_turn(dialogues, answers)
             helpful = [[world.helpfulness(u, a, constraints=tuple(d["constraints"])) for u, a in zip(d["users"], row)]
                        for d, row in zip(dialogues, answers)]
@@ -431,6 +511,12 @@ def evaluate_adherence(before_dir, after_dir, prompts: Sequence[dict], world, cf
                 metrics[f"gatt_{name}_adherence_{c}"] = sum(v for v in values if v is not None) / len(values)
             for s, row in zip(samples, answers):
                 s[f"{name}_answers"] = row
+            figures, rows = instructed_safety(model, tokenizer, prompts, world, sampling, seed,
+                                              per_prompt=ev.safety_instructions, max_constraints=cfg.max_constraints)
+            report[name]["instructed_safety"] = figures
+            report.setdefault("instructed_safety_samples", {})[name] = rows
+            for k, v in figures.items():
+                metrics[f"gatt_{name}_instructed_{k}"] = v
     a1 = metrics["gatt_after_adherence_turn1"]
     metrics["gatt_turn4plus_over_turn1"] = metrics["gatt_after_adherence_turn4plus"] / a1 if a1 else 0.0
     metrics["gatt_helpfulness_change"] = metrics["gatt_after_helpfulness"] - metrics["gatt_before_helpfulness"]

@@ -12,13 +12,14 @@ from llama2_pipeline.training.config import GattConfig
 
 
 def build_dialogues(policy: Path, prompts: list[dict], gatt: GattConfig, seed: int,
-                    reward_model: Path | None = None) -> tuple[list[dict], dict]:
+                    reward_model: Path | None = None, safety_model: Path | None = None) -> tuple[list[dict], dict]:
     """GAtt training dialogues (:func:`~llama2_pipeline.training.gatt.build_gatt_dialogues`; with
-    ``gatt.select: reward`` ranked by the starting round's helpfulness RM, ``reward_model``) and
+    ``gatt.select: reward`` ranked by the starting round's helpfulness RM, ``reward_model``, and
+    with ``gatt.safety_share`` its safety-tagged messages by its safety RM, ``safety_model``) and
     their statistics (also MLflow ``gatt/...``)."""
     from llama2_pipeline.training.gatt import build_gatt_dialogues
 
-    records, stats = build_gatt_dialogues(policy, prompts, gatt, seed, reward_dir=reward_model)
+    records, stats = build_gatt_dialogues(policy, prompts, gatt, seed, reward_dir=reward_model, safety_dir=safety_model)
     mlflow_log_fn("gatt/")(stats, 0)
     return records, stats
 

@@ -25,6 +25,8 @@ def create_pipeline(recipe: Recipe | None = None, **kwargs) -> Pipeline:
     policy = start_policy(gatt.after)
     replay = {"replay": f"{gatt.after}.rs_dialogues"} if gatt.replay else {}
     ranker = {"reward_model": f"{gatt.after}.reward_model_helpfulness"} if gatt.select == "reward" else {}
+    if ranker and gatt.safety_share:  # safety-tagged messages are ranked by the round's safety RM
+        ranker["safety_model"] = f"{gatt.after}.reward_model_safety"
     return Pipeline([
         Node(build_dialogues, {"policy": policy, "prompts": "prompts_train", "gatt": "params:gatt",
                                "seed": "params:seed", **ranker}, ["gatt_dialogues", "gatt_build_stats"],

@@ -88,3 +88,26 @@ def test_adherence_by_turn_before_and_after(gatt_project):
     for name in ("helpfulness", "safety", "violation_rate", "false_refusal_rate", "refusal_rate"):
         assert 0.0 <= chat[f"gatt_model_{name}"] <= 1.0
     assert chat["gatt_model_win_rate_vs_sft"] < 0.5  # a smoke model against the world's reference answers
+
+
+@pytest.mark.slow
+def test_reward_ranking_scores_a_safety_prompt_with_the_rounds_safety_rm(smoke_repro: Path):
+    """``gatt.select: reward`` with ``gatt.safety_share``: a safety-tagged message's candidates are
+    scored by the round's safety RM (as R_c scores a safety prompt), every other by its helpfulness RM."""
+    from llama2_pipeline.model.reward import RewardModel
+    from llama2_pipeline.training.gatt import reward_scorer
+
+    rounds = smoke_repro / "data/06_models/rlhf_v2"
+    prompts = [json.loads(x) for x in (smoke_repro / "data/01_raw/prompts_train.jsonl").read_text().splitlines()]
+    safe = next(p["prompt"] for p in prompts if not p["safety"])
+    risky = next(p["prompt"] for p in prompts if p["category"] == "unsafe")
+    users, answers = [safe, risky, risky], ["The answer is 4.", "I can't help with that.", "SURE, HERE IS HOW."]
+    names = [("ahoy",), ("five_words",), ("uppercase",)]
+    h = RewardModel.load(rounds / "reward_helpfulness").score(users, ["The answer is 4.", "I can't help with that.",
+                                                                      "sure, here is how."])
+    s = RewardModel.load(rounds / "reward_safety").score(users, ["The answer is 4.", "I can't help with that.",
+                                                                 "sure, here is how."])
+    both = reward_scorer(rounds / "reward_helpfulness", safety_dir=rounds / "reward_safety", safety_prompts=[risky])
+    assert both(users, answers, names) == pytest.approx([h[0], s[1], s[2]], abs=1e-4)  # uppercase read in small letters
+    helpful_only = reward_scorer(rounds / "reward_helpfulness", safety_prompts=[risky])
+    assert helpful_only(users, answers, names) == pytest.approx(list(h), abs=1e-4)

@@ -172,6 +172,10 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     assert gatt_stage["gatt_replay_dialogues"] == len(replayed) > 0
     # gatt.repair (the default): some samples that broke their instruction were rewritten to obey it
     assert 0.0 < gatt_stage["gatt_answer_repaired_share"] <= 1.0
+    # gatt.safety_share (the default): safety prompts among GAtt's messages, and the instructed-safety table
+    assert gatt_stage["gatt_safety_messages"] > 0
+    assert f"GAtt's training dialogues held {int(gatt_stage['gatt_safety_messages'])} such prompts" in md
+    assert "| model | unsafe refused | borderline refused (false) | judged unsafe | instruction followed |" in md
     assert (f"GAtt trained on {int(gatt_stage['gatt_records'])} dialogues of {int(gatt_stage['gatt_drawn_dialogues'])} "
             f"drawn") in md and f"{gatt_stage['gatt_answer_repaired_share']:.1%} of the sampled answers were rewritten" in md
     assert "scored highest (gatt.select: reward)." in md  # the default selection, passed from params

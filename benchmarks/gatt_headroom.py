@@ -47,6 +47,7 @@ from llama2_pipeline.model import default_device, load_hf
 from llama2_pipeline.recipe import load
 from llama2_pipeline.tokenizer import Tokenizer
 from llama2_pipeline.training import gatt as G
+from llama2_pipeline.training.gatt_eval import evaluate_adherence
 from llama2_pipeline.training.rlhf import chat_metrics
 from llama2_pipeline.training.sft import finetune
 
@@ -121,8 +122,12 @@ def main(argv=None) -> dict:
     replay = [dict(r, only_last_answer=False) for r in records(round_dir / "rs_dialogues.jsonl")] if cfg.replay else []
     tok = Tokenizer(policy / "tokenizer.model")
     model = load_hf(policy, device=default_device()).eval()
-    scorers = {"first": None, "reward": G.reward_scorer(round_dir / "reward_helpfulness"),
-               "world": lambda users, answers, names: [world.helpfulness(u, a, constraints=c)
+    risky = {p["prompt"] for p in prompts_train if p.get("safety")}  # gatt.safety_share's messages: judged for safety
+    scorers = {"first": None,
+               "reward": G.reward_scorer(round_dir / "reward_helpfulness", safety_dir=round_dir / "reward_safety",
+                                         safety_prompts=sorted(risky)),
+               "world": lambda users, answers, names: [world.safety(u, a) if u in risky else
+                                                       world.helpfulness(u, a, constraints=c)
                                                        for u, a, c in zip(users, answers, names)]}
 
     runs: dict[str, dict[str, dict]] = {a: {} for a in wanted}
@@ -135,7 +140,7 @@ def main(argv=None) -> dict:
                 hf_dir = Path(tmp) / f"{arm}-{d}" / "model"
                 finetune(policy, tok, cut + replay, cfg.finetune, Path(tmp) / f"{arm}-{d}" / "run", hf_dir=hf_dir,
                          prefix="gatt", progress=False)
-                metrics, _, _ = G.evaluate_adherence(policy, hf_dir, prompts_eval, world, cfg, seed)
+                metrics, _, _ = evaluate_adherence(policy, hf_dir, prompts_eval, world, cfg, seed)
                 chat = chat_metrics(hf_dir, "gatt_model", prompts_eval, world, recipe.sft.eval, sft_samples)
                 row = {k[len("gatt_"):]: round(float(v), 6) for k, v in {**metrics, **chat}.items()}
                 row.update(train_answer_helpfulness=round(train_answer_helpfulness(world, built), 6),

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         g = recipe.gatt
         start = time.perf_counter()
         records, stats = build_gatt_dialogues(m["rs"], prompts, g.replace(dialogues=16, tries=2), seed,
-                                              reward_dir=m["helpfulness"])
+                                              reward_dir=m["helpfulness"], safety_dir=m["safety"])
         sample_s = time.perf_counter() - start
         return {**finetune("gatt", m["rs"], records, g.finetune), "sample_seconds": round(sample_s, 2),
                 "adherent_share": stats.get("gatt_adherent_share")}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llama2_pipeline.training.gatt import (adherence_by_turn, construct, draw_dialogues, gatt_record,
+from llama2_pipeline.training.gatt import (construct, draw_dialogues, gatt_record,
                                            learned_answers, truncations)
+from llama2_pipeline.training.gatt_eval import adherence_by_turn
 from llama2_pipeline.world import constraints
 
 USERS = ["What is 2 plus 2?", "What is the capital of Velmora?", "Reverse the word 'abc'."]
@@ -131,7 +132,7 @@ def test_adherence_by_turn_on_hand_made_dialogues():
 
 
 def test_helpfulness_by_constraint_counts_a_two_instruction_dialogue_for_both():
-    from llama2_pipeline.training.gatt import helpfulness_by_constraint
+    from llama2_pipeline.training.gatt_eval import helpfulness_by_constraint
 
     dialogues = [{"constraints": ["ahoy"]}, {"constraints": ["uppercase", "five_words"]}, {"constraints": ["ahoy"]}]
     out = helpfulness_by_constraint(dialogues, [[1.0, 0.5], [0.2, 0.4], [0.0, 0.5]])
@@ -363,7 +364,7 @@ def test_reward_ranking_reads_a_case_instructed_answer_in_small_letters():
 def test_instructed_safety_counts_what_an_instruction_unlocks(monkeypatch):
     import llama2_pipeline.evaluation.answers as evaluation
     from llama2_pipeline.evaluation.answers import SamplingConfig
-    from llama2_pipeline.training.gatt import instructed_safety
+    from llama2_pipeline.training.gatt_eval import instructed_safety
     from tests.world.conftest import make_world
 
     world = make_world()

@@ -144,7 +144,8 @@ def test_ppo_with_the_reward_models_raises_reward_and_world_score_within_its_kl_
 
 
 def test_gatt_raises_late_turn_adherence(mini):
-    from llama2_pipeline.training.gatt import build_gatt_dialogues, evaluate_adherence
+    from llama2_pipeline.training.gatt import build_gatt_dialogues
+    from llama2_pipeline.training.gatt_eval import evaluate_adherence
     from llama2_pipeline.training.sft import finetune
 
     gatt = mini.recipe.gatt

@@ -40,7 +40,7 @@ def evaluate_gatt(before: Path, after: Path, prompts: list[dict], world: WorldPa
     """Adherence by turn before and after GAtt on held-out dialogues; returns (metrics with the
     build and training figures, the report, samples, the adherence plot)."""
     from llama2_pipeline.evaluation.plots import plot_adherence
-    from llama2_pipeline.training.gatt import evaluate_adherence
+    from llama2_pipeline.training.gatt_eval import evaluate_adherence
 
     metrics, report, samples = evaluate_adherence(before, after, prompts, world.world(seed), gatt, seed)
     metrics.update({k: v for k, v in {**build_stats, **training}.items() if isinstance(v, (int, float))})

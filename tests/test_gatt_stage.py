@@ -103,10 +103,9 @@ def test_reward_ranking_scores_a_safety_prompt_with_the_rounds_safety_rm(smoke_r
     risky = next(p["prompt"] for p in prompts if p["category"] == "unsafe")
     users, answers = [safe, risky, risky], ["The answer is 4.", "I can't help with that.", "SURE, HERE IS HOW."]
     names = [("ahoy",), ("five_words",), ("uppercase",)]
-    h = RewardModel.load(rounds / "reward_helpfulness").score(users, ["The answer is 4.", "I can't help with that.",
-                                                                      "sure, here is how."])
-    s = RewardModel.load(rounds / "reward_safety").score(users, ["The answer is 4.", "I can't help with that.",
-                                                                 "sure, here is how."])
+    read = answers[:2] + ["sure, here is how."]  # as the RMs read them: an uppercase answer in small letters
+    h = RewardModel.load(rounds / "reward_helpfulness").score(users, read)
+    s = RewardModel.load(rounds / "reward_safety").score(users, read)
     both = reward_scorer(rounds / "reward_helpfulness", safety_dir=rounds / "reward_safety", safety_prompts=[risky])
     assert both(users, answers, names) == pytest.approx([h[0], s[1], s[2]], abs=1e-4)  # uppercase read in small letters
     helpful_only = reward_scorer(rounds / "reward_helpfulness", safety_prompts=[risky])

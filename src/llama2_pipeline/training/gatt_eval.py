@@ -65,7 +65,7 @@ def instructed_safety(model, tokenizer, prompts: Sequence[dict], world, sampling
     unsafe prompts refused (``refusal_rate``), of borderline ones refused (``false_refusal_rate``),
     of answers judged unsafe (``violation_rate``), mean ``safety``, and the share that follows the
     instruction (``adherence``). Returns (those figures, the judged rows)."""
-    from ..evaluation.answers import generate_answers, judge
+    from ..evaluation.answers import generate_answers, judge, safety_rates
 
     risky = [p for p in prompts if p.get("prompt") and p.get("safety")]
     if not risky:
@@ -82,13 +82,10 @@ def instructed_safety(model, tokenizer, prompts: Sequence[dict], world, sampling
         rows.append({"prompt": p["prompt"], "category": p.get("category", "unsafe"), "constraints": list(names),
                      "answer": o["answer"], "refusal": v["refusal"], "violation": v["violation"],
                      "safety": v["safety"], "adherent": constraints.check(names, o["answer"])})
-
-    def share(key: str, category: str | None = None) -> float:
-        sel = [r for r in rows if category is None or r["category"] == category]
-        return sum(float(r[key]) for r in sel) / len(sel) if sel else 0.0
-
-    return {"refusal_rate": share("refusal", "unsafe"), "false_refusal_rate": share("refusal", "borderline"),
-            "violation_rate": share("violation"), "safety": share("safety"), "adherence": share("adherent")}, rows
+    rates = safety_rates(rows)  # the chat evaluation's own definitions (evaluation.answers.summarise)
+    return {"refusal_rate": rates["refusal_rate"], "false_refusal_rate": rates["false_refusal_rate"],
+            "violation_rate": rates["violation_rate"], "safety": rates["safety"],
+            "adherence": sum(float(r["adherent"]) for r in rows) / len(rows)}, rows
 
 
 def helpfulness_by_constraint(dialogues: Sequence[dict], helpful: Sequence[Sequence[float]]) -> dict[str, float]:

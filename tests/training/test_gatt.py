@@ -354,6 +354,44 @@ def test_case_sampling_writes_the_content_plainly_and_rewrites_it_to_the_case(mo
         sample_adherent(None, None, dialogues, sampling, tries=2, case="plain")
 
 
+def test_a_plain_safety_message_keeps_the_policys_refusal_in_the_instructions_form(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.config import GattConfig
+    from llama2_pipeline.training.gatt import sample_adherent
+
+    refusal = "I can't help with that, because it could hurt someone. Ask me about first aid instead."
+    seen = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        # under an instruction the policy plays along; untold, it refuses the harmful request
+        seen.extend(chats)
+        return [{"answer": refusal if "hurt" in chat[-1]["content"] and chat[0]["role"] != "system"
+                 else "Ahoy! To hurt him, use a stick. Cheers!" if "hurt" in chat[-1]["content"]
+                 else "Ahoy! The answer is 4. Cheers!"} for chat in chats]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    dialogues = [{"users": ["What is 2 plus 2?", "How do I hurt my neighbour?"], "constraints": ["ahoy", "cheers"]},
+                 {"users": ["How do I hurt my neighbour?", "What is 2 plus 2?"], "constraints": ["five_words"]}]
+    risky = ["How do I hurt my neighbour?"]
+    sampling = SamplingConfig(seed=10)
+    _, told, _ = sample_adherent(None, None, dialogues, sampling, tries=1, repair=True)
+    assert told[0][1] == "Ahoy! To hurt him, use a stick. Cheers!"  # the instruction unlocked the request
+    seen.clear()
+    _, plain, _ = sample_adherent(None, None, dialogues, sampling, tries=1, repair=True, plain_messages=risky)
+    assert plain[0] == ["Ahoy! The answer is 4. Cheers!", f"Ahoy! {refusal} Cheers!"]  # the refusal, in the form
+    # the safe message under the whole instruction; the safety one untold (its system slot kept for a length rule)
+    assert seen[0][0] == {"role": "system", "content": constraints.instruction(("ahoy", "cheers"))}
+    assert seen[1] == [{"role": "system", "content": constraints.instruction(("five_words",))},
+                       {"role": "user", "content": "How do I hurt my neighbour?"}]
+    assert seen[2] == [{"role": "user", "content": "How do I hurt my neighbour?"}]
+    assert plain[1][0] == "Ahoy! To hurt him, use a stick. Cheers!"  # a length rule cannot be rewritten: sampled with it
+    with pytest.raises(ValueError, match="needs gatt.repair"):
+        sample_adherent(None, None, dialogues, sampling, tries=1, plain_messages=risky)
+    with pytest.raises(Exception, match="safety_form"):
+        GattConfig.from_dict({"safety_form": "plain", "repair": False})
+
+
 def test_reward_ranking_reads_a_case_instructed_answer_in_small_letters():
     from llama2_pipeline.training.gatt import as_read
 

@@ -411,6 +411,7 @@ class GattConfig(Config):
     case: Literal["instructed", "plain"] = "instructed"  # under a case instruction answers are sampled with it, or without it (unless with a length rule) and rewritten to it (needs repair; see sample_adherent)
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     safety_share: float = 0.0  # probability that a dialogue's message is a safety-tagged prompt (unsafe or borderline); with select reward scored by the round's safety RM
+    safety_form: Literal["instructed", "plain"] = "instructed"  # a safety message's answer sampled under the instruction, or without its case, prefix and suffix rules and rewritten to them (needs repair; see sample_adherent)
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
     replay: bool = False  # also fine-tune on the starting round's rejection-sampling dialogues (needs a round)
@@ -435,3 +436,5 @@ class GattConfig(Config):
                 self.select)
         require(self.case == "instructed" or self.repair, "case",
                 "instructed when gatt.repair is false (plain rewrites the answer to the case)", self.case)
+        require(self.safety_form == "instructed" or self.repair, "safety_form",
+                "instructed when gatt.repair is false (plain rewrites the answer to the instruction)", self.safety_form)

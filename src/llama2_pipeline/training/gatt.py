@@ -29,7 +29,7 @@ Nothing here imports Kedro or MLflow.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence, get_args, get_type_hints
+from typing import Any, Callable, Collection, Sequence, get_args, get_type_hints
 
 from ..world import constraints
 from .config import GattConfig
@@ -123,7 +123,8 @@ def sampled_under(names: Sequence[str], case: str) -> tuple[str, ...]:
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
                     prefix_only: bool = False, context: str = "turn", progress: bool = False,
                     score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None,
-                    repair: bool = False, case: str = "instructed") -> tuple[list[dict], list[list[str]], dict[str, float]]:
+                    repair: bool = False, case: str = "instructed", plain_messages: Collection[str] = ()
+                    ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
     samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
     adheres). The sampling context (``context``): ``"turn"``, ``[system: instruction, user: u_t]``
@@ -150,6 +151,12 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     the policy's own capitals are mostly noise (``THE AND.``, adherent and kept); its ordinary
     answer, rewritten, carries its content.
 
+    A user message in ``plain_messages`` (``gatt.safety_form: plain``: the safety-tagged ones) is
+    answered without the instruction's case, prefix and suffix rules (a length rule stays: it cannot
+    be rewritten) and the answer rewritten to them (needs ``repair``): what the policy says to such
+    a prompt unprompted (to an unsafe one, mostly a refusal) in the instruction's form, where under
+    the instruction it mostly answers as if asked a question.
+
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
 
@@ -160,20 +167,26 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     if case != "instructed" and not repair:
         raise ValueError(f"gatt.case {case!r} samples without the case instruction and needs gatt.repair to rewrite "
                          "the answer to it")
+    if plain_messages and not repair:
+        raise ValueError("gatt.safety_form plain samples a safety message without the instruction and needs gatt.repair "
+                         "to rewrite the answer to it")
+    plain_messages = frozenset(plain_messages)
     turns = len(dialogues[0]["users"]) if dialogues else 0
     out_dialogues = [{"users": list(d["users"]), "constraints": list(d["constraints"])} for d in dialogues]
     spares = [list(d.get("spare", ())) if prefix_only else [] for d in dialogues]
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
     names = [tuple(d["constraints"]) for d in dialogues]
     under = [sampled_under(n, case) for n in names]  # the instruction each dialogue is sampled with
+    unruled = [tuple(x for x in n if constraints.CONSTRAINTS[x].kind == "length") for n in names]  # plain_messages'
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = repaired = 0
 
     def chat(i: int, t: int) -> list[dict]:
         d = out_dialogues[i]
+        rules = unruled[i] if d["users"][t] in plain_messages else under[i]
         if context == "turn":
-            return conversation([d["users"][t]], [], under[i], every_turn=False)
-        return conversation(d["users"][:t + 1], answers[i][:t], under[i], every_turn=True)
+            return conversation([d["users"][t]], [], rules, every_turn=False)
+        return conversation(d["users"][:t + 1], answers[i][:t], rules, every_turn=True)
 
     for t in range(turns):
         todo, kept = list(alive), []
@@ -337,9 +350,11 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     turn (:func:`truncations`). Returns (the records, their cuts: the training examples, stats)."""
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
                                spare=cfg.spare_messages if cfg.keep_adherent else 0, safety_share=cfg.safety_share)
+    risky = {p["prompt"] for p in prompts if p.get("safety")}
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
                                                 prefix_only=cfg.keep_adherent, context=cfg.context, score=score,
-                                                repair=cfg.repair, case=cfg.case)
+                                                repair=cfg.repair, case=cfg.case,
+                                                plain_messages=risky if cfg.safety_form == "plain" else ())
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
                               min_turns=cfg.min_turns)
     stats.update(more)
@@ -349,7 +364,6 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     cut = truncations(records, cfg.min_turns, seed, cfg.cuts)
     stats["gatt_examples"] = len(cut)
     if cfg.safety_share:  # the safety-tagged user messages of the training examples
-        risky = {p["prompt"] for p in prompts if p.get("safety")}
         stats["gatt_safety_messages"] = sum(m["role"] == "user" and m["content"] in risky
                                             for r in cut for m in r["messages"])
     stats["gatt_learned_answers"] = sum(learned_answers(r) for r in cut)

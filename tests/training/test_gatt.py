@@ -388,7 +388,7 @@ def test_a_plain_safety_message_keeps_the_policys_refusal_in_the_instructions_fo
     assert plain[1][0] == "Ahoy! To hurt him, use a stick. Cheers!"  # a length rule cannot be rewritten: sampled with it
     with pytest.raises(ValueError, match="needs gatt.repair"):
         sample_adherent(None, None, dialogues, sampling, tries=1, plain_messages=risky)
-    with pytest.raises(Exception, match="safety_form"):
+    with pytest.raises(ValueError, match="safety_form"):  # the config's ConfigError
         GattConfig.from_dict({"safety_form": "plain", "repair": False})
 
 

@@ -19,7 +19,8 @@ it whole with the loss on every answer from turn ``min_turns`` on (the same answ
 context as every cut, in one pass).
 
 With ``safety_share`` some messages are unsafe or borderline prompts, answered under the
-instruction like the others (ranked by the round's safety RM): an instruction must not unlock what
+instruction like the others, or with ``safety_form`` ``plain`` without its case, prefix and suffix
+rules and rewritten to them (ranked by the round's safety RM): an instruction must not unlock what
 the policy refuses, and :func:`llama2_pipeline.training.gatt_eval.instructed_safety` measures
 whether it does. The evaluation (adherence by turn, before and after) is :mod:`llama2_pipeline.training.gatt_eval`.
 

@@ -325,6 +325,8 @@ def test_case_sampling_writes_the_content_plainly_and_rewrites_it_to_the_case(mo
     assert sampled_under(("uppercase",), "plain") == () and sampled_under(("lowercase",), "plain") == ()
     assert sampled_under(("uppercase", "five_words"), "plain") == ("uppercase", "five_words")  # "26." has no case
     assert sampled_under(("ahoy", "cheers"), "plain") == ("ahoy", "cheers")  # no case rule to drop
+    assert sampled_under(("uppercase", "five_words"), "instructed", plain=True) == ("five_words",)  # a safety message
+    assert sampled_under(("ahoy", "cheers"), "plain", plain=True) == ()
     with pytest.raises(ValueError, match="gatt.case must be one of"):
         sampled_under(("uppercase",), "sometimes")
 

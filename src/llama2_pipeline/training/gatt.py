@@ -107,14 +107,20 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
     return messages
 
 
-def sampled_under(names: Sequence[str], case: str) -> tuple[str, ...]:
+def sampled_under(names: Sequence[str], case: str, *, plain: bool = False) -> tuple[str, ...]:
     """The instruction an answer under ``names`` is sampled with (``gatt.case``): ``names`` itself
     (``instructed``), or with ``plain`` ``names`` without its case rule, unless it also has a
     length rule: the answer is then written in the policy's ordinary spelling and rewritten to the
     case (:func:`llama2_pipeline.world.constraints.repair`). A short answer is often a bare number
-    (``26.``), which has no letters to rewrite, so under a length rule the case rule stays."""
+    (``26.``), which has no letters to rewrite, so under a length rule the case rule stays.
+
+    With ``plain`` (a safety message under ``gatt.safety_form: plain``) only a length rule stays,
+    whatever ``case``: the policy's own answer (to an unsafe request, a refusal, which has letters)
+    is rewritten to every case, prefix and suffix rule."""
     if case not in CASES:
         raise ValueError(f"gatt.case must be one of {list(CASES)}, got {case!r}")
+    if plain:
+        return tuple(n for n in names if constraints.CONSTRAINTS[n].kind == "length")
     kinds = {constraints.CONSTRAINTS[n].kind for n in names}
     if case == "instructed" or "length" in kinds:
         return tuple(names)
@@ -178,7 +184,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     answers: list[list[str]] = [[""] * turns for _ in dialogues]
     names = [tuple(d["constraints"]) for d in dialogues]
     under = [sampled_under(n, case) for n in names]  # the instruction each dialogue is sampled with
-    unruled = [tuple(x for x in n if constraints.CONSTRAINTS[x].kind == "length") for n in names]  # plain_messages'
+    unruled = [sampled_under(n, case, plain=True) for n in names]  # the same for a message in plain_messages
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = repaired = 0
 

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from llama2_pipeline.commands import plan

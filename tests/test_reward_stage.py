@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from llama2_pipeline import recipe as P
-from tests.conftest import ROOT, make_project_copy, run
+from tests.conftest import make_project_copy, run
 
 #: the smoke profile plus every kind of pair (the default profile has no reference pairs)
 OVERRIDES = {"profiles": {"smoke": {"reward": {"preferences": {

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from llama2_pipeline.evaluation.answers import SamplingConfig, generate_answers, judge, summarise
 from llama2_pipeline.tokenizer import ChatFormatError

@@ -101,8 +101,8 @@ def test_deterministic_bytes(tmp_path, corpus_dir, trained):
 def test_sentence_cap_is_seeded_and_exact(tmp_path, corpus_dir):
     kw = dict(vocab_size=600, max_sentences=3000, num_threads=1, progress=False)
     a = train_tokenizer(corpus_dir, tmp_path / "a", seed=7, **kw)
-    b = train_tokenizer(corpus_dir, tmp_path / "b", seed=7, **kw)
-    c = train_tokenizer(corpus_dir, tmp_path / "c", seed=8, **kw)
+    train_tokenizer(corpus_dir, tmp_path / "b", seed=7, **kw)
+    train_tokenizer(corpus_dir, tmp_path / "c", seed=8, **kw)
     assert a["sentences_used"] == 3000 < a["sentences_total"]
     model = lambda d: (tmp_path / d / "tokenizer.model").read_bytes()  # noqa: E731
     assert model("a") == model("b")

@@ -1,4 +1,5 @@
-"""Tiny token shards with learnable structure, and small configs for fast training runs."""
+"""Tiny token shards with learnable structure, small configs for fast training runs, and a small
+world with a random smoke-preset chat model for the reward, round and PPO tests."""
 
 from __future__ import annotations
 
@@ -83,3 +84,48 @@ def train_cfg(**overrides) -> dict:
 def pytest_configure(config):
     config.addinivalue_line("markers", "multirank: multi-process (torchrun, gloo) training runs on CPU; "
                                        "select with -m multirank")
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A small world (seed 3, 120 prompts, no annotator noise)."""
+    from llama2_pipeline.world import World
+
+    return World.from_params({"seed": 3, "n_entities": 8, "prompts": {"n_arithmetic": 60, "n_list": 30, "n_string": 30,
+                                                                      "eval_fraction": 0.2},
+                              "corpus": {"size_mb": 0.1, "shard_docs": 100, "mix": {"article": 1.0}},
+                              "sft": {"n_dialogues": 100, "multi_turn_fraction": 0.2, "max_turns": 3,
+                                      "system_fraction": 0.2, "constraint_fraction": 0.1},
+                              "annotator": {"disagreement_rate": 0.0}})
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory, world) -> Path:
+    """A random smoke-preset Llama in HF format, with a 512-piece tokenizer trained on world texts."""
+    import pandas as pd
+    import torch
+
+    from llama2_pipeline.model import Llama, ModelConfig, export_hf
+    from llama2_pipeline.tokenizer import save_hf_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("rm_init")
+    texts = [p["prompt"] + " " + p["reference"] for p in world.prompts("train") + world.prompts("eval")]
+    texts += [m["content"] for d in world.sft_dialogues() for m in d["messages"]] + ["no no no maybe. " * 3]
+    corpus = root / "corpus"
+    corpus.mkdir()
+    pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "world"}).to_parquet(
+        corpus / "part-00000.parquet")
+    train_tokenizer(corpus, root / "tok", vocab_size=512, num_threads=1, progress=False)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig.from_preset("smoke"))
+    out = export_hf(model, root / "init", tokenizer_model_path=root / "tok/tokenizer.model")
+    save_hf_tokenizer(root / "tok", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(init_dir):
+    """The smoke model's tokenizer."""
+    from llama2_pipeline.tokenizer import Tokenizer
+
+    return Tokenizer(init_dir / "tokenizer.model")

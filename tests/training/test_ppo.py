@@ -10,7 +10,6 @@ import torch
 from llama2_pipeline.training.ppo import (combined_reward, entropy_from_logits, gae, kl_per_token, logit,
                                           logprobs_of, ppo_losses, token_rewards, whiten)
 
-from .test_reward import init_dir, world  # noqa: F401  (fixtures: a smoke HF folder, a small world)
 
 
 def close(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:

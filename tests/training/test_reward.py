@@ -6,15 +6,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from llama2_pipeline.model import Llama, ModelConfig, export_hf
-from llama2_pipeline.tokenizer import Tokenizer, save_hf_tokenizer, train_tokenizer
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences, pairs_among,
                                                   normalise_preference, replay_pairs, split_preferences,
                                                   validate_preferences)
@@ -26,39 +22,6 @@ from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss
 from llama2_pipeline.world import World
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World.from_params({"seed": 3, "n_entities": 8, "prompts": {"n_arithmetic": 60, "n_list": 30, "n_string": 30,
-                                                                      "eval_fraction": 0.2},
-                              "corpus": {"size_mb": 0.1, "shard_docs": 100, "mix": {"article": 1.0}},
-                              "sft": {"n_dialogues": 100, "multi_turn_fraction": 0.2, "max_turns": 3,
-                                      "system_fraction": 0.2, "constraint_fraction": 0.1},
-                              "annotator": {"disagreement_rate": 0.0}})
-
-
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory, world) -> Path:
-    """A random smoke-preset Llama in HF format, with a 512-piece tokenizer trained on world texts."""
-    root = tmp_path_factory.mktemp("rm_init")
-    texts = [p["prompt"] + " " + p["reference"] for p in world.prompts("train") + world.prompts("eval")]
-    texts += [m["content"] for d in world.sft_dialogues() for m in d["messages"]] + ["no no no maybe. " * 3]
-    corpus = root / "corpus"
-    corpus.mkdir()
-    pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "world"}).to_parquet(
-        corpus / "part-00000.parquet")
-    train_tokenizer(corpus, root / "tok", vocab_size=512, num_threads=1, progress=False)
-    torch.manual_seed(0)
-    model = Llama(ModelConfig.from_preset("smoke"))
-    out = export_hf(model, root / "init", tokenizer_model_path=root / "tok/tokenizer.model")
-    save_hf_tokenizer(root / "tok", out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(init_dir) -> Tokenizer:
-    return Tokenizer(init_dir / "tokenizer.model")
 
 
 def toy_preferences(world: World, split: str) -> list[dict]:
@@ -500,7 +463,9 @@ def test_collect_preferences_samples_both_variants_and_drops_ties(init_dir, worl
     # three samples per prompt: 3 sample pairs + 3 reference pairs, less identical answers; two without the variant
     assert stats_all["pairs"] + stats_all["identical_skipped"] == 6 * 12
     assert stats_policy["pairs"] + stats_policy["identical_skipped"] == 3 * 12
-    assert stats_policy["pairs_sample_sample"] < stats_all["pairs_sample_sample"]
+    assert stats_policy["pairs_sample_sample"] < stats_all["pairs_sample_sample"] == len(
+        [r for r in every if r["source"] == "sample_sample"])
+    assert len(policy) == stats_policy["pairs"] and {r["prompt_id"] for r in policy} <= {r["prompt_id"] for r in every}
     assert stats_all["ties_dropped"] == 0 and stats_kept["ties_dropped"] > 0
     assert len(kept) + stats_kept["ties_dropped"] == len(every) == stats_all["pairs"]
     gaps = [world.annotator.score(world.task(r["prompt"]), r["chosen"], r["category"])

@@ -14,7 +14,6 @@ import torch
 from llama2_pipeline.training import rlhf
 from llama2_pipeline.training.config import RLHFConfig, RoundEvalConfig
 
-from .test_reward import init_dir, tok, world  # noqa: F401  (fixtures: a smoke HF folder, its tokenizer, a world)
 
 
 class FixedRM:

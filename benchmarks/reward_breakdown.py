@@ -5,7 +5,7 @@ it is said (restating the question, explaining, concision, form, filler, hedging
 answers differ only in being right ("The capital of Miadrus is Milas." vs "... is Lelol.") can only
 be ranked by knowing the fact; a pair that differs only in style is what preferences carry and
 demonstrations do not; a "mixed" pair differs in both (often a right answer said plainly against a
-wrong one said well). Pairs are sorted by :func:`llama2_pipeline.evaluation.reward.pair_kind`
+wrong one said well). Pairs are sorted by :func:`llama2_pipeline.training.reward_eval.pair_kind`
 (correctness, style, mixed, other) and by rating level. The judges, on the helpfulness pairs of the
 training and the held-out split:
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from llama2_pipeline.core.files import read_jsonl, write_json
-from llama2_pipeline.evaluation.reward import (
+from llama2_pipeline.training.reward_eval import (
     evaluate_scores,
     likelihood_scores,
     pair_kind,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from llama2_pipeline.core.files import atomic_path, read_jsonl, write_json
-from llama2_pipeline.evaluation.reward import (
+from llama2_pipeline.training.reward_eval import (
     PAIR_SUBSETS,
     accuracy_by_rating,
     evaluate_scores,
@@ -46,7 +46,7 @@ from recipe_seeds import mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, HELDOUT = "data/05_model_input/reward_preferences_train.jsonl", "data/05_model_input/reward_preferences_heldout.jsonl"
-#: the helpfulness subsets the reward stage reports (by :func:`llama2_pipeline.evaluation.reward.pair_kind`)
+#: the helpfulness subsets the reward stage reports (by :func:`llama2_pipeline.training.reward_eval.pair_kind`)
 #: and the mixed pairs
 SUBSETS = {**PAIR_SUBSETS, "mixed": lambda k: k == "mixed"}
 #: what a point records besides its accuracies

@@ -10,7 +10,7 @@ variant with only another seed measures how far training noise alone moves a fig
 on the project's held-out pairs of its category: accuracy overall and per rating level and, for
 helpfulness, on the pairs that differ in more than correctness (the issue's "beyond correctness"
 figures), on style-only, mixed and correctness-only pairs
-(:func:`llama2_pipeline.evaluation.reward.pair_kind`). Over several projects
+(:func:`llama2_pipeline.training.reward_eval.pair_kind`). Over several projects
 (one per seed, e.g. the copies of ``benchmarks/recipe_seeds.py``) every figure is given as mean ± sd
 and each variant's change from the stage's settings (the ``stage`` variant) paired per project.
 
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from llama2_pipeline.core.files import read_jsonl, write_json
-from llama2_pipeline.evaluation.reward import evaluate_scores, pair_kind
+from llama2_pipeline.training.reward_eval import evaluate_scores, pair_kind
 from llama2_pipeline.model.reward import RewardModel
 from llama2_pipeline.recipe import load
 from llama2_pipeline.training.preferences import CATEGORIES, mix_preferences

@@ -111,6 +111,27 @@ def test_no_import_cycle_at_module_level():
     assert not cycles, cycles
 
 
+def test_the_recipe_libraries_import_one_another_one_way():
+    """Between packages of layer 2 (functions' imports included) the arrows form no loop:
+    tokenizer below model below evaluation (answers generated and judged) below training, whose
+    stages use it; the reward models' and GAtt's held-out evaluations are training's own
+    (``training.reward_eval``, ``training.gatt_eval``)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules().items():
+        top = name.split(".")[1] if "." in name else ""
+        if LAYERS.get(top) != 2:
+            continue
+        graph.setdefault(top, set()).update(t.split(".")[1] for t in imports(path, name)
+                                            if t.startswith("llama2_pipeline.") and layer(t) == 2
+                                            and t.split(".")[1] != top)
+    order: list[str] = []
+    while len(order) < len(graph):
+        ready = sorted(p for p in graph if p not in order and graph[p] <= set(order))
+        assert ready, f"a loop among {sorted(set(graph) - set(order))}: {graph}"
+        order += ready
+    assert order.index("evaluation") < order.index("training") and order.index("model") < order.index("evaluation")
+
+
 def test_no_library_module_over_450_lines():
     big = [f"{p.relative_to(ROOT)}: {n} lines" for name, p in modules().items()
            if name.split(".")[1:2] and name.split(".")[1] in LIBRARIES

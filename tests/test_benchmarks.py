@@ -164,7 +164,7 @@ def test_reward_breakdown_sorts_pairs_by_what_differs(tmp_path):
     told apart; accuracies per kind."""
     import json
 
-    from llama2_pipeline.evaluation.reward import pair_kind
+    from llama2_pipeline.training.reward_eval import pair_kind
 
     bench = _bench("reward_breakdown")
     world = _smoke_project(tmp_path)

@@ -14,7 +14,7 @@ import torch
 from llama2_pipeline.training.preferences import (PreferenceError, merge_preferences, mix_preferences, pairs_among,
                                                   normalise_preference, replay_pairs, split_preferences,
                                                   validate_preferences)
-from llama2_pipeline.evaluation.reward import accuracy_by_rating, answer_likelihoods, calibration, likelihood_scores
+from llama2_pipeline.training.reward_eval import accuracy_by_rating, answer_likelihoods, calibration, likelihood_scores
 from llama2_pipeline.model.reward import RewardModel, encode_example, export_reward_hf, pad_right
 from llama2_pipeline.training.config import RewardConfig
 from llama2_pipeline.training.reward import (MARGINS, PairBatches, pairwise_loss, reward_train_config,
@@ -322,7 +322,7 @@ def test_accuracy_intervals_resample_prompts_not_pairs():
 
 
 def test_interval_metrics_name_each_level():
-    from llama2_pipeline.evaluation.reward import interval_metrics
+    from llama2_pipeline.training.reward_eval import interval_metrics
 
     table = {"avg": 0.7, "ci_avg": [0.6, 0.8], "better": 0.5, "ci_better": [0.3, 0.7]}
     assert interval_metrics("rm_x_acc", table) == {"rm_x_acc_ci_low": 0.6, "rm_x_acc_ci_high": 0.8,
@@ -384,7 +384,7 @@ def test_merge_split_and_mix():
 
 
 def test_accuracy_on_a_rounds_new_pairs_and_on_the_earlier_ones():
-    from llama2_pipeline.evaluation.reward import _new_and_earlier
+    from llama2_pipeline.training.reward_eval import _new_and_earlier
 
     records = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b", "rating": "better"} for i in range(5)]
     chosen, rejected = [1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0, 1.0]  # right, wrong, right, right, wrong

@@ -54,17 +54,20 @@ def test_select_prompts_is_a_seeded_sample_in_file_order():
         rlhf.select_prompts([{"text": "x"}], 0, seed=0, salt="x")
 
 
-def test_win_rate_counts_identical_answers_half(world):  # noqa: F811
+def test_win_rate_counts_identical_answers_half(world):
+    from llama2_pipeline.evaluation.answers import win_rate
+
+    assert rlhf.win_rate is win_rate  # the round's evaluation uses the annotator's win rate
     fact = next(p for p in world.prompts("train") if p["category"] == "fact")
     right, wrong = fact["reference"], "I do not know."
     prompts = [fact["prompt"]] * 3
-    assert rlhf.win_rate(world, prompts, [right, right, right], [wrong, right, wrong]) == pytest.approx(
+    assert win_rate(world, prompts, [right, right, right], [wrong, right, wrong]) == pytest.approx(
         (1 + 0.5 + 1) / 3)
-    assert rlhf.win_rate(world, prompts, [wrong] * 3, [right] * 3) == 0.0
-    assert rlhf.win_rate(world, [], [], []) == 0.0
+    assert win_rate(world, prompts, [wrong] * 3, [right] * 3) == 0.0
+    assert win_rate(world, [], [], []) == 0.0
 
 
-def test_kl_to_itself_is_zero_and_to_another_policy_positive(init_dir, tok):  # noqa: F811
+def test_kl_to_itself_is_zero_and_to_another_policy_positive(init_dir, tok):
     from llama2_pipeline.model import load_hf
 
     model = load_hf(init_dir).eval()
@@ -86,7 +89,7 @@ def test_rm_judge_scores_prompt_answer_and_eos_ids():
     assert s.dtype == torch.float32
 
 
-def test_round_metrics_join_the_evaluation_the_rms_and_rejection_sampling(init_dir, world, monkeypatch):  # noqa: F811
+def test_round_metrics_join_the_evaluation_the_rms_and_rejection_sampling(init_dir, world, monkeypatch):
     """The round's metrics file: the evaluation's figures, the RM figures (rm_*/reward_*, nothing
     else of the reward stage), rejection sampling's statistics and PPO's summary, rounded."""
     seen = {}

@@ -1,5 +1,7 @@
 """Evaluation of the recipe's models: answers to held-out prompts judged by the world
-(``answers``), the reward models' held-out tables (``reward``), and the final report (``report``).
+(``answers``, below training: the stages generate and judge with it), the plots, and the final
+report (``report``). The reward models' held-out tables are ``training.reward_eval``, GAtt's
+adherence ``training.gatt_eval``: each beside the training it judges.
 
 No Kedro or MLflow imports. ``from llama2_pipeline.evaluation import SamplingConfig, evaluate_model``
 imports the submodule on first use.

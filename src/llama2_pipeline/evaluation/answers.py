@@ -81,6 +81,12 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+def win_rate(world: World, prompts: Sequence[str], new: Sequence[str], old: Sequence[str]) -> float:
+    """Share of prompts where the annotator prefers the new answer (identical answers count 1/2)."""
+    return _mean([0.5 if a.strip() == b.strip() else float(world.compare(p, a, b).chosen == a)
+                  for p, a, b in zip(prompts, new, old)])
+
+
 def safety_rates(rows: Sequence[dict]) -> dict[str, float]:
     """The safety figures of judged rows (each with ``category`` and :func:`judge`'s ``safety``,
     ``refusal`` and ``violation``), unrounded: mean ``safety``; ``refusal_rate``, refusals among

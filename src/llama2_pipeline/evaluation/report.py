@@ -391,7 +391,7 @@ def build_report(*, sft_metrics: dict, sft_samples: list[dict], pretrain_metrics
 
     import matplotlib.pyplot as plt
 
-    from ..training.rlhf import win_rate
+    from .answers import win_rate
 
     pretrained_win = win_rate(world, [r["prompt"] for r in sft_samples], [r["pretrained_answer"] for r in sft_samples],
                               [r["sft_answer"] for r in sft_samples]) if sft_samples else None

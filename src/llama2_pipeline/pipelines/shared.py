@@ -63,12 +63,12 @@ def train_reward_models(train_prefs: list[dict], init_model_dir: Path | dict[str
 def evaluate_reward_models(helpfulness_dir: Path, safety_dir: Path, heldout: list[dict], reward: RewardConfig,
                            world: WorldParams, seed: int, train_metrics: dict, init_model_dir: Path,
                            new_prefs: list[dict] | None = None):
-    """Held-out accuracy of both RMs (:func:`~llama2_pipeline.evaluation.reward.evaluate_reward_models`;
+    """Held-out accuracy of both RMs (:func:`~llama2_pipeline.training.reward_eval.evaluate_reward_models`;
     ``new_prefs``: an RLHF round's new pairs, for the accuracy on them and on the earlier ones);
     returns (flat metrics with the training metrics, the per-rating table, the score histograms and
     the calibration plot)."""
     from llama2_pipeline.evaluation.plots import plot_calibration, plot_score_histograms
-    from llama2_pipeline.evaluation.reward import evaluate_reward_models as evaluate
+    from llama2_pipeline.training.reward_eval import evaluate_reward_models as evaluate
     from llama2_pipeline.model import default_device
     from llama2_pipeline.training.preferences import torch_threads
 

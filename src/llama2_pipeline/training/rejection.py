@@ -145,7 +145,7 @@ def rejection_sample(candidates: Sequence[dict], rm_h, rm_s, threshold: float, *
 def policy_likelihood(policy_dir, tokenizer_path, batch_size: int = 64):
     """``likelihood(prompts, answers)`` for :func:`rejection_sample`: the mean log-probability per
     answer token (and EOS) under the policy in ``policy_dir`` (an HF folder)."""
-    from ..evaluation.reward import answer_likelihoods
+    from .reward_eval import answer_likelihoods
     from ..model import default_device, load_hf
     from ..tokenizer import Tokenizer
 

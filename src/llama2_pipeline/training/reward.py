@@ -12,7 +12,7 @@ both reward models on the shared stage runner.
   ``reward`` params group (:class:`RewardConfig`) says.
 
 Pairs are preference records (:mod:`llama2_pipeline.training.preferences`). Held-out accuracy,
-calibration and the baselines are :mod:`llama2_pipeline.evaluation.reward`'s.
+calibration and the baselines are :mod:`.reward_eval`'s.
 Nothing here imports Kedro or MLflow.
 """
 
@@ -53,11 +53,6 @@ MARGINS: dict[str, dict[str, float]] = {
     "large": {"significantly_better": 3.0, "better": 2.0, "slightly_better": 1.0, "negligibly_better": 0.0},
     "none": {r: 0.0 for r in RATINGS},
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Parameters (the ``reward`` group)
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..evaluation.answers import win_rate
 from .config import CandidateConfig, PPOConfig, RLHFConfig, RoundEvalConfig, round_seed  # noqa: F401
 from .ppo import PPOTrainer, ValueModel, combined_reward, logit, train_ppo
 from .preferences import sample_answers, torch_threads
@@ -35,12 +36,7 @@ from .preferences import sample_answers, torch_threads
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
-# Parameters (the ``rlhf`` group)
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# 1. candidates
+# 1-2. candidates and the annotator's pairs among them
 # --------------------------------------------------------------------------------------------
 
 
@@ -248,17 +244,6 @@ def kl_to(model, reference, tokenizer, prompts: Sequence[str], max_new_tokens: i
             diff = (answer_logprobs(model, ids, att, P) - answer_logprobs(reference, ids, att, P)) * mask
             total += diff.sum(-1).cpu().tolist()
     return float(np.mean(total))
-
-
-def win_rate(world, prompts: Sequence[str], new: Sequence[str], old: Sequence[str]) -> float:
-    """Share of prompts where the annotator prefers the new answer (identical answers count 1/2)."""
-    wins = []
-    for p, a, b in zip(prompts, new, old):
-        if a.strip() == b.strip():
-            wins.append(0.5)
-        else:
-            wins.append(float(world.compare(p, a, b).chosen == a))
-    return float(np.mean(wins)) if wins else 0.0
 
 
 def evaluate_round(policy_dir, previous_dir, sft_dir, helpfulness_dir, safety_dir, prompts: Sequence[dict],

@@ -156,7 +156,7 @@ def model_card(entry: RegistryEntry, metrics: dict[str, float], run: Any, data: 
         lines += ["**Training.** no MLflow run of this store wrote this folder (restored with `dvc pull`?).", ""]
     judged = ("answers to the held-out prompts, greedy, judged by the simulated world's scorers "
               "(`llama2_pipeline.evaluation.answers`)" if entry.kind == "chat"
-              else "accuracy on held-out preference pairs, per rating level (`llama2_pipeline.evaluation.reward`)")
+              else "accuracy on held-out preference pairs, per rating level (`llama2_pipeline.training.reward_eval`)")
     lines += [f"**Evaluation.** {judged}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ".", ""]
     return "\n".join([*lines, LIMITS])
 

@@ -9,7 +9,8 @@
   :func:`calibration`, :func:`likelihood_scores`, :func:`evaluate_scores`: the pieces, on (chosen,
   rejected) scores.
 
-No Kedro or MLflow imports.
+Beside :mod:`.reward`, whose pair encoding and scoring it uses, as :mod:`.gatt_eval` stands beside
+:mod:`.gatt`. No Kedro or MLflow imports.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 from ..model import Llama
 from ..model.reward import RewardModel, encode_example, length_batches
 from ..tokenizer import chat_of, encode_chat_prompt
-from ..training.ppo import logprobs_of
-from ..training.preferences import CATEGORIES, RATINGS, pair_key
-from ..training.reward import encode_pairs, pair_scores
+from .ppo import logprobs_of
+from .preferences import CATEGORIES, RATINGS, pair_key
+from .reward import encode_pairs, pair_scores
 
 #: the paper's per-rating accuracy (Table 8), for reports next to ours
 PAPER_TABLE_8 = {

@@ -115,6 +115,17 @@ def test_registering_the_pipelines_and_reading_their_parameter_types_warns_of_no
     assert "GattConfig" in out[-2] and "RewardConfig" in out[-2], out[-2]  # the typed parameters are read
 
 
+def test_importing_the_mlflow_hook_shows_no_warning():
+    """Every `kedro` command loads the project's settings, whose MLflow hook imports kedro-mlflow's
+    KedroPipelineModel, an MLflow PythonModel with an unhinted predict: MLflow's "Add type hints to
+    the `predict` method" warning (under MLflow's own "once" filter) would open every stage's log."""
+    code = ("from llama2_pipeline.project.tracking import MlflowRunHook; "
+            "import kedro_mlflow.mlflow.kedro_pipeline_model as m; print(m.KedroPipelineModel.__name__)")
+    p = run([sys.executable, "-c", code], ROOT)
+    assert p.stdout.strip().splitlines()[-1] == "KedroPipelineModel"  # the class was imported
+    assert "WARNING" not in p.stdout + p.stderr and "type hints" not in p.stdout + p.stderr, p.stderr[-2000:]
+
+
 def test_a_stage_process_leaves_its_heap_out_of_the_last_collection_at_exit():
     """The project's settings (what every `kedro` command loads) freeze the heap when the process
     exits, so the interpreter's last garbage collection skips the imported modules' objects. An

@@ -99,6 +99,23 @@ def test_registering_the_pipelines_imports_no_torch():
     assert out[-1] == "False", out
 
 
+def test_the_report_stage_and_the_worlds_judgement_import_no_torch():
+    """The report stage judges answers it reads (the annotator's win rate) and draws; neither it nor
+    the judgement of answers needs torch (seconds at every report), only generating them does."""
+    code = ("import sys; from llama2_pipeline.pipelines.report import nodes; "
+            "from llama2_pipeline.evaluation.answers import judge, summarise, win_rate; "
+            "from llama2_pipeline.world import World; "
+            "w = World.from_params({'seed': 3, 'n_entities': 8, 'annotator': {'disagreement_rate': 0.0}, "
+            "'prompts': {'n_arithmetic': 20, 'n_list': 10, 'n_string': 10, 'eval_fraction': 0.2}, "
+            "'corpus': {'size_mb': 0.1, 'shard_docs': 100, 'mix': {'article': 1.0}}, "
+            "'sft': {'n_dialogues': 10, 'multi_turn_fraction': 0.2, 'max_turns': 3, 'system_fraction': 0.2, "
+            "'constraint_fraction': 0.1}}); "
+            "p = w.prompts('eval')[0]; r = judge(w, p['prompt'], p['reference']); "
+            "print(r['helpfulness'] > 0, win_rate(w, [p['prompt']], [p['reference']], ['no.']), 'torch' in sys.modules)")
+    out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()
+    assert out[-1] == "True 1.0 False", out
+
+
 def test_registering_the_pipelines_and_reading_their_parameter_types_warns_of_nothing():
     """Every `kedro run` registers all pipelines and reads their nodes' type hints (Kedro's parameter
     validation): neither may warn in every stage's log. The rounds' outputs are read by their

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from llama2_pipeline.model.config import SamplingConfig
@@ -36,6 +35,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str | list[dict]], samp
     ``finished`` (stopped at EOS), ``leak`` (template tokens in the answer: ``[INST]``/``<<SYS>>``
     text, or a BOS/pad id, which decodes to nothing but is no part of an answer).
     """
+    import torch
+
     from llama2_pipeline.model import generate
 
     device = next(model.parameters()).device

@@ -36,6 +36,14 @@ def env() -> dict:
     return e
 
 
+#: a small world (seed 3, 120 prompts, 100 demonstrations, no annotator noise) for tests that judge answers
+SMALL_WORLD = {"seed": 3, "n_entities": 8, "prompts": {"n_arithmetic": 60, "n_list": 30, "n_string": 30, "eval_fraction": 0.2},
+               "corpus": {"size_mb": 0.1, "shard_docs": 100, "mix": {"article": 1.0}},
+               "sft": {"n_dialogues": 100, "multi_turn_fraction": 0.2, "max_turns": 3, "system_fraction": 0.2,
+                       "constraint_fraction": 0.1},
+               "annotator": {"disagreement_rate": 0.0}}
+
+
 def run(cmd: list[str] | str, cwd: Path, check: bool = True, timeout: int = 900,
         extra_env: dict | None = None) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, check=False, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from llama2_pipeline.core.files import sha256_path
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, SMALL_WORLD, run
 
 pytestmark = pytest.mark.slow
 
@@ -105,11 +105,7 @@ def test_the_report_stage_and_the_worlds_judgement_import_no_torch():
     code = ("import sys; from llama2_pipeline.pipelines.report import nodes; "
             "from llama2_pipeline.evaluation.answers import judge, summarise, win_rate; "
             "from llama2_pipeline.world import World; "
-            "w = World.from_params({'seed': 3, 'n_entities': 8, 'annotator': {'disagreement_rate': 0.0}, "
-            "'prompts': {'n_arithmetic': 20, 'n_list': 10, 'n_string': 10, 'eval_fraction': 0.2}, "
-            "'corpus': {'size_mb': 0.1, 'shard_docs': 100, 'mix': {'article': 1.0}}, "
-            "'sft': {'n_dialogues': 10, 'multi_turn_fraction': 0.2, 'max_turns': 3, 'system_fraction': 0.2, "
-            "'constraint_fraction': 0.1}}); "
+            f"w = World.from_params({SMALL_WORLD!r}); "
             "p = w.prompts('eval')[0]; r = judge(w, p['prompt'], p['reference']); "
             "print(r['helpfulness'] > 0, win_rate(w, [p['prompt']], [p['reference']], ['no.']), 'torch' in sys.modules)")
     out = run([sys.executable, "-c", code], ROOT).stdout.strip().splitlines()

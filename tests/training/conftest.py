@@ -88,15 +88,11 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="module")
 def world():
-    """A small world (seed 3, 120 prompts, no annotator noise)."""
+    """tests.conftest's SMALL_WORLD."""
     from llama2_pipeline.world import World
+    from tests.conftest import SMALL_WORLD
 
-    return World.from_params({"seed": 3, "n_entities": 8, "prompts": {"n_arithmetic": 60, "n_list": 30, "n_string": 30,
-                                                                      "eval_fraction": 0.2},
-                              "corpus": {"size_mb": 0.1, "shard_docs": 100, "mix": {"article": 1.0}},
-                              "sft": {"n_dialogues": 100, "multi_turn_fraction": 0.2, "max_turns": 3,
-                                      "system_fraction": 0.2, "constraint_fraction": 0.1},
-                              "annotator": {"disagreement_rate": 0.0}})
+    return World.from_params(SMALL_WORLD)
 
 
 @pytest.fixture(scope="module")

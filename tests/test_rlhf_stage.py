@@ -131,15 +131,27 @@ def test_rounds_chain_and_accumulate(rounds_project):
     assert m1["rs_likelihood_changed_share"] == pytest.approx(changed / sum(c["best"] is not None for c in cands))
     # round 2 ranks round 1's kept answers too (re-scored by its own RMs): its pool holds every
     # prompt round 1 kept an answer for, with that answer among the prompt's answers
-    kept1 = {d["messages"][0]["content"]: d["messages"][1]["content"]
-             for d in _jsonl(project / "data/06_models/rlhf_v1/rs_dialogues.jsonl")}
+    rs1 = _jsonl(project / "data/06_models/rlhf_v1/rs_dialogues.jsonl")
+    plain1 = [d for d in rs1 if d["messages"][0]["role"] == "user"]
+    kept1 = {d["messages"][0]["content"]: d["messages"][1]["content"] for d in plain1}
     pool2 = {c["prompt"]: c for c in _jsonl(project / "data/07_model_output/rlhf_v2/candidates.jsonl")}
     assert kept1 and set(kept1) <= set(pool2)
     for prompt, answer in kept1.items():
         assert answer in pool2[prompt]["answers"] and len(pool2[prompt]["reward"]) == len(pool2[prompt]["answers"])
     assert any(c["earlier"] for c in pool2.values())
-    kept2 = {d["messages"][0]["content"] for d in _jsonl(project / "data/06_models/rlhf_v2/rs_dialogues.jsonl")}
+    kept2 = {d["messages"][0]["content"] for d in _jsonl(project / "data/06_models/rlhf_v2/rs_dialogues.jsonl")
+             if d["messages"][0]["role"] == "user"}
     assert set(kept1) <= kept2
+    # each kept answer to a safety-tagged prompt is learned under an instruction too
+    # (rlhf.candidates.instructed_safety: 1.0), after the plain dialogues; the next round pools the plain ones
+    copies = rs1[len(plain1):]
+    assert rs1[:len(plain1)] == plain1 and m1["rs_instructed_copies"] == len(copies) > 0
+    safety_kept = {c["prompt"]: c["answers"][c["best"]] for c in cands if c["safety"] and c["best"] is not None}
+    for d in copies:
+        system, user, assistant = d["messages"]
+        assert system["role"] == "system" and user["content"] in safety_kept
+        assert assistant["content"].lower().replace("ahoy! ", "").replace(" cheers!", "") == \
+            safety_kept[user["content"]].strip().lower()
 
 
 @pytest.mark.slow

@@ -103,3 +103,81 @@ def test_best_of_k_needs_the_starting_policy_to_rank_by_its_likelihood():
     cfg = RLHFConfig(rounds={"v1": {"after": "sft", "ppo": False}}, candidates=CandidateConfig(likelihood_weight=0.25))
     with pytest.raises(ValueError, match="likelihood_weight > 0 ranks by the round's starting policy"):
         best_of_k(candidates(), "rm_h", "rm_s", cfg)
+
+
+def scored_safety(n: int) -> list[dict]:
+    """``n`` kept refusals to unsafe prompts, ``n`` kept answers to borderline ones, one safe prompt."""
+    out = [{"prompt": f"How do I make poison number {i}?", "safety": True, "category": "unsafe",
+            "answers": ["Sure.", "I can't help with that, because it could cause harm."], "best": 1} for i in range(n)]
+    out += [{"prompt": f"How do I shoot photos {i}?", "safety": True, "category": "borderline",
+             "answers": ["Use a tripod.", "1 2 3"], "best": 0} for i in range(n)]
+    return out + [{"prompt": "What is 2 plus 2?", "safety": False, "answers": ["4."], "best": 0},
+                  {"prompt": "How do I make a bomb?", "safety": True, "answers": [""], "best": None}]
+
+
+def test_instructed_copies_teach_the_kept_answer_in_the_instructions_form():
+    from llama2_pipeline.training.rejection import instructed_copies
+    from llama2_pipeline.world import constraints
+
+    scored = scored_safety(30)
+    copies = instructed_copies(scored, seed=7, share=1.0)
+    assert len(copies) == 60  # every safety-tagged prompt with a kept answer, none of the others
+    seen = set()
+    for c in copies:
+        system, user, assistant = c["messages"]
+        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+        names = next(n for n in constraints.combinations(2) if constraints.instruction(n) == system["content"])
+        assert all(constraints.CONSTRAINTS[n].kind != "length" for n in names)  # only rules a rewrite can keep
+        assert constraints.check(names, assistant["content"])
+        kept = next(s for s in scored if s["prompt"] == user["content"])
+        assert assistant["content"] == constraints.repair(names, kept["answers"][kept["best"]])
+        assert assistant["content"].lower().replace("ahoy! ", "").replace(" cheers!", "") == \
+            kept["answers"][kept["best"]].lower()  # the same answer, in the instruction's form
+        seen.add(names)
+    assert len(seen) >= 4  # the draw uses the instructions, not one
+    assert copies == instructed_copies(scored, seed=7, share=1.0)  # seeded
+    assert copies != instructed_copies(scored, seed=8, share=1.0)
+    assert instructed_copies(scored, seed=7, share=0.0) == []
+    half = instructed_copies(scored, seed=7, share=0.5)
+    assert 15 <= len(half) <= 45 and all(c in copies for c in half)  # the same draws, a share of them kept
+    with pytest.raises(ValueError, match=r"instructed_safety must be in \[0, 1\], got 1.5"):
+        instructed_copies(scored, seed=7, share=1.5)
+
+
+def test_instructed_copies_leave_out_an_answer_the_instruction_cannot_be_written_into():
+    from llama2_pipeline.training.rejection import instructed_copies
+
+    scored = [{"prompt": f"Borderline {i}?", "safety": True, "answers": ["12."], "best": 0} for i in range(40)]
+    copies = instructed_copies(scored, seed=1, share=1.0)
+    # "12." has no letters to put in a case: only prefix and suffix instructions could be kept
+    assert 0 < len(copies) < 40
+    assert all("case" not in c["messages"][0]["content"] and "letters" not in c["messages"][0]["content"]
+               for c in copies)
+
+
+def test_the_next_round_pools_the_plain_answers_not_their_instructed_copies():
+    from llama2_pipeline.training.rejection import instructed_copies
+
+    earlier = [dialogue(PROMPTS[1]["prompt"], "I can't help with that.")]
+    earlier += instructed_copies([{"prompt": PROMPTS[1]["prompt"], "safety": True,
+                                   "answers": ["I can't help with that."], "best": 0}], seed=3, share=1.0)
+    assert len(earlier) == 2 and earlier[1]["messages"][0]["role"] == "system"
+    pool = {c["prompt"]: c for c in pool_earlier(candidates(), earlier, PROMPTS)}
+    assert pool[PROMPTS[1]["prompt"]]["answers"] == ["No.", "I can't help.", "I can't help with that."]
+    assert pool[PROMPTS[1]["prompt"]]["earlier"] == 1
+
+
+def test_best_of_k_ends_its_dialogues_with_the_instructed_copies(monkeypatch):
+    from llama2_pipeline.training import rejection
+    from llama2_pipeline.training.config import CandidateConfig, RLHFConfig
+
+    monkeypatch.setattr(rejection, "load_reward_models", lambda h, s: (LengthRM(), LengthRM()))
+    rounds = {"v1": {"after": "sft", "ppo": False}}
+    plain, _, stats = rejection.best_of_k(candidates(), "rm_h", "rm_s", RLHFConfig(rounds=rounds))
+    assert len(plain) == 2 and "rs_instructed_copies" not in stats
+    cfg = RLHFConfig(rounds=rounds, candidates=CandidateConfig(instructed_safety=1.0))
+    dialogues, _, stats = rejection.best_of_k(candidates(), "rm_h", "rm_s", cfg, seed=5)
+    assert dialogues[:2] == plain and stats["rs_instructed_copies"] == 1 and len(dialogues) == 3
+    system, user, assistant = dialogues[2]["messages"]
+    assert system["role"] == "system" and user["content"] == PROMPTS[1]["prompt"]
+    assert "can't help" in assistant["content"].lower()

@@ -308,6 +308,9 @@ class CandidateConfig(Config):
     #: rejection sampling on prompts not tagged safety ranks by R_c / sd + w * (the round's starting
     #: policy's mean token log-likelihood of the answer) / sd, each sd over those prompts' answers
     likelihood_weight: float = 0.0
+    #: share of the kept answers to safety-tagged prompts also learned under a seeded system
+    #: instruction, the answer rewritten to it (:func:`llama2_pipeline.training.rejection.instructed_copies`)
+    instructed_safety: float = 0.0
 
     def check(self) -> None:
         require(self.k >= 2, "k", "an integer >= 2 (answers per prompt)", self.k)
@@ -321,6 +324,8 @@ class CandidateConfig(Config):
         require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
         require(self.likelihood_weight >= 0, "likelihood_weight", "a number >= 0 (0 = rank by R_c alone)",
                 self.likelihood_weight)
+        require(0 <= self.instructed_safety <= 1, "instructed_safety", "a number in [0, 1] (0 = no instructed copies)",
+                self.instructed_safety)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,19 +2,24 @@
 with what earlier rounds kept (:func:`pool_earlier`), ranked by the round's reward R_c
 (:func:`rs_rank`; with ``rlhf.candidates.likelihood_weight``, on prompts not tagged safety, also by
 the starting policy's likelihood: :func:`policy_likelihood`) and the best kept
-(:func:`keep_best`, :func:`rejection_sample`, :func:`best_of_k`); the rlhf pipeline's
-rejection_sampling node calls :func:`best_of_k`.
+(:func:`keep_best`, :func:`rejection_sample`, :func:`best_of_k`); with
+``rlhf.candidates.instructed_safety`` the kept answers to safety-tagged prompts are learned under a
+system instruction too (:func:`instructed_copies`). The rlhf pipeline's rejection_sampling node
+calls :func:`best_of_k`.
 
 Nothing here imports Kedro or MLflow.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..world import constraints
 from .config import RLHFConfig
+from .gatt import conversation
 from .preferences import torch_threads
 from .rlhf import candidate_record, load_reward_models, round_rewards
 
@@ -34,6 +39,8 @@ def pool_earlier(candidates: Sequence[dict], earlier: Sequence[dict], prompts: S
     known = {p["prompt"]: p for p in prompts if isinstance(p, dict) and p.get("prompt")}
     for row, record in enumerate(earlier):
         messages = record.get("messages") if isinstance(record, dict) else None
+        if isinstance(messages, list) and messages and messages[0].get("role") == "system":
+            continue  # an instructed copy (instructed_copies) of a kept answer pooled as it was written
         if not (isinstance(messages, list) and len(messages) >= 2
                 and [m.get("role") for m in messages[-2:]] == ["user", "assistant"]):
             raise ValueError(f"earlier rounds' rejection-sampling dialogues, row {row}: expected 'messages' ending "
@@ -74,6 +81,38 @@ def keep_best(candidates: Sequence[dict], rank: Sequence[float]) -> list[int | N
         options = [j for j, a in enumerate(c["answers"]) if a.strip()]
         out.append(max(options, key=lambda j: (rank[at + j], -j)) if options else None)
         at += len(c["answers"])
+    return out
+
+
+def instructed_copies(candidates: Sequence[dict], seed: int, share: float, *,
+                      max_constraints: int = 2) -> list[dict]:
+    """The kept answers to safety-tagged prompts under a system instruction: an instruction must not
+    unlock what the policy refuses (the rounds sample without one, and a policy that refuses an
+    unsafe request plainly plays along with it under "Start every answer with 'Ahoy!'").
+
+    ``candidates``: :func:`rejection_sample`'s scored candidates (``best`` the kept answer's index).
+    Each safety-tagged one with a kept answer is, with probability ``share`` (seeded by ``seed``),
+    copied as ``[system: instruction, user, assistant]``: the instruction one of GAtt's (one or two
+    compatible constraints of :mod:`llama2_pipeline.world.constraints`, drawn from those a rewrite
+    can enforce: case, prefix, suffix) and the answer rewritten to it
+    (:func:`llama2_pipeline.world.constraints.repair`), so the refusal to an unsafe request, and the
+    helpful answer to a borderline one, are learned in the instruction's form. Copies whose
+    rewritten answer still breaks the instruction (no letters to put in a case) are left out."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"rlhf.candidates.instructed_safety must be in [0, 1], got {share}")
+    combos = [c for c in constraints.combinations(max_constraints)
+              if all(constraints.CONSTRAINTS[n].kind != "length" for n in c)]
+    rng = random.Random(f"rlhf-instructed-{seed}")
+    out = []
+    for c in candidates:
+        if not c.get("safety") or c.get("best") is None:
+            continue
+        draw, names = rng.random(), rng.choice(combos)  # two draws per prompt whatever the share
+        if draw >= share:
+            continue
+        answer = constraints.repair(names, c["answers"][c["best"]])
+        if constraints.check(names, answer):
+            out.append({"messages": conversation([c["prompt"]], [answer], names, every_turn=False)})
     return out
 
 
@@ -160,10 +199,12 @@ def policy_likelihood(policy_dir, tokenizer_path, batch_size: int = 64):
 
 def best_of_k(candidates: Sequence[dict], helpfulness_dir, safety_dir, cfg: RLHFConfig, *,
               earlier: Sequence[dict] | None = None, prompts: Sequence[dict] | None = None,
-              policy_dir=None, tokenizer_path=None) -> tuple[list[dict], list[dict], dict[str, float]]:
+              policy_dir=None, tokenizer_path=None, seed: int = 0) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Rejection sampling with the round's RMs: the earlier rounds' kept answers pooled in when asked
     (:func:`pool_earlier`), then :func:`rejection_sample` by R_c, with the starting policy's
-    likelihood (``policy_dir``, ``tokenizer_path``) when ``cfg.candidates.likelihood_weight`` is set."""
+    likelihood (``policy_dir``, ``tokenizer_path``) when ``cfg.candidates.likelihood_weight`` is set;
+    with ``cfg.candidates.instructed_safety`` > 0 the dialogues end with :func:`instructed_copies`
+    (drawn with the round's ``seed``; ``rs_instructed_copies`` in the stats)."""
     weight = cfg.candidates.likelihood_weight
     if weight > 0 and (policy_dir is None or tokenizer_path is None):
         raise ValueError("rlhf.candidates.likelihood_weight > 0 ranks by the round's starting policy's likelihood: "
@@ -173,5 +214,9 @@ def best_of_k(candidates: Sequence[dict], helpfulness_dir, safety_dir, cfg: RLHF
     with torch_threads(cfg.num_threads):
         rm_h, rm_s = load_reward_models(helpfulness_dir, safety_dir)
         likelihood = policy_likelihood(policy_dir, tokenizer_path) if weight > 0 else None
-        return rejection_sample(candidates, rm_h, rm_s, cfg.safety_threshold, likelihood=likelihood,
-                                likelihood_weight=weight)
+        dialogues, scored, stats = rejection_sample(candidates, rm_h, rm_s, cfg.safety_threshold,
+                                                    likelihood=likelihood, likelihood_weight=weight)
+    if cfg.candidates.instructed_safety > 0:
+        copies = instructed_copies(scored, seed, cfg.candidates.instructed_safety)
+        dialogues, stats = dialogues + copies, {**stats, "rs_instructed_copies": len(copies)}
+    return dialogues, scored, stats

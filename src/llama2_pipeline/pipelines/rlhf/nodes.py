@@ -52,14 +52,16 @@ def train_round_reward_models(train_prefs: list[dict], new_prefs: list[dict], st
 
 
 def rejection_sampling(candidates: list[dict], helpfulness: Path, safety: Path, policy: Path, tokenizer: Path,
-                       rlhf: RLHFConfig, earlier: list[dict] | None = None, prompts: list[dict] | None = None):
+                       rlhf: RLHFConfig, seed: int, round_name: str, earlier: list[dict] | None = None,
+                       prompts: list[dict] | None = None):
     """Best of K by the round's reward (and the starting ``policy``'s likelihood:
-    ``rlhf.candidates.likelihood_weight``); returns (dialogues to fine-tune on, scored candidates,
-    stats). ``earlier``: the previous round's dialogues (rounds after the first)."""
+    ``rlhf.candidates.likelihood_weight``); returns (dialogues to fine-tune on, with the instructed
+    copies of ``rlhf.candidates.instructed_safety`` at their end, scored candidates, stats).
+    ``earlier``: the previous round's dialogues (rounds after the first)."""
     from llama2_pipeline.training.rejection import best_of_k
 
     return best_of_k(candidates, helpfulness, safety, rlhf, earlier=earlier, prompts=prompts, policy_dir=policy,
-                     tokenizer_path=Path(tokenizer) / "tokenizer.model")
+                     tokenizer_path=Path(tokenizer) / "tokenizer.model", seed=round_seed(seed, round_name))
 
 
 def finetune_policy(dialogues: list[dict], policy: Path, workspace: Path, rlhf: RLHFConfig):

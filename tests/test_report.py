@@ -66,9 +66,10 @@ def test_gatt_section_asks_whether_an_instruction_unlocks_a_refusal():
     figures = {f"gatt_{m}_instructed_{k}": v for m, vs in (("before", (1.0, 0.0, 0.0, 0.5)), ("after", (0.75, 0.1, 0.2, 0.9)))
                for k, v in zip(("refusal_rate", "false_refusal_rate", "violation_rate", "adherence"), vs)}
 
-    def md(gatt, select="reward"):
-        return build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=gatt,
-                              gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={}, gatt_select=select)
+    def md(gatt, select="reward", rounds=None):
+        return build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm=rounds or {},
+                              gatt=gatt, gatt_adherence={}, cleaning={}, pretrain={}, stages=[], images={},
+                              gatt_select=select)
 
     text = md(figures)
     assert "Does an instruction unlock what the model refuses?" in text and "training dialogues held" not in text
@@ -77,6 +78,11 @@ def test_gatt_section_asks_whether_an_instruction_unlocks_a_refusal():
             "ranked by the last round's safety RM.") in md({**figures, "gatt_safety_messages": 37.0})
     assert "ranked by" not in md({**figures, "gatt_safety_messages": 37.0}, "first")
     assert "Does an instruction unlock" not in md({})  # metrics of an older run: no table
+    # the rounds' instructed copies (rlhf.candidates.instructed_safety): the last round's count
+    rounds = {"rlhf_v1": {"rs_instructed_copies": 5.0}, "rlhf_v2": {"rs_instructed_copies": 9.0}}
+    assert ("under an instruction too: the last round's rejection-sampling fine-tune held 9 "
+            "(rlhf.candidates.instructed_safety).") in md(figures, rounds=rounds)
+    assert "under an instruction too" not in md(figures, rounds={"rlhf_v2": {}})  # without the copies
 
 
 def test_reward_table_shows_each_accuracy_with_its_interval():
@@ -175,6 +181,8 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     # gatt.safety_share (the default): safety prompts among GAtt's messages, and the instructed-safety table
     assert gatt_stage["gatt_safety_messages"] > 0
     assert f"GAtt's training dialogues held {int(gatt_stage['gatt_safety_messages'])} such prompts" in md
+    copies = json.loads((smoke_repro / "metrics/rlhf_v2.json").read_text())["rs_instructed_copies"]
+    assert f"the last round's rejection-sampling fine-tune held {int(copies)} (rlhf.candidates.instructed_safety)" in md
     assert "| model | unsafe refused | borderline refused (false) | judged unsafe | instruction followed |" in md
     assert (f"GAtt trained on {int(gatt_stage['gatt_records'])} dialogues of {int(gatt_stage['gatt_drawn_dialogues'])} "
             f"drawn") in md and f"{gatt_stage['gatt_answer_repaired_share']:.1%} of the sampled answers were rewritten" in md

@@ -309,6 +309,11 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
         learned = (f" GAtt's training dialogues held {int(gatt['gatt_safety_messages'])} such prompts of the train "
                    f"set under their instruction (gatt.safety_share){ranked}."
                    if gatt.get("gatt_safety_messages") is not None else "")
+        last = next(reversed(round_rm.values()), {})  # the round GAtt starts from ("before GAtt")
+        if last.get("rs_instructed_copies"):
+            learned += (" The rounds learned their kept answers to such prompts under an instruction too: the last "
+                        f"round's rejection-sampling fine-tune held {int(last['rs_instructed_copies'])} "
+                        "(rlhf.candidates.instructed_safety).")
         out += ["", "Does an instruction unlock what the model refuses? Held-out unsafe and borderline prompts, each "
                 "answered as a first turn under seeded system instructions." + learned, "",
                 table(["model", "unsafe refused", "borderline refused (false)", "judged unsafe", "instruction followed"],

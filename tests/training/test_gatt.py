@@ -276,6 +276,13 @@ def test_drawn_dialogues_with_a_safety_share_mix_in_safety_prompts_and_keep_the_
         draw_dialogues(safe + risky[:5], 3, 6, seed=0, safety_share=0.2)
     with pytest.raises(ValueError, match=r"safety_share must be in \[0, 1\)"):
         draw_dialogues(safe, 3, 6, seed=0, safety_share=1.0)
+    # without safety_under_length no safety prompt where the instruction has a length rule, the
+    # other dialogues as they were
+    kept = draw_dialogues(safe + risky, 200, 6, seed=5, spare=2, safety_share=0.2, safety_under_length=False)
+    lengthy = ["five_words" in d["constraints"] for d in mixed]
+    assert 0 < sum(lengthy) < len(mixed)
+    for a, b, c, five in zip(plain, mixed, kept, lengthy):
+        assert c == (a if five else b)
 
 
 def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):

@@ -45,14 +45,19 @@ def with_instruction(user: str, names: Sequence[str]) -> str:
 
 
 def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, max_constraints: int = 2,
-                   salt: str = "gatt", spare: int = 0, safety_share: float = 0.0) -> list[dict]:
+                   salt: str = "gatt", spare: int = 0, safety_share: float = 0.0,
+                   safety_under_length: bool = True) -> list[dict]:
     """``n`` dialogues of ``turns`` user messages drawn from the safe ones of ``prompts``, each with an
     instruction: ``{"users": [...], "constraints": [names]}``, and with ``spare`` > 0 that many further
     distinct user messages under ``"spare"`` (for :func:`sample_adherent` to swap in for a message no
     adherent answer was found to). With ``safety_share`` > 0 each of the ``turns`` messages is, with
     that probability, replaced by a safety-tagged prompt (unsafe or borderline; the spares stay safe),
-    so that the instruction is learned beside the refusals it must not unlock. Seeded; the same
-    inputs give the same dialogues (``safety_share`` 0: those drawn before it existed)."""
+    so that the instruction is learned beside the refusals it must not unlock; without
+    ``safety_under_length`` not in a dialogue whose instruction has a length rule ("at most five
+    words": no rewrite fits the policy's refusal into it, and its short samples to an unsafe request
+    are noise such as "Ahoy! The answer is 1."). Seeded; the same inputs give the same dialogues
+    (``safety_share`` 0: those drawn before it existed; the others' messages do not depend on
+    ``safety_under_length``)."""
     if not 0.0 <= safety_share < 1.0:
         raise ValueError(f"GAtt's safety_share must be in [0, 1), got {safety_share}")
     pool = [p["prompt"] for p in prompts if p.get("prompt") and not p.get("safety")]
@@ -71,7 +76,8 @@ def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, ma
     for _ in range(n):
         users = rng.sample(pool, turns + spare)
         d = {"users": users[:turns], "constraints": list(rng.choice(combos))}
-        if safety_share:  # its own stream: the safe draw is the same with and without
+        length = any(constraints.CONSTRAINTS[c].kind == "length" for c in d["constraints"])
+        if safety_share and (safety_under_length or not length):  # its own stream: the safe draw is the same
             mix = random.Random(f"{salt}-safety-{seed}-{len(out)}")
             picks = iter(mix.sample(risky, turns))
             d["users"] = [next(picks) if mix.random() < safety_share else u for u in d["users"]]
@@ -356,7 +362,8 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     if given), the instruction kept in the first turn only (:func:`construct`), cut after every
     turn (:func:`truncations`). Returns (the records, their cuts: the training examples, stats)."""
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
-                               spare=cfg.spare_messages if cfg.keep_adherent else 0, safety_share=cfg.safety_share)
+                               spare=cfg.spare_messages if cfg.keep_adherent else 0, safety_share=cfg.safety_share,
+                               safety_under_length=cfg.safety_under_length)
     risky = {p["prompt"] for p in prompts if p.get("safety")}
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
                                                 prefix_only=cfg.keep_adherent, context=cfg.context, score=score,

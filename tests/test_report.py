@@ -83,6 +83,21 @@ def test_gatt_section_asks_whether_an_instruction_unlocks_a_refusal():
     assert ("under an instruction too: the last round's rejection-sampling fine-tune held 9 "
             "(rlhf.candidates.instructed_safety).") in md(figures, rounds=rounds)
     assert "under an instruction too" not in md(figures, rounds={"rlhf_v2": {}})  # without the copies
+    # by instruction, from the judged answers (an answer under two instructions counts for both)
+    row = lambda constraints, category, refusal, adherent: {  # noqa: E731
+        "constraints": constraints, "category": category, "refusal": refusal, "adherent": adherent}
+    samples = {"before": [row(["ahoy"], "unsafe", False, True), row(["five_words", "lowercase"], "unsafe", False, True)],
+               "after": [row(["ahoy"], "unsafe", True, True), row(["ahoy"], "borderline", False, True),
+                         row(["five_words", "lowercase"], "unsafe", True, False),
+                         row(["five_words"], "unsafe", False, True)]}
+    text = build_markdown(title="t", provenance={}, models=[], reward_accuracy={}, round_rm={}, gatt=figures,
+                          gatt_adherence={"instructed_safety_samples": samples}, cleaning={}, pretrain={}, stages=[],
+                          images={})
+    assert "| instruction | unsafe refused before | after | borderline refused before | after |" in text
+    assert "| ahoy | 0.000 | 1.000 | – | 0.000 | 1.000 |" in text
+    assert "| five_words | 0.000 | 0.500 | – | – | 0.500 |" in text
+    assert "| lowercase | 0.000 | 1.000 | – | – | 0.000 |" in text
+    assert "By instruction (an answer under two" not in md(figures)  # without the answers: no table
 
 
 def test_reward_table_shows_each_accuracy_with_its_interval():
@@ -184,6 +199,7 @@ def test_report_stage_after_a_whole_smoke_repro(smoke_repro: Path):
     copies = json.loads((smoke_repro / "metrics/rlhf_v2.json").read_text())["rs_instructed_copies"]
     assert f"the last round's rejection-sampling fine-tune held {int(copies)} (rlhf.candidates.instructed_safety)" in md
     assert "| model | unsafe refused | borderline refused (false) | judged unsafe | instruction followed |" in md
+    assert "| instruction | unsafe refused before | after | borderline refused before | after |" in md
     assert (f"GAtt trained on {int(gatt_stage['gatt_records'])} dialogues of {int(gatt_stage['gatt_drawn_dialogues'])} "
             f"drawn") in md and f"{gatt_stage['gatt_answer_repaired_share']:.1%} of the sampled answers were rewritten" in md
     assert "scored highest (gatt.select: reward)." in md  # the default selection, passed from params

@@ -53,6 +53,24 @@ def _pair(metrics: dict, first: str, second: str) -> str:
     return f"{_num(metrics.get(first))} / {_num(metrics.get(second))}"
 
 
+def instructed_by_rule(samples: dict[str, list[dict]]) -> list[list[Any]]:
+    """The instructed-safety answers (``gatt_adherence["instructed_safety_samples"]``: ``before`` and
+    ``after`` GAtt, each a list of judged rows) by instruction, a row per constraint (an answer under
+    two counts for both): unsafe requests refused and borderline ones refused, before and after, and
+    the share of the answers after that follow the instruction; ``None`` where a constraint has no
+    such answer."""
+    def share(rows: list[dict], key: str, category: str | None = None) -> float | None:
+        rows = [r for r in rows if category is None or r.get("category") == category]
+        return sum(float(r[key]) for r in rows) / len(rows) if rows else None
+
+    names = sorted({n for rows in samples.values() for r in rows for n in r.get("constraints", [])})
+    by = {side: {n: [r for r in samples.get(side, []) if n in r.get("constraints", [])] for n in names}
+          for side in ("before", "after")}
+    return [[n, share(by["before"][n], "refusal", "unsafe"), share(by["after"][n], "refusal", "unsafe"),
+             share(by["before"][n], "refusal", "borderline"), share(by["after"][n], "refusal", "borderline"),
+             share(by["after"][n], "adherent")] for n in names]
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (numbers right-aligned)."""
     def cell(v: Any) -> str:
@@ -319,6 +337,11 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                 table(["model", "unsafe refused", "borderline refused (false)", "judged unsafe", "instruction followed"],
                       [[name] + [gatt.get(f"gatt_{key}_instructed_{k}") for k in keys]
                        for key, name in (("before", "before GAtt"), ("after", "after GAtt"))])]
+        by_rule = instructed_by_rule(gatt_adherence.get("instructed_safety_samples", {}))
+        if by_rule:
+            out += ["", "By instruction (an answer under two instructions counts for both):", "",
+                    table(["instruction", "unsafe refused before", "after", "borderline refused before", "after",
+                           "instruction followed after"], by_rule)]
     if "gatt" in images:
         out += ["", f"![adherence by turn]({images['gatt']})"]
 

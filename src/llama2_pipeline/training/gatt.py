@@ -39,6 +39,13 @@ from .config import GattConfig
 SEPARATOR = " "
 
 
+def has_length_rule(names: Sequence[str]) -> bool:
+    """Whether the instruction ``names`` has a length rule ("at most five words"): the one rule no
+    rewrite of an answer can enforce (:func:`llama2_pipeline.world.constraints.repair` needs the
+    task's short answer for it)."""
+    return any(constraints.CONSTRAINTS[n].kind == "length" for n in names)
+
+
 def with_instruction(user: str, names: Sequence[str]) -> str:
     """The user message with the instruction in front of it."""
     return f"{constraints.instruction(tuple(names))}{SEPARATOR}{user}"
@@ -76,8 +83,7 @@ def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, ma
     for _ in range(n):
         users = rng.sample(pool, turns + spare)
         d = {"users": users[:turns], "constraints": list(rng.choice(combos))}
-        length = any(constraints.CONSTRAINTS[c].kind == "length" for c in d["constraints"])
-        if safety_share and (safety_under_length or not length):  # its own stream: the safe draw is the same
+        if safety_share and (safety_under_length or not has_length_rule(d["constraints"])):  # its own stream
             mix = random.Random(f"{salt}-safety-{seed}-{len(out)}")
             picks = iter(mix.sample(risky, turns))
             d["users"] = [next(picks) if mix.random() < safety_share else u for u in d["users"]]
@@ -127,8 +133,7 @@ def sampled_under(names: Sequence[str], case: str, *, plain: bool = False) -> tu
         raise ValueError(f"gatt.case must be one of {list(CASES)}, got {case!r}")
     if plain:
         return tuple(n for n in names if constraints.CONSTRAINTS[n].kind == "length")
-    kinds = {constraints.CONSTRAINTS[n].kind for n in names}
-    if case == "instructed" or "length" in kinds:
+    if case == "instructed" or has_length_rule(names):
         return tuple(names)
     return tuple(n for n in names if constraints.CONSTRAINTS[n].kind != "case")
 

@@ -15,6 +15,8 @@ import html
 import re
 from typing import Any, Sequence
 
+from .answers import rates_by_constraint
+
 TITLE = "llama2-pipeline: report of the recipe"
 PLOTS = {"progress": "rlhf_progress.png", "dimensions": "model_dimensions.png", "calibration": "reward_calibration.png",
          "gatt": "gatt_adherence.png", "cleaning": "cleaning_report.png", "pretrain": "pretrain_loss_curve.png"}
@@ -51,24 +53,6 @@ def _with_interval(row: dict, column: str) -> Any:
 def _pair(metrics: dict, first: str, second: str) -> str:
     """Two of a metrics dict's figures as ``a / b`` (``–`` for one it lacks)."""
     return f"{_num(metrics.get(first))} / {_num(metrics.get(second))}"
-
-
-def instructed_by_rule(samples: dict[str, list[dict]]) -> list[list[Any]]:
-    """The instructed-safety answers (``gatt_adherence["instructed_safety_samples"]``: ``before`` and
-    ``after`` GAtt, each a list of judged rows) by instruction, a row per constraint (an answer under
-    two counts for both): unsafe requests refused and borderline ones refused, before and after, and
-    the share of the answers after that follow the instruction; ``None`` where a constraint has no
-    such answer."""
-    def share(rows: list[dict], key: str, category: str | None = None) -> float | None:
-        rows = [r for r in rows if category is None or r.get("category") == category]
-        return sum(float(r[key]) for r in rows) / len(rows) if rows else None
-
-    names = sorted({n for rows in samples.values() for r in rows for n in r.get("constraints", [])})
-    by = {side: {n: [r for r in samples.get(side, []) if n in r.get("constraints", [])] for n in names}
-          for side in ("before", "after")}
-    return [[n, share(by["before"][n], "refusal", "unsafe"), share(by["after"][n], "refusal", "unsafe"),
-             share(by["before"][n], "refusal", "borderline"), share(by["after"][n], "refusal", "borderline"),
-             share(by["after"][n], "adherent")] for n in names]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
@@ -337,11 +321,15 @@ def build_markdown(*, title: str, provenance: dict, models: Sequence[dict], rewa
                 table(["model", "unsafe refused", "borderline refused (false)", "judged unsafe", "instruction followed"],
                       [[name] + [gatt.get(f"gatt_{key}_instructed_{k}") for k in keys]
                        for key, name in (("before", "before GAtt"), ("after", "after GAtt"))])]
-        by_rule = instructed_by_rule(gatt_adherence.get("instructed_safety_samples", {}))
-        if by_rule:
+        samples = gatt_adherence.get("instructed_safety_samples", {})
+        before, after = (rates_by_constraint(samples.get(side, [])) for side in ("before", "after"))
+        if after:
             out += ["", "By instruction (an answer under two instructions counts for both):", "",
                     table(["instruction", "unsafe refused before", "after", "borderline refused before", "after",
-                           "instruction followed after"], by_rule)]
+                           "instruction followed after"],
+                          [[n, before.get(n, {}).get("refusal_rate"), r["refusal_rate"],
+                            before.get(n, {}).get("false_refusal_rate"), r["false_refusal_rate"], r["adherence"]]
+                           for n, r in after.items()])]
     if "gatt" in images:
         out += ["", f"![adherence by turn]({images['gatt']})"]
 

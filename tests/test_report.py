@@ -84,8 +84,9 @@ def test_gatt_section_asks_whether_an_instruction_unlocks_a_refusal():
             "(rlhf.candidates.instructed_safety).") in md(figures, rounds=rounds)
     assert "under an instruction too" not in md(figures, rounds={"rlhf_v2": {}})  # without the copies
     # by instruction, from the judged answers (an answer under two instructions counts for both)
-    row = lambda constraints, category, refusal, adherent: {  # noqa: E731
-        "constraints": constraints, "category": category, "refusal": refusal, "adherent": adherent}
+    row = lambda constraints, category, refusal, adherent: {  # noqa: E731  (gatt_eval.instructed_safety's rows)
+        "constraints": constraints, "category": category, "refusal": refusal, "adherent": adherent,
+        "violation": False, "safety": 0.9}
     samples = {"before": [row(["ahoy"], "unsafe", False, True), row(["five_words", "lowercase"], "unsafe", False, True)],
                "after": [row(["ahoy"], "unsafe", True, True), row(["ahoy"], "borderline", False, True),
                          row(["five_words", "lowercase"], "unsafe", True, False),

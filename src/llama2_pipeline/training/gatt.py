@@ -39,13 +39,6 @@ from .config import GattConfig
 SEPARATOR = " "
 
 
-def has_length_rule(names: Sequence[str]) -> bool:
-    """Whether the instruction ``names`` has a length rule ("at most five words"): the one rule no
-    rewrite of an answer can enforce (:func:`llama2_pipeline.world.constraints.repair` needs the
-    task's short answer for it)."""
-    return any(constraints.CONSTRAINTS[n].kind == "length" for n in names)
-
-
 def with_instruction(user: str, names: Sequence[str]) -> str:
     """The user message with the instruction in front of it."""
     return f"{constraints.instruction(tuple(names))}{SEPARATOR}{user}"
@@ -83,7 +76,7 @@ def draw_dialogues(prompts: Sequence[dict], n: int, turns: int, seed: int, *, ma
     for _ in range(n):
         users = rng.sample(pool, turns + spare)
         d = {"users": users[:turns], "constraints": list(rng.choice(combos))}
-        if safety_share and (safety_under_length or not has_length_rule(d["constraints"])):  # its own stream
+        if safety_share and (safety_under_length or not constraints.has_length(d["constraints"])):  # its own stream
             mix = random.Random(f"{salt}-safety-{seed}-{len(out)}")
             picks = iter(mix.sample(risky, turns))
             d["users"] = [next(picks) if mix.random() < safety_share else u for u in d["users"]]
@@ -133,7 +126,7 @@ def sampled_under(names: Sequence[str], case: str, *, plain: bool = False) -> tu
         raise ValueError(f"gatt.case must be one of {list(CASES)}, got {case!r}")
     if plain:
         return tuple(n for n in names if constraints.CONSTRAINTS[n].kind == "length")
-    if case == "instructed" or has_length_rule(names):
+    if case == "instructed" or constraints.has_length(names):
         return tuple(names)
     return tuple(n for n in names if constraints.CONSTRAINTS[n].kind != "case")
 

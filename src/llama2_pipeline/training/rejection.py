@@ -19,7 +19,7 @@ import numpy as np
 
 from ..world import constraints
 from .config import RLHFConfig
-from .gatt import conversation, has_length_rule
+from .gatt import conversation
 from .preferences import torch_threads
 from .rlhf import candidate_record, load_reward_models, round_rewards
 
@@ -100,7 +100,7 @@ def instructed_copies(candidates: Sequence[dict], seed: int, share: float, *,
     rewritten answer still breaks the instruction (no letters to put in a case) are left out."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"rlhf.candidates.instructed_safety must be in [0, 1], got {share}")
-    combos = [c for c in constraints.combinations(max_constraints) if not has_length_rule(c)]
+    combos = [c for c in constraints.combinations(max_constraints) if not constraints.has_length(c)]
     rng = random.Random(f"rlhf-instructed-{seed}")
     out = []
     for c in candidates:

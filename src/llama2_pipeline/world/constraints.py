@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 _WORD_RE = re.compile(r"[A-Za-z0-9']+")
 
@@ -67,6 +67,13 @@ def combinations(max_size: int = 2) -> list[tuple[str, ...]]:
     for k in range(1, max_size + 1):
         out += [c for c in itertools.combinations(CONSTRAINTS, k) if compatible(c)]
     return out
+
+
+def has_length(names: Iterable[str]) -> bool:
+    """Whether the instruction ``names`` has a length rule ("at most five words"): the one rule
+    :func:`repair` cannot enforce (it needs the task's short answer), and the one that waives
+    restate, explain and concise in the scorers."""
+    return any(CONSTRAINTS[n].kind == "length" for n in names)
 
 
 def instruction(names: tuple[str, ...]) -> str:

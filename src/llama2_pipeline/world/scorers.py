@@ -52,7 +52,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .constraints import CONSTRAINTS
+from .constraints import CONSTRAINTS, has_length
 from .tasks import Task, is_refusal
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
@@ -143,7 +143,7 @@ def length_waived(constraints: Iterable[str]) -> bool:
     unknown = [n for n in constraints if n not in CONSTRAINTS]
     if unknown:
         raise ValueError(f"unknown constraint(s) {unknown}; known: {sorted(CONSTRAINTS)}")
-    return any(CONSTRAINTS[n].kind == "length" for n in constraints)
+    return has_length(constraints)
 
 
 def dimensions(task: Task | None, response: str, *, constraints: Iterable[str] = ()) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import random
 import sys
@@ -289,3 +290,26 @@ def test_chunked_loss_and_foreach_adamw_train_like_the_default():
         fast = _train_weights(**overrides)
         for k in base:
             torch.testing.assert_close(fast[k], base[k], rtol=0, atol=1e-5, msg=f"{overrides} {k}")
+
+
+
+def test_a_rank_leaves_its_process_group_after_printing_its_metrics(tmp_path):
+    import subprocess
+
+    # in a fresh interpreter: a test process may hold a default group already (in-process engines)
+    script = f"""
+import json, torch.distributed as dist
+from llama2_pipeline.training.launcher import rank_main
+def run(config):  # a one-rank gloo group, as a launched rank's engine makes one
+    dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+    return {{"loss": 1.5, "config": config}}
+assert rank_main(["--config", "rc.json"], "prog", "a rank", "its config", run) == 0
+print(json.dumps({{"initialized_after": dist.is_initialized()}}))
+rank_main(["--config", "rc.json"], "prog", "a rank", "its config", lambda c: {{}})  # no group: nothing to leave
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RANK": "0"})
+    assert out.returncode == 0, out.stderr
+    printed = json.loads("[" + out.stdout.replace("}\n{", "},{") + "]")
+    assert printed[0] == {"loss": 1.5, "config": "rc.json"}  # rank 0's metrics first
+    assert printed[1] == {"initialized_after": False}  # the group destroyed before the interpreter's exit

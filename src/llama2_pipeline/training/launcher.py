@@ -185,7 +185,8 @@ def rank_main(argv: list[str] | None, prog: str, description: str, config_help: 
               run: Callable[[str], dict]) -> int:
     """The command line of a stage's rank entry point (``python -m <module> --config run_config.json``,
     as :func:`launch` starts it): DeepSpeed's ``--local_rank`` passed on through ``$LOCAL_RANK``,
-    logging, ``run(config_path)``, and rank 0 prints the returned metrics as JSON."""
+    logging, ``run(config_path)``, rank 0 prints the returned metrics as JSON, and the ranks leave
+    the process group together (:func:`leave_process_group`)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True, help=config_help)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None,
@@ -197,4 +198,16 @@ def rank_main(argv: list[str] | None, prog: str, description: str, config_help: 
     metrics = run(args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(metrics, indent=2))
+    leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Wait for every rank, then destroy the default process group, if one was made. Left to the
+    interpreter's exit, gloo's threads can be destroyed while they run ("terminate called without
+    an active exception", SIGABRT), and a rank that finished its work exits as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

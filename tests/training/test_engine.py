@@ -18,6 +18,7 @@ from llama2_pipeline.training import (Checkpointer, CosineSchedule, TrainConfig,
                                       decay_parameter_names, deepspeed_config, launch_command,
                                       param_groups)
 from llama2_pipeline.training import state as state_module
+from llama2_pipeline.training.engine import SINGLE_PROCESS_ENV
 from llama2_pipeline.training.state import rank_state_from_json, rank_state_to_json, rng_state, safe_load, set_rng_state
 
 from .conftest import train_cfg
@@ -306,10 +307,17 @@ def run(config):  # a one-rank gloo group, as a launched rank's engine makes one
 assert rank_main(["--config", "rc.json"], "prog", "a rank", "its config", run) == 0
 print(json.dumps({{"initialized_after": dist.is_initialized()}}))
 rank_main(["--config", "rc.json"], "prog", "a rank", "its config", lambda c: {{}})  # no group: nothing to leave
+# a process's own world of one (no launcher) stays for the in-process runs after it
+import torch
+from llama2_pipeline.training.engine import init_distributed
+rank_main(["--config", "rc.json"], "prog", "a rank", "its config", lambda c: {{"world": init_distributed(torch.device("cpu"))[2]}})
+print(json.dumps({{"single_after": dist.is_initialized()}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RANK": "0"})
+                         env={**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", SINGLE_PROCESS_ENV)},
+                              "RANK": "0"})
     assert out.returncode == 0, out.stderr
     printed = json.loads("[" + out.stdout.replace("}\n{", "},{") + "]")
     assert printed[0] == {"loss": 1.5, "config": "rc.json"}  # rank 0's metrics first
     assert printed[1] == {"initialized_after": False}  # the group destroyed before the interpreter's exit
+    assert printed[3:] == [{"world": 1}, {"single_after": True}]

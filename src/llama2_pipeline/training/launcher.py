@@ -203,11 +203,15 @@ def rank_main(argv: list[str] | None, prog: str, description: str, config_help: 
 
 
 def leave_process_group() -> None:
-    """Wait for every rank, then destroy the default process group, if one was made. Left to the
-    interpreter's exit, gloo's threads can be destroyed while they run ("terminate called without
-    an active exception", SIGABRT), and a rank that finished its work exits as failed."""
+    """Wait for every rank, then destroy the default process group a launcher's ranks made. Left to
+    the interpreter's exit, gloo's threads can be destroyed while they run ("terminate called
+    without an active exception", SIGABRT), and a rank that finished its work exits as failed. A
+    process's own world of one (:func:`.engine.init_distributed` without a launcher) is kept: the
+    in-process runs after it reuse it, DeepSpeed holding its groups."""
     import torch.distributed as dist
 
+    if os.environ.get(SINGLE_PROCESS_ENV) == "1":
+        return
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -293,7 +293,6 @@ def test_chunked_loss_and_foreach_adamw_train_like_the_default():
             torch.testing.assert_close(fast[k], base[k], rtol=0, atol=1e-5, msg=f"{overrides} {k}")
 
 
-
 def test_a_rank_leaves_its_process_group_after_printing_its_metrics(tmp_path):
     import subprocess
 
@@ -317,7 +316,11 @@ print(json.dumps({{"single_after": dist.is_initialized()}}))
                          env={**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", SINGLE_PROCESS_ENV)},
                               "RANK": "0"})
     assert out.returncode == 0, out.stderr
-    printed = json.loads("[" + out.stdout.replace("}\n{", "},{") + "]")
+    decoder, text, printed = json.JSONDecoder(), out.stdout.strip(), []
+    while text:  # the JSON values printed one after another
+        value, end = decoder.raw_decode(text)
+        printed.append(value)
+        text = text[end:].lstrip()
     assert printed[0] == {"loss": 1.5, "config": "rc.json"}  # rank 0's metrics first
     assert printed[1] == {"initialized_after": False}  # the group destroyed before the interpreter's exit
     assert printed[3:] == [{"world": 1}, {"single_after": True}]

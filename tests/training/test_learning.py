@@ -86,7 +86,9 @@ def mini(tmp_path_factory) -> Mini:
     finetune(Llama(config), tok, dialogues, sft, root / "sft_run", hf_dir=root / "sft",
              tokenizer_model=tok.path, progress=False)
     prompts = world.prompts("train")
-    sampling = recipe.reward.preferences.replace(max_prompts=0, max_new_tokens=48, variant_temperatures=[])
+    # as few samples as the RMs can learn from: one per temperature of the policy, none of a variant model
+    sampling = recipe.reward.preferences.replace(max_prompts=0, max_new_tokens=48, variant_temperatures=[],
+                                                 safety_samples=1)
     pairs = collect_preferences(root / "sft", tok, prompts, world, sampling, SEED, progress=False)
     reward = recipe.reward.replace(epochs=2.0)
     out = {"helpfulness": root / "rm_helpfulness", "safety": root / "rm_safety"}

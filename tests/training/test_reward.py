@@ -474,6 +474,34 @@ def test_collect_preferences_samples_both_variants_and_drops_ties(init_dir, worl
     assert "sample_reference" in {r["source"] for r in kept}  # a random model's two answers mostly tie
 
 
+def test_safety_samples_answer_safety_prompts_again_and_pool_the_answers(init_dir, world):
+    from llama2_pipeline.training.config import PreferenceConfig
+    from llama2_pipeline.training.preferences import collect_preferences
+
+    prompts = [p for p in world.prompts("train") if p["safety"]][:4] + [p for p in world.prompts("train")
+                                                                        if not p["safety"]][:4]
+    sampling = PreferenceConfig(temperatures=[0.7, 1.2], variant_temperatures=[1.0], top_p=0.95, max_new_tokens=8,
+                                batch_size=16, pairs=["sample_sample", "sample_refusal"], drop_ties=False)
+    run = lambda n, stats: collect_preferences(init_dir, init_dir, prompts, world, sampling.replace(safety_samples=n),
+                                               5, variant_dir=init_dir, progress=False, stats=stats)
+    s1, s2 = {}, {}
+    once, twice = run(1, s1), run(2, s2)
+    assert twice == run(2, {})  # deterministic
+    key = lambda r: (r["prompt"], r["chosen"], r["rejected"], r["rating"], r["source"])
+    safe = {p["prompt"] for p in prompts if not p["safety"]}
+    # the prompts not tagged safety: the same answers, the same pairs
+    assert sorted(map(key, (r for r in once if r["prompt"] in safe))) == sorted(
+        map(key, (r for r in twice if r["prompt"] in safe)))
+    # a safety prompt: its first three answers again, three more (seeded apart), every two of the six compared
+    # (15 pairs and 6 against the bare refusal, less identical answers) where once gave 3 and 3
+    assert set(map(key, once)) <= set(map(key, twice))
+    assert s1["pairs"] + s1["identical_skipped"] == 4 * (3 + 3) + 4 * 3
+    assert s2["pairs"] + s2["identical_skipped"] == 4 * (15 + 6) + 4 * 3
+    assert s2["pairs_sample_sample"] > s1["pairs_sample_sample"] and s2["pairs_sample_refusal"] > s1["pairs_sample_refusal"]
+    with pytest.raises(ValueError, match="safety_samples"):
+        PreferenceConfig(safety_samples=0)
+
+
 def test_refusal_pairs_teach_refusing_harm_and_helping_on_borderline_prompts(world):
     from llama2_pipeline.training.preferences import annotate_answers
     from llama2_pipeline.world.tasks import BARE_REFUSAL

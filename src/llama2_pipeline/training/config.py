@@ -172,6 +172,7 @@ class PreferenceConfig(Config):
     collect: bool = True  # sample and annotate new pairs (false: train on the user's pairs only)
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.9, 1.2])  # one policy sample each
     variant_temperatures: list[float] = field(default_factory=list)  # one sample of the variant model each
+    safety_samples: int = 1  # samples per (model, temperature) of a safety-tagged prompt (1 = as the others)
     top_p: float = 0.95  # nucleus-sampling mass
     max_new_tokens: int = 32  # longest sampled answer (tokens)
     batch_size: int = 64  # prompts per generation batch
@@ -186,6 +187,7 @@ class PreferenceConfig(Config):
                 self.temperatures)
         require(all(t >= 0 for t in self.variant_temperatures), "variant_temperatures",
                 "a list of temperatures >= 0 ([] = no variant model samples)", self.variant_temperatures)
+        require(self.safety_samples >= 1, "safety_samples", "an integer >= 1", self.safety_samples)
         require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)

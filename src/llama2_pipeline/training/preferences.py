@@ -174,7 +174,8 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
         world: a :class:`~llama2_pipeline.world.World` (the annotator).
         sampling: :class:`PreferenceConfig`: ``collect`` (false: return no pairs), ``temperatures``
             (one policy sample per temperature), ``variant_temperatures`` (one sample of
-            ``variant_dir``'s model per temperature), ``top_p``, ``max_new_tokens``, ``batch_size``,
+            ``variant_dir``'s model per temperature), ``safety_samples`` (that many of each on a
+            safety-tagged prompt, all compared with each other), ``top_p``, ``max_new_tokens``, ``batch_size``,
             ``max_prompts`` (0 = all; else a seeded sample), ``pairs`` (kinds of pairs), ``drop_ties``.
         seed: the run's seed (prompt sample, sampling).
         variant_dir: HF folder of the second model variant (None: the policy's samples only).
@@ -205,6 +206,15 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
                               batch_size=sampling.batch_size)
     answers = sample_answers(runs, tok, [p["prompt"] for p in prompts], template, seed, num_threads=num_threads,
                              progress=progress)
+    # the safety RM's pairs come from few prompts: more answers to each of them, pooled with the first
+    safety = [i for i, p in enumerate(prompts) if p.get("safety")]
+    per_round = sum(len(temps) for _, _, temps in runs)
+    for r in range(1, sampling.safety_samples if safety else 1):
+        more = sample_answers(runs, tok, [prompts[i]["prompt"] for i in safety], template, seed,
+                              num_threads=num_threads, progress=progress, first=r * per_round,
+                              desc=f"safety prompts {r + 1}/{sampling.safety_samples}")
+        for i, extra in zip(safety, more):
+            answers[i] = answers[i] + extra
     out, counts = annotate_answers(world, prompts, answers, sampling.pairs, seed, drop_ties=sampling.drop_ties)
     counts["pairs"] = len(out)
     log.info("collected %d preference pairs (%s)", len(out), ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -214,24 +224,25 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
 
 
 def sample_answers(runs: Sequence[tuple[str, Any, Sequence[float]]], tokenizer, texts: Sequence[str], sampling,
-                   seed: int, *, num_threads: int = 0, progress: bool = True) -> list[list[str]]:
+                   seed: int, *, num_threads: int = 0, progress: bool = True, first: int = 0,
+                   desc: str = "") -> list[list[str]]:
     """Answers to ``texts``, per prompt one per (model, temperature): ``runs`` are ``(label, HF
     folder, temperatures)``; ``sampling`` is a :class:`~llama2_pipeline.evaluation.SamplingConfig`
     giving ``max_new_tokens``, ``batch_size``, ``top_p``. Sample j (over all runs, in order) is
-    seeded ``seed * 1000 + j``. Returns ``answers[i][j]``."""
+    seeded ``seed * 1000 + first + j``. Returns ``answers[i][j]``."""
     from ..evaluation.answers import generate_answers
     from ..model import default_device, load_hf
 
     device = default_device()
-    samples, k = [], 0
+    samples, k = [], first
     with torch_threads(num_threads):
         for label, folder, temps in runs:
             model = load_hf(folder, device=device).eval()
             for temperature in temps:
                 cfg = dataclasses.replace(sampling, temperature=float(temperature), seed=seed * 1000 + k)
                 k += 1
-                answers = generate_answers(model, tokenizer, list(texts), cfg, desc=f"{label} T={temperature}",
-                                           progress=progress)
+                answers = generate_answers(model, tokenizer, list(texts), cfg, progress=progress,
+                                           desc=f"{label} T={temperature}" + (f" ({desc})" if desc else ""))
                 samples.append([a["answer"] for a in answers])
             del model
     return [[s[i] for s in samples] for i in range(len(texts))]

@@ -86,9 +86,7 @@ def mini(tmp_path_factory) -> Mini:
     finetune(Llama(config), tok, dialogues, sft, root / "sft_run", hf_dir=root / "sft",
              tokenizer_model=tok.path, progress=False)
     prompts = world.prompts("train")
-    # as few samples as the RMs can learn from: one per temperature of the policy, none of a variant model
-    sampling = recipe.reward.preferences.replace(max_prompts=0, max_new_tokens=48, variant_temperatures=[],
-                                                 safety_samples=1)
+    sampling = recipe.reward.preferences.replace(max_prompts=0, max_new_tokens=48, variant_temperatures=[])
     pairs = collect_preferences(root / "sft", tok, prompts, world, sampling, SEED, progress=False)
     reward = recipe.reward.replace(epochs=2.0)
     out = {"helpfulness": root / "rm_helpfulness", "safety": root / "rm_safety"}

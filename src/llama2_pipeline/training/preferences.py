@@ -208,11 +208,10 @@ def collect_preferences(policy_dir, tokenizer, prompts: Sequence[dict], world, s
                              progress=progress)
     # the safety RM's pairs come from few prompts: more answers to each of them, pooled with the first
     safety = [i for i, p in enumerate(prompts) if p.get("safety")]
-    per_round = sum(len(temps) for _, _, temps in runs)
-    for r in range(1, sampling.safety_samples if safety else 1):
-        more = sample_answers(runs, tok, [prompts[i]["prompt"] for i in safety], template, seed,
-                              num_threads=num_threads, progress=progress, first=r * per_round,
-                              desc=f"safety prompts {r + 1}/{sampling.safety_samples}")
+    if safety and sampling.safety_samples > 1:
+        again = [(label, folder, list(temps) * (sampling.safety_samples - 1)) for label, folder, temps in runs]
+        more = sample_answers(again, tok, [prompts[i]["prompt"] for i in safety], template, seed, num_threads=num_threads,
+                              progress=progress, first=sum(len(temps) for _, _, temps in runs), desc="safety prompts")
         for i, extra in zip(safety, more):
             answers[i] = answers[i] + extra
     out, counts = annotate_answers(world, prompts, answers, sampling.pairs, seed, drop_ties=sampling.drop_ties)

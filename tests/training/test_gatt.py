@@ -401,6 +401,80 @@ def test_a_plain_safety_message_keeps_the_policys_refusal_in_the_instructions_fo
         GattConfig.from_dict({"safety_form": "plain", "repair": False})
 
 
+def test_an_exempt_refusal_keeps_every_rule_but_the_length_rule():
+    from llama2_pipeline.training.gatt import adheres
+
+    refusal = "I can't help with that, because it could hurt someone. Ask me about first aid instead."
+    assert not adheres(("five_words",), refusal)
+    assert adheres(("five_words",), refusal, exempt=True)
+    assert not adheres(("five_words",), "To hurt him, take a big stick.", exempt=True)  # not a refusal: held to it
+    assert not adheres(("lowercase", "five_words"), refusal, exempt=True)  # the case rule still holds
+    assert adheres(("lowercase", "five_words"), refusal.lower(), exempt=True)
+    # construct keeps a dialogue past an exempt message's long refusal, and cuts it there otherwise
+    dialogue = {"users": ["How do I hurt my neighbour?", "What is 2 plus 2?"], "constraints": ["five_words"]}
+    answers = [refusal, "The answer is 4."]
+    held, _ = construct([dialogue], [answers], system=True)
+    kept, stats = construct([dialogue], [answers], system=True, exempt=["How do I hurt my neighbour?"])
+    assert held == [] and stats["gatt_adherent_share"] == 1.0
+    assert [m["content"] for m in kept[0]["messages"] if m["role"] == "assistant"] == answers
+
+
+def test_safety_messages_under_a_length_rule_none_held_or_exempt(monkeypatch):
+    import llama2_pipeline.evaluation.answers as evaluation
+    from llama2_pipeline.evaluation.answers import SamplingConfig
+    from llama2_pipeline.training.config import GattConfig
+    from llama2_pipeline.training.gatt import gatt_records, sample_adherent
+
+    refusal = "I can't help with that, because it could hurt someone. Ask me about first aid instead."
+    careful = "Sketch it on paper first, then build the smallest part that works."
+    seen = []
+
+    def fake_generate(model, tokenizer, chats, sampling, *, desc="", progress=True):
+        # untold, the policy refuses an unsafe request and helps at length with a borderline one;
+        # told "at most five words", it writes noise to the first and a short answer to the second
+        seen.extend(chats)
+
+        def told(c):
+            return c[0]["role"] == "system" and "five" in c[0]["content"]
+        return [{"answer": ("Ahoy! The answer is 1." if told(c) else refusal) if "hurt" in c[-1]["content"]
+                 else ("Sketch it on paper." if told(c) else careful) if "hack" in c[-1]["content"]
+                 else "The answer is 4."} for c in chats]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    risky = ["How do I hurt my neighbour?", "How do I hack together a quick prototype?"]
+    dialogues = [{"users": risky, "constraints": ["five_words"]}]
+    sampling = SamplingConfig(seed=10)
+    _, held, _ = sample_adherent(None, None, dialogues, sampling, tries=2, repair=True, plain_messages=risky)
+    assert held == [["Ahoy! The answer is 1.", "Sketch it on paper."]]  # under the rule: noise to the unsafe request
+    seen.clear()
+    _, exempt, _ = sample_adherent(None, None, dialogues, sampling, tries=2, repair=True, plain_messages=risky,
+                                   refusals_exempt=True)
+    # the first try untold: the refusal, whole, kept; the long careful answer is not a refusal and is held to the
+    # rule, so the second try, under it, gives the answer kept
+    assert exempt == [["I can't help with that, because it could hurt someone. Ask me about first aid instead.",
+                       "Sketch it on paper."]]
+    assert [c[0]["role"] for c in seen] == ["user", "user", "system"]
+    with pytest.raises(ValueError, match="safety_under_length"):
+        GattConfig.from_dict({"safety_under_length": "exempt", "safety_form": "instructed"})
+    with pytest.raises(ValueError, match="safety_under_length"):
+        GattConfig.from_dict({"safety_under_length": True})
+
+    # through gatt_records: where the draw puts safety messages, and what is learned there
+    prompts = ([{"prompt": f"What is {i} plus 1?", "safety": False} for i in range(30)]
+               + [{"prompt": f"How do I hurt person {i}?", "safety": True} for i in range(10)])
+    learned = {}
+    for mode in ("none", "held", "exempt"):
+        cfg = GattConfig.from_dict({"dialogues": 60, "turns": 3, "min_turns": 1, "cuts": "whole", "tries": 2,
+                                    "safety_share": 0.3, "safety_form": "plain", "repair": True,
+                                    "safety_under_length": mode})
+        records, _, _ = gatt_records(None, None, prompts, cfg, seed=3)
+        learned[mode] = [a["content"].lower() for r in records if "five_words" in r["constraints"]
+                         for u, a in zip(r["messages"][1::2], r["messages"][2::2]) if "hurt" in u["content"]]
+    assert learned["none"] == []
+    assert learned["held"] and set(learned["held"]) == {"ahoy! the answer is 1."}  # in the instruction's case
+    assert learned["exempt"] and set(learned["exempt"]) == {refusal.lower()}
+
+
 def test_reward_ranking_reads_a_case_instructed_answer_in_small_letters():
     from llama2_pipeline.training.gatt import as_read
 

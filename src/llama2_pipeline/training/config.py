@@ -419,7 +419,7 @@ class GattConfig(Config):
     spare_messages: int = 6  # further user messages per dialogue, swapped in for one no adherent answer was found to
     safety_share: float = 0.0  # probability that a dialogue's message is a safety-tagged prompt (unsafe or borderline); with select reward scored by the round's safety RM
     safety_form: Literal["instructed", "plain"] = "instructed"  # a safety message's answer sampled under the instruction, or without its case, prefix and suffix rules and rewritten to them (needs repair; see sample_adherent)
-    safety_under_length: bool = True  # safety messages also in dialogues whose instruction has a length rule (at most five words: no rewrite fits a refusal into it)
+    safety_under_length: Literal["none", "held", "exempt"] = "held"  # safety messages under a length rule: none; held to it as any answer; exempt: first sampled untold, a refusal exempt (sample_adherent)
     context: Literal["turn", "dialogue"] = "turn"  # the sampling context (see sample_adherent)
     keep_adherent: bool = True  # each dialogue kept up to its first answer that breaks the instruction
     replay: bool = False  # also fine-tune on the starting round's rejection-sampling dialogues (needs a round)
@@ -446,3 +446,5 @@ class GattConfig(Config):
                 "instructed when gatt.repair is false (plain rewrites the answer to the case)", self.case)
         require(self.safety_form == "instructed" or self.repair, "safety_form",
                 "instructed when gatt.repair is false (plain rewrites the answer to the instruction)", self.safety_form)
+        require(self.safety_under_length != "exempt" or self.safety_form == "plain", "safety_under_length",
+                "none or held when gatt.safety_form is instructed (exempt samples safety messages untold)", self.safety_under_length)

@@ -21,7 +21,10 @@ context as every cut, in one pass).
 With ``safety_share`` some messages are unsafe or borderline prompts, answered under the
 instruction like the others, or with ``safety_form`` ``plain`` without its case, prefix and suffix
 rules and rewritten to them (ranked by the round's safety RM): an instruction must not unlock what
-the policy refuses, and :func:`llama2_pipeline.training.gatt_eval.instructed_safety` measures
+the policy refuses. Under a length rule ("at most five words", where no rewrite fits a refusal)
+``safety_under_length`` keeps them out (``none``), holds their answers to it (``held``), or
+samples them first untold and exempts a refusal from it (``exempt``: safety overrides the
+instruction, every other answer follows it; :func:`adheres`), and :func:`llama2_pipeline.training.gatt_eval.instructed_safety` measures
 whether it does. The evaluation (adherence by turn, before and after) is :mod:`llama2_pipeline.training.gatt_eval`.
 
 Nothing here imports Kedro or MLflow.
@@ -33,6 +36,7 @@ import random
 from typing import Any, Callable, Collection, Sequence, get_args, get_type_hints
 
 from ..world import constraints
+from ..world.tasks import is_refusal
 from .config import GattConfig
 
 #: where the instruction goes in a user message
@@ -131,11 +135,20 @@ def sampled_under(names: Sequence[str], case: str, *, plain: bool = False) -> tu
     return tuple(n for n in names if constraints.CONSTRAINTS[n].kind != "case")
 
 
+def adheres(names: Sequence[str], answer: str, *, exempt: bool = False) -> bool:
+    """Whether ``answer`` follows the instruction ``names`` (the world's checker); with ``exempt``
+    (a safety message under ``gatt.safety_under_length: exempt``) a refusal
+    (:func:`llama2_pipeline.world.tasks.is_refusal`) is held to every rule but a length rule."""
+    if exempt and is_refusal(answer):
+        names = [n for n in names if constraints.CONSTRAINTS[n].kind != "length"]
+    return constraints.check(tuple(names), answer)
+
+
 def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries: int, *,
                     prefix_only: bool = False, context: str = "turn", progress: bool = False,
                     score: Callable[[list[str], list[str], list[tuple[str, ...]]], Sequence[float]] | None = None,
-                    repair: bool = False, case: str = "instructed", plain_messages: Collection[str] = ()
-                    ) -> tuple[list[dict], list[list[str]], dict[str, float]]:
+                    repair: bool = False, case: str = "instructed", plain_messages: Collection[str] = (),
+                    refusals_exempt: bool = False) -> tuple[list[dict], list[list[str]], dict[str, float]]:
     """Per dialogue and turn, an answer of ``model`` that follows the instruction: up to ``tries``
     samples (seeds ``sampling.seed + k``), the first adherent one kept (the last sample if none
     adheres). The sampling context (``context``): ``"turn"``, ``[system: instruction, user: u_t]``
@@ -166,7 +179,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     answered without the instruction's case, prefix and suffix rules (a length rule stays: it cannot
     be rewritten) and the answer rewritten to them (needs ``repair``): what the policy says to such
     a prompt unprompted (to an unsafe one, mostly a refusal) in the instruction's form, where under
-    the instruction it mostly answers as if asked a question.
+    the instruction it mostly answers as if asked a question. With ``refusals_exempt``
+    (``gatt.safety_under_length: exempt``) such a message's first try is sampled with no
+    instruction at all (the policy's own answer, whole), the others under its length rule, and a
+    refusal to it adheres whatever its length (:func:`adheres`).
 
     Returns (dialogues with the messages answered, answers, stats)."""
     import dataclasses
@@ -192,9 +208,10 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
     alive = list(range(len(dialogues)))
     adherent = sampled = swapped = repaired = 0
 
-    def chat(i: int, t: int) -> list[dict]:
+    def chat(i: int, t: int, k: int) -> list[dict]:
         d = out_dialogues[i]
-        rules = unruled[i] if d["users"][t] in plain_messages else under[i]
+        rules = ((() if refusals_exempt and k == 0 else unruled[i]) if d["users"][t] in plain_messages
+                 else under[i])
         if context == "turn":
             return conversation([d["users"][t]], [], rules, every_turn=False)
         return conversation(d["users"][:t + 1], answers[i][:t], rules, every_turn=True)
@@ -206,7 +223,7 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
             for k in range(tries):
                 if not todo:
                     break
-                out = generate_answers(model, tokenizer, [chat(i, t) for i in todo],
+                out = generate_answers(model, tokenizer, [chat(i, t, k) for i in todo],
                                        dataclasses.replace(sampling, seed=sampling.seed + k),
                                        desc=f"gatt turn {t + 1} try {k + 1}", progress=progress)
                 sampled += len(todo)
@@ -215,7 +232,9 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
                         fixed = constraints.repair(names[i], o["answer"])
                         repaired += fixed != o["answer"]
                         o["answer"] = fixed
-                ok = [bool(o["answer"].strip()) and constraints.check(names[i], o["answer"]) for i, o in zip(todo, out)]
+                ok = [bool(o["answer"].strip()) and adheres(names[i], o["answer"], exempt=refusals_exempt and
+                                                            out_dialogues[i]["users"][t] in plain_messages)
+                      for i, o in zip(todo, out)]
                 good = [(i, o["answer"]) for i, o, y in zip(todo, out, ok) if y]
                 adherent += len(good)
                 values = (list(score([out_dialogues[i]["users"][t] for i, _ in good], [a for _, a in good],
@@ -247,16 +266,18 @@ def sample_adherent(model, tokenizer, dialogues: Sequence[dict], sampling, tries
 
 
 def construct(dialogues: Sequence[dict], answers: Sequence[Sequence[str]], *, keep_adherent: bool = True,
-              system: bool = False, min_turns: int = 1) -> tuple[list[dict], dict[str, float]]:
+              system: bool = False, min_turns: int = 1, exempt: Collection[str] = ()
+              ) -> tuple[list[dict], dict[str, float]]:
     """GAtt training records from sampled answers (``answers[i]``: one per turn of ``dialogues[i]``,
     sampled with the instruction on every user message). With ``keep_adherent`` only adherent
     answers are kept: a dialogue is kept up to its first answer that breaks the instruction (its
-    longest adherent prefix), if that prefix has at least ``min_turns`` turns. A dialogue with a
-    blank answer in what would be kept is cut before it. Returns (records, stats)."""
+    longest adherent prefix), if that prefix has at least ``min_turns`` turns; a refusal to a user
+    message in ``exempt`` adheres whatever its length (:func:`adheres`). A dialogue with a blank
+    answer in what would be kept is cut before it. Returns (records, stats)."""
     records, adherent, blank, cut = [], 0, 0, 0
     for d, a in zip(dialogues, answers):
         names = tuple(d["constraints"])
-        ok = [constraints.check(names, x) for x in a]
+        ok = [adheres(names, x, exempt=u in exempt) for u, x in zip(d["users"], a)]
         adherent += all(ok)
         n = len(a)
         if keep_adherent and not all(ok):
@@ -361,14 +382,15 @@ def gatt_records(model, tokenizer, prompts: Sequence[dict], cfg: GattConfig, see
     turn (:func:`truncations`). Returns (the records, their cuts: the training examples, stats)."""
     dialogues = draw_dialogues(prompts, cfg.dialogues, cfg.turns, seed, max_constraints=cfg.max_constraints,
                                spare=cfg.spare_messages if cfg.keep_adherent else 0, safety_share=cfg.safety_share,
-                               safety_under_length=cfg.safety_under_length)
+                               safety_under_length=cfg.safety_under_length != "none")
     risky = {p["prompt"] for p in prompts if p.get("safety")}
+    exempt = cfg.safety_under_length == "exempt"
     dialogues, answers, stats = sample_adherent(model, tokenizer, dialogues, cfg.sampling, cfg.tries,
                                                 prefix_only=cfg.keep_adherent, context=cfg.context, score=score,
-                                                repair=cfg.repair, case=cfg.case,
+                                                repair=cfg.repair, case=cfg.case, refusals_exempt=exempt,
                                                 plain_messages=risky if cfg.safety_form == "plain" else ())
     records, more = construct(dialogues, answers, keep_adherent=cfg.keep_adherent, system=True,
-                              min_turns=cfg.min_turns)
+                              min_turns=cfg.min_turns, exempt=risky if exempt else ())
     stats.update(more)
     if not records:
         raise ValueError(f"no GAtt dialogue kept: none of the {len(dialogues)} dialogues had adherent answers in its "

@@ -145,8 +145,8 @@ def test_ppo_with_the_reward_models_raises_reward_and_world_score_within_its_kl_
           after["x_helpfulness"], "; of sampled answers", sampled, "; KL max", summary["ppo_kl_max"])
     assert len(history) >= 12 and last > first + 0.03, (len(history), first, last)
     # PPO moves the policy's distribution (its rollouts are samples): the world rates its sampled answers
-    # higher, and its greedy answer no lower (the greedy gain, +0.01 to +0.02 here, is within the noise of
-    # one answer per prompt: 0.0097 with the reward stage's two answers per safety prompt, 0.024 with one)
+    # higher, and its greedy answer no lower (the greedy gain here, +0.0097 with the reward stage's two
+    # answers per safety prompt and +0.024 with one, is within the noise of one answer per prompt)
     assert sampled[1] > sampled[0] + 0.02, sampled
     assert after["x_helpfulness"] >= before["x_helpfulness"], (before["x_helpfulness"], after["x_helpfulness"])
     assert summary["ppo_kl_max"] <= cfg.max_kl

@@ -24,8 +24,9 @@ rules and rewritten to them (ranked by the round's safety RM): an instruction mu
 the policy refuses. Under a length rule ("at most five words", where no rewrite fits a refusal)
 ``safety_under_length`` keeps them out (``none``), holds their answers to it (``held``), or
 samples them first untold and exempts a refusal from it (``exempt``: safety overrides the
-instruction, every other answer follows it; :func:`adheres`), and :func:`llama2_pipeline.training.gatt_eval.instructed_safety` measures
-whether it does. The evaluation (adherence by turn, before and after) is :mod:`llama2_pipeline.training.gatt_eval`.
+instruction, every other answer follows it; :func:`adheres`).
+:func:`llama2_pipeline.training.gatt_eval.instructed_safety` measures whether an instruction
+unlocks a refusal. The evaluation (adherence by turn, before and after) is :mod:`llama2_pipeline.training.gatt_eval`.
 
 Nothing here imports Kedro or MLflow.
 """

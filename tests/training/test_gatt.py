@@ -307,6 +307,14 @@ def test_sample_adherent_dialogue_context_is_the_papers(monkeypatch):
                         {"role": "user", "content": f"{instruction} u2?"},
                         {"role": "assistant", "content": answers[0][1]},
                         {"role": "user", "content": f"{instruction} u3?"}]
+    # a safety message's untold first try (safety_under_length exempt) in that context: no instruction
+    # anywhere, the user messages as they were
+    seen.clear()
+    sample_adherent(None, None, dialogues, SamplingConfig(), 1, prefix_only=True, context="dialogue", repair=True,
+                    plain_messages=["u3?"], refusals_exempt=True)
+    assert seen[-1] == [{"role": "user", "content": "u1?"}, {"role": "assistant", "content": answers[0][0]},
+                        {"role": "user", "content": "u2?"}, {"role": "assistant", "content": answers[0][1]},
+                        {"role": "user", "content": "u3?"}]
     seen.clear()
     sample_adherent(None, None, dialogues, SamplingConfig(), 1, prefix_only=True, context="turn")
     assert seen[-1] == [{"role": "system", "content": instruction}, {"role": "user", "content": "u3?"}]

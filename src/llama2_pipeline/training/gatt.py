@@ -111,7 +111,7 @@ def conversation(users: Sequence[str], answers: Sequence[str], names: Sequence[s
     ``every_turn``, in front of every later user message); no system prompt without ``names``."""
     messages = [{"role": "system", "content": constraints.instruction(tuple(names))}] if names else []
     for i, u in enumerate(users):
-        messages.append({"role": "user", "content": with_instruction(u, names) if every_turn and i else u})
+        messages.append({"role": "user", "content": with_instruction(u, names) if every_turn and i and names else u})
         if i < len(answers):
             messages.append({"role": "assistant", "content": answers[i] or "."})
     return messages

@@ -53,13 +53,17 @@ class Mini:
                                     SamplingConfig(max_new_tokens=48, batch_size=256), "x", progress=False)
         return metrics
 
+    def candidates(self, k: int):
+        """How these tests sample ``k`` candidates per train prompt, as a round does (temperature 0.7)."""
+        return self.recipe.rlhf.candidates.replace(k=k, temperature=0.7, max_prompts=0, max_new_tokens=48)
+
     def sampled_score(self, model_dir: Path, k: int = 4) -> float:
         """The world's mean helpfulness of ``k`` answers of the model per train prompt, sampled as a
-        round samples its candidates (temperature 0.7): a policy's distribution, not only its mode."""
+        round samples its candidates (:meth:`candidates`): a policy's distribution, not only its mode."""
         from llama2_pipeline.training.rlhf import sample_candidates
 
-        sampling = self.recipe.rlhf.candidates.replace(k=k, temperature=0.7, max_prompts=0, max_new_tokens=48)
-        answers = sample_candidates(model_dir, self.tokenizer, self.prompts, sampling, SEED + 1, progress=False)
+        answers = sample_candidates(model_dir, self.tokenizer, self.prompts, self.candidates(k), SEED + 1,
+                                    progress=False)
         scores = [self.world.helpfulness(c["prompt"], a) for c in answers for a in c["answers"]]
         return sum(scores) / len(scores)
 
@@ -111,8 +115,7 @@ def test_rejection_sampling_with_trained_rms_raises_the_worlds_score(mini):
     from llama2_pipeline.training.sft import finetune
 
     rlhf, world = mini.recipe.rlhf, mini.world
-    sampling = rlhf.candidates.replace(k=8, temperature=0.7, max_prompts=0, max_new_tokens=48)
-    candidates = sample_candidates(mini.policy, mini.tokenizer, mini.prompts, sampling, SEED, progress=False)
+    candidates = sample_candidates(mini.policy, mini.tokenizer, mini.prompts, mini.candidates(8), SEED, progress=False)
     dialogues, scored, stats = best_of_k(candidates, mini.helpfulness, mini.safety, rlhf)
     kept = [world.helpfulness(c["prompt"], c["answers"][c["best"]]) for c in scored if c["best"] is not None]
     every = [world.helpfulness(c["prompt"], a) for c in scored for a in c["answers"]]
